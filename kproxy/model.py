@@ -1,0 +1,122 @@
+"""The values kproxy reasons about, cleaned once at the edge.
+
+Kubernetes JSON is parsed into these (see kproxy.sources.parse); nothing further in
+reads raw dicts. Everything is frozen and ordered so plans and diffs are deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+
+
+class Protocol(StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+    @property
+    def nft(self) -> str:
+        return self.value.lower()
+
+
+class ServiceType(StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ServiceName:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ServicePortName:
+    """Upstream's key for one port of one Service: namespace/name:portname."""
+
+    service: ServiceName
+    port: str  # the port's name; "" for a single unnamed port
+
+    def __str__(self) -> str:
+        return f"{self.service}:{self.port}" if self.port else str(self.service)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServicePort:
+    """One port of one Service, with every frontend it is reachable on."""
+
+    name: ServicePortName
+    protocol: Protocol
+    port: int
+    cluster_ip: IPv4Address
+    node_port: int | None = None
+    external_ips: tuple[IPv4Address, ...] = ()
+    load_balancer_ips: tuple[IPv4Address, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    name: ServiceName
+    type: ServiceType
+    cluster_ip: IPv4Address
+    ports: tuple[ServicePort, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlicePort:
+    name: str  # "" when unnamed
+    port: int
+    protocol: Protocol
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SliceEndpoint:
+    """One address of an EndpointSlice with its conditions, as upstream reads them."""
+
+    ip: IPv4Address
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str | None = None
+    zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service: ServiceName
+    ports: tuple[SlicePort, ...]
+    endpoints: tuple[SliceEndpoint, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterState:
+    """A snapshot of what the sources know: Services and EndpointSlices by key."""
+
+    services: dict[ServiceName, Service] = field(default_factory=dict)
+    slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """What the planner needs to know about the node it plans for.
+
+    `nodeport_cidrs` empty means upstream's nftables default, "primary": NodePorts answer
+    on the node's own IPs (`node_ips`). `local_ips` are the node's interface addresses, read
+    by the agent, used to resolve `nodeport_cidrs`.
+    """
+
+    hostname: str
+    node_ips: tuple[IPv4Address, ...] = ()
+    local_ips: tuple[IPv4Address, ...] = ()
+    cluster_cidrs: tuple[IPv4Network, ...] = ()
+    service_cidrs: tuple[IPv4Network, ...] = ()
+    nodeport_cidrs: tuple[IPv4Network, ...] = ()
+    masquerade_all: bool = False

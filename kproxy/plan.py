@@ -1,0 +1,82 @@
+"""The desired state of one node, as values: what every backend renders.
+
+A Plan says, per Service port, which frontends exist, which endpoints serve them, and
+whether traffic is masqueraded; plus the node-wide facts (NodePort addresses, service
+CIDRs, masquerade rule for ClusterIPs). Policy is decided in kproxy.planner, never in a
+backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+
+from kproxy.model import Protocol, ServicePortName
+
+
+class FrontendKind(StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    EXTERNAL_IP = "ExternalIP"
+    LOAD_BALANCER = "LoadBalancer"
+
+    @property
+    def is_external(self) -> bool:
+        return self is not FrontendKind.CLUSTER_IP
+
+
+@dataclass(frozen=True, slots=True, order=True, kw_only=True)
+class Frontend:
+    """An address traffic for a Service port arrives on. NodePorts have no ip:
+    they answer on every NodePort address of the node (Plan.nodeport_ips)."""
+
+    kind: FrontendKind
+    ip: IPv4Address | None
+    port: int
+
+    def __str__(self) -> str:
+        where = "*" if self.ip is None else str(self.ip)
+        return f"{where}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, order=True, kw_only=True)
+class Target:
+    """An endpoint a connection may be DNATed to."""
+
+    ip: IPv4Address
+    port: int
+    node_name: str | None = None
+    is_local: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServicePortPlan:
+    name: ServicePortName
+    protocol: Protocol
+    frontends: tuple[Frontend, ...]
+    # Endpoints for traffic to the ClusterIP, and for traffic to the external
+    # frontends (NodePort, externalIPs, LB IPs); empty means reject.
+    cluster_targets: tuple[Target, ...]
+    external_targets: tuple[Target, ...]
+    # Traffic arriving on an external frontend is masqueraded (externalTrafficPolicy: Cluster).
+    masquerade_external: bool = True
+
+    def targets_for(self, frontend: Frontend) -> tuple[Target, ...]:
+        return self.external_targets if frontend.kind.is_external else self.cluster_targets
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    service_ports: tuple[ServicePortPlan, ...] = ()
+    # Addresses NodePorts answer on; nodeport_all_local means every local address but loopback.
+    nodeport_ips: tuple[IPv4Address, ...] = ()
+    nodeport_all_local: bool = False
+    cluster_ips: tuple[IPv4Address, ...] = ()
+    service_cidrs: tuple[IPv4Network, ...] = ()
+    # Masquerade ClusterIP traffic: all of it, or only from outside these CIDRs (none: never).
+    masquerade_all: bool = False
+    cluster_cidrs: tuple[IPv4Network, ...] = ()

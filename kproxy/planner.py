@@ -1,0 +1,125 @@
+"""compute_plan: node config + Services + EndpointSlices -> Plan. Pure: no I/O.
+
+Every policy decision lives here so that each backend only renders. Semantics follow
+upstream kube-proxy's nftables mode (pkg/proxy/nftables, pkg/proxy/topology.go).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Address, IPv4Network
+
+from kproxy.model import (
+    ClusterState,
+    EndpointSlice,
+    NodeConfig,
+    Protocol,
+    ServiceName,
+    ServicePort,
+    SliceEndpoint,
+)
+from kproxy.plan import Frontend, FrontendKind, Plan, ServicePortPlan, Target
+
+ALL_ADDRESSES = IPv4Network("0.0.0.0/0")
+
+
+def compute_plan(node: NodeConfig, state: ClusterState) -> Plan:
+    slices_by_service = group_slices(state.slices.values())
+    service_ports: list[ServicePortPlan] = []
+    cluster_ips: set[IPv4Address] = set()
+    for name in sorted(state.services):
+        service = state.services[name]
+        cluster_ips.add(service.cluster_ip)
+        endpoints = endpoints_by_port(slices_by_service.get(name, ()), node.hostname)
+        for port in service.ports:
+            candidates = endpoints.get((port.name.port, port.protocol), {})
+            service_ports.append(plan_service_port(node, port, candidates))
+    nodeport_all_local, nodeport_ips = nodeport_addresses(node)
+    return Plan(
+        service_ports=tuple(sorted(service_ports, key=lambda p: p.name)),
+        nodeport_ips=nodeport_ips,
+        nodeport_all_local=nodeport_all_local,
+        cluster_ips=tuple(sorted(cluster_ips)),
+        service_cidrs=node.service_cidrs,
+        masquerade_all=node.masquerade_all,
+        cluster_cidrs=node.cluster_cidrs,
+    )
+
+
+def plan_service_port(
+    node: NodeConfig, port: ServicePort, candidates: Mapping[Target, SliceEndpoint]
+) -> ServicePortPlan:
+    targets = categorize_endpoints(node, candidates)
+    return ServicePortPlan(
+        name=port.name,
+        protocol=port.protocol,
+        frontends=frontends_of(port),
+        cluster_targets=targets,
+        external_targets=targets,
+        masquerade_external=True,
+    )
+
+
+def frontends_of(port: ServicePort) -> tuple[Frontend, ...]:
+    found = [Frontend(kind=FrontendKind.CLUSTER_IP, ip=port.cluster_ip, port=port.port)]
+    if port.node_port:
+        found.append(Frontend(kind=FrontendKind.NODE_PORT, ip=None, port=port.node_port))
+    found += [Frontend(kind=FrontendKind.EXTERNAL_IP, ip=ip, port=port.port) for ip in port.external_ips]
+    found += [Frontend(kind=FrontendKind.LOAD_BALANCER, ip=ip, port=port.port) for ip in port.load_balancer_ips]
+    return tuple(dict.fromkeys(found))  # an IP listed twice is one frontend
+
+
+def categorize_endpoints(
+    node: NodeConfig, candidates: Mapping[Target, SliceEndpoint]
+) -> tuple[Target, ...]:
+    """Ready endpoints; if there are none, serving-and-terminating ones (upstream's
+    ProxyTerminatingEndpoints fallback); else none, and the port rejects."""
+    ready = [t for t, ep in candidates.items() if ep.ready]
+    if ready:
+        return tuple(sorted(ready))
+    return tuple(sorted(t for t, ep in candidates.items() if ep.serving and ep.terminating))
+
+
+def group_slices(slices: Iterable[EndpointSlice]) -> dict[ServiceName, list[EndpointSlice]]:
+    grouped: dict[ServiceName, list[EndpointSlice]] = defaultdict(list)
+    for s in slices:
+        grouped[s.service].append(s)
+    for group in grouped.values():
+        group.sort(key=lambda s: s.name)
+    return grouped
+
+
+def endpoints_by_port(
+    slices: Iterable[EndpointSlice], hostname: str
+) -> dict[tuple[str, Protocol], dict[Target, SliceEndpoint]]:
+    """Endpoints per (slice port name, protocol), the key upstream matches Service ports by.
+
+    The same ip:port in two slices (as during a slice handover) counts once; the first
+    slice by name wins, so the result does not depend on event order.
+    """
+    found: dict[tuple[str, Protocol], dict[Target, SliceEndpoint]] = defaultdict(dict)
+    for s in slices:
+        for sp in s.ports:
+            bucket = found[(sp.name, sp.protocol)]
+            for ep in s.endpoints:
+                target = Target(
+                    ip=ep.ip, port=sp.port, node_name=ep.node_name, is_local=ep.node_name == hostname
+                )
+                bucket.setdefault(target, ep)
+    return found
+
+
+def nodeport_addresses(node: NodeConfig) -> tuple[bool, tuple[IPv4Address, ...]]:
+    """(all local addresses?, the addresses) NodePorts answer on.
+
+    Upstream nftables mode: no --nodeport-addresses means the node's primary IPs; a CIDR
+    list means the local addresses inside those CIDRs; 0.0.0.0/0 means every local address.
+    """
+    if not node.nodeport_cidrs:
+        return False, tuple(sorted(set(node.node_ips)))
+    if ALL_ADDRESSES in node.nodeport_cidrs:
+        return True, ()
+    inside = {ip for ip in node.local_ips if any(ip in cidr for cidr in node.nodeport_cidrs)}
+    return False, tuple(sorted(inside))
+
