@@ -1,0 +1,64 @@
+"""The only place that talks to the kernel's nftables: through libnftables' Python binding."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from kproxy.backends.nft.objects import TABLE
+
+
+class NftError(RuntimeError):
+    """A transaction or listing the kernel refused; the previous state is still in place."""
+
+
+class NftKernel(Protocol):
+    def apply(self, script: str) -> None: ...
+
+    def list_table(self) -> dict[str, Any] | None: ...
+
+    def delete_table(self) -> bool: ...
+
+
+class LibNftKernel:
+    """NftKernel over libnftables (python3-nftables). One batch per apply() call."""
+
+    def __init__(self) -> None:
+        import nftables  # imported here: the pure parts of kproxy must not need it
+
+        self._nft = nftables.Nftables()
+        self._nft.set_handle_output(False)
+        self._json = nftables.Nftables()
+        self._json.set_json_output(True)
+
+    def apply(self, script: str) -> None:
+        rc, _out, err = self._nft.cmd(script)
+        if rc != 0:
+            raise NftError(_first_error(err))
+
+    def list_table(self) -> dict[str, Any] | None:
+        rc, out, err = self._json.cmd(f"list table {TABLE}")
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError(_first_error(err))
+        return json.loads(out)
+
+    def delete_table(self) -> bool:
+        if self.list_table() is None:
+            return False
+        # add first, so that delete cannot fail on a table removed meanwhile
+        self.apply(f"add table {TABLE}\ndelete table {TABLE}\n")
+        return True
+
+    def list_ruleset_text(self) -> str:
+        rc, out, err = self._nft.cmd(f"list table {TABLE}")
+        if rc != 0:
+            raise NftError(_first_error(err))
+        return out
+
+
+def _first_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error")]
+    return (errors or lines or ["nft failed without a message"])[0][:300]

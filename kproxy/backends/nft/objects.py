@@ -1,0 +1,69 @@
+"""Plain values mirroring the nftables objects kproxy owns: chains, sets/maps, elements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TABLE_FAMILY = "ip"
+TABLE_NAME = "kproxy"
+TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
+COMMENT_MAX = 128  # the kernel's limit for element comments (NFT_USERDATA_MAXLEN is larger; nft's is 128)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chain:
+    name: str
+    rules: tuple[str, ...] = ()
+    # "type nat hook prerouting priority dstnat; policy accept;" for a base chain
+    hook: str | None = None
+
+    def definition(self) -> str:
+        return f"add chain {TABLE} {self.name}" + (f" {{ {self.hook} }}" if self.hook else "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetSpec:
+    """A named set or map: `spec` is its body, e.g. "typeof ip daddr; flags interval;"."""
+
+    name: str
+    spec: str
+    is_map: bool = False
+
+    def definition(self) -> str:
+        kind = "map" if self.is_map else "set"
+        return f"add {kind} {TABLE} {self.name} {{ {self.spec} }}"
+
+
+@dataclass(frozen=True, slots=True)
+class Element:
+    """The value part of a set element: map data (None for plain sets) and a comment."""
+
+    data: str | None = None
+    comment: str | None = None
+
+
+def element_text(key: str, element: Element) -> str:
+    text = key
+    if element.comment:
+        text += f' comment "{element.comment[:COMMENT_MAX]}"'
+    if element.data is not None:
+        text += f" : {element.data}"
+    return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skeleton:
+    """Everything but the elements: chains with their rules, and set definitions.
+
+    It depends only on node-wide settings and on which endpoint counts are in use, so it
+    is small and cheap to rebuild each sync.
+    """
+
+    chains: tuple[Chain, ...]
+    sets: tuple[SetSpec, ...]
+
+    def chain_map(self) -> dict[str, Chain]:
+        return {c.name: c for c in self.chains}
+
+    def set_map(self) -> dict[str, SetSpec]:
+        return {s.name: s for s in self.sets}

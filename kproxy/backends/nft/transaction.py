@@ -1,0 +1,108 @@
+"""Build one nft transaction (a script applied atomically) from desired vs applied. Pure."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kproxy.backends.nft.elements import ElementDelta, ElementTable
+from kproxy.backends.nft.objects import TABLE, Skeleton, element_text
+
+CHUNK = 5000  # elements per add/delete command; keeps single commands a sane size
+
+
+@dataclass(slots=True)
+class NftTransaction:
+    """Ordered nft commands; applied as one batch, so all or nothing."""
+
+    commands: list[str] = field(default_factory=list)
+    operations: int = 0  # elements and rules touched, for logs and metrics
+
+    def add(self, command: str, operations: int = 1) -> None:
+        self.commands.append(command)
+        self.operations += operations
+
+    def text(self) -> str:
+        return "\n".join(self.commands) + "\n"
+
+    def __bool__(self) -> bool:
+        return bool(self.commands)
+
+
+def _element_commands(tx: NftTransaction, verb: str, set_name: str, items: list[str]) -> None:
+    for i in range(0, len(items), CHUNK):
+        chunk = items[i:i + CHUNK]
+        tx.add(f"{verb} element {TABLE} {set_name} {{ {', '.join(chunk)} }}", len(chunk))
+
+
+def _add_chain_rules(tx: NftTransaction, skeleton: Skeleton, names: Iterable[str]) -> None:
+    chains = skeleton.chain_map()
+    for name in names:
+        for rule in chains[name].rules:
+            tx.add(f"add rule {TABLE} {name} {rule}")
+
+
+def full_transaction(skeleton: Skeleton, table: ElementTable) -> NftTransaction:
+    """Replace the whole table in one batch: `add` makes `delete` safe when it is absent,
+    and the kernel swaps old for new atomically, so packets never see an empty table."""
+    tx = NftTransaction()
+    tx.add(f"add table {TABLE}", 0)
+    tx.add(f"delete table {TABLE}", 0)
+    tx.add(f'add table {TABLE} {{ comment "programmed by kproxy; do not edit"; }}', 0)
+    for chain in skeleton.chains:
+        tx.add(chain.definition(), 0)
+    for spec in skeleton.sets:
+        tx.add(spec.definition(), 0)
+    _add_chain_rules(tx, skeleton, [c.name for c in skeleton.chains])
+    for spec in skeleton.sets:
+        items = [element_text(k, e) for k, e in table.elements(spec.name)]
+        _element_commands(tx, "add", spec.name, items)
+    return tx
+
+
+class NeedsFullSync(Exception):
+    """The change cannot be expressed incrementally (a set changed type)."""
+
+
+def incremental_transaction(old: Skeleton, new: Skeleton, delta: ElementDelta) -> NftTransaction:
+    tx = NftTransaction()
+    old_chains, new_chains = old.chain_map(), new.chain_map()
+    old_sets, new_sets = old.set_map(), new.set_map()
+    for name, spec in new_sets.items():
+        if name in old_sets and old_sets[name] != spec:
+            raise NeedsFullSync(f"set {name} changed definition")
+    for name, chain in new_chains.items():
+        if name in old_chains and old_chains[name].hook != chain.hook:
+            raise NeedsFullSync(f"chain {name} changed hook")
+    # 1. new containers, so later elements and rules can refer to them
+    for name in new_chains.keys() - old_chains.keys():
+        tx.add(new_chains[name].definition(), 0)
+    for name in new_sets.keys() - old_sets.keys():
+        tx.add(new_sets[name].definition(), 0)
+    # 2. elements: deletions first, so a changed map value is delete + add
+    deletes: dict[str, list[str]] = defaultdict(list)
+    adds: dict[str, list[str]] = defaultdict(list)
+    for (set_name, key), before, after in delta.changes():
+        # elements of a set deleted whole below need no deleting one by one
+        if before is not None and set_name in new_sets:
+            deletes[set_name].append(key)
+        if after is not None:
+            adds[set_name].append(element_text(key, after))
+    for set_name in sorted(deletes):
+        _element_commands(tx, "delete", set_name, deletes[set_name])
+    for set_name in sorted(adds):
+        _element_commands(tx, "add", set_name, adds[set_name])
+    # 3. chains whose rules changed are rewritten whole
+    changed = [n for n, c in new_chains.items() if n not in old_chains or old_chains[n].rules != c.rules]
+    for name in changed:
+        if name in old_chains:
+            tx.add(f"flush chain {TABLE} {name}", 0)
+    _add_chain_rules(tx, new, changed)
+    # 4. containers no longer used; chains first, since their rules refer to the maps
+    for name in sorted(old_chains.keys() - new_chains.keys()):
+        tx.add(f"delete chain {TABLE} {name}", 0)
+    for name in sorted(old_sets.keys() - new_sets.keys()):
+        kind = "map" if old_sets[name].is_map else "set"
+        tx.add(f"delete {kind} {TABLE} {name}", 0)
+    return tx

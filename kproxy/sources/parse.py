@@ -1,0 +1,239 @@
+"""Kubernetes JSON (dicts) -> kproxy.model values, cleaned once at the edge.
+
+`None` means "upstream kube-proxy ignores this object silently"; `InvalidObject` means
+the object is malformed and must be left out (the caller logs it once).
+"""
+
+from __future__ import annotations
+
+from ipaddress import AddressValueError, IPv4Address, IPv6Address, ip_address
+from typing import Any
+
+from kproxy.model import (
+    EndpointSlice,
+    Protocol,
+    Service,
+    ServiceName,
+    ServicePort,
+    ServicePortName,
+    ServiceType,
+    SliceEndpoint,
+    SlicePort,
+)
+
+# Upstream's informers select on these labels: a Service (and its slices) carrying
+# service-proxy-name belongs to another proxy; the headless label marks headless slices.
+LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
+LABEL_HEADLESS = "service.kubernetes.io/headless"
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+# Label selector for list/watch calls that mirrors upstream's informer filter.
+UPSTREAM_LABEL_SELECTOR = f"!{LABEL_SERVICE_PROXY_NAME},!{LABEL_HEADLESS}"
+
+
+class InvalidObject(ValueError):
+    """A malformed object: names the kind, "namespace/name", the field and the problem."""
+
+    def __init__(self, kind: str, key: str, field: str, message: str) -> None:
+        super().__init__(f"{kind} {key}: {field}: {message}")
+        self.kind = kind
+        self.key = key
+        self.field = field
+        self.message = message
+
+
+def object_key(obj: dict[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of a raw object; a missing namespace means "default" (as kubectl)."""
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "default", meta.get("name") or "")
+
+
+class _Ctx:
+    """Carries kind and key so every error names the object without repeating it."""
+
+    __slots__ = ("kind", "key")
+
+    def __init__(self, kind: str, obj: dict[str, Any]) -> None:
+        self.kind = kind
+        namespace, name = object_key(obj)
+        self.key = f"{namespace}/{name}"
+        if not name:
+            raise self.error("metadata.name", "missing name")
+
+    def error(self, field: str, message: str) -> InvalidObject:
+        return InvalidObject(self.kind, self.key, field, message)
+
+    def ip(self, value: Any, field: str) -> IPv4Address | IPv6Address:
+        if not isinstance(value, str):
+            raise self.error(field, f"not an IP address: {value!r}")
+        try:
+            return ip_address(value)
+        except (AddressValueError, ValueError):
+            raise self.error(field, f"not an IP address: {value!r}") from None
+
+    def port(self, value: Any, field: str) -> int:
+        # bool is an int subclass: reject it explicitly.
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+            raise self.error(field, f"port must be 1-65535, got {value!r}")
+        return value
+
+    def protocol(self, value: Any, field: str) -> Protocol:
+        if value is None:
+            return Protocol.TCP  # the API's default
+        try:
+            return Protocol(value)
+        except ValueError:
+            raise self.error(field, f"protocol must be TCP, UDP or SCTP, got {value!r}") from None
+
+
+    def entries(self, value: Any, field: str) -> list[tuple[str, dict[str, Any]]]:
+        """A list of objects as (field path, entry) pairs; null means empty."""
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(field, "must be a list")
+        for i, entry in enumerate(value):
+            if not isinstance(entry, dict):
+                raise self.error(f"{field}[{i}]", "must be an object")
+        return [(f"{field}[{i}]", entry) for i, entry in enumerate(value)]
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def parse_service(obj: dict[str, Any]) -> Service | None:
+    ctx = _Ctx("Service", obj)
+    spec = obj.get("spec") or {}
+    type_name = spec.get("type") or "ClusterIP"
+    if type_name == "ExternalName" or LABEL_SERVICE_PROXY_NAME in _labels(obj):
+        return None
+    try:
+        service_type = ServiceType(type_name)
+    except ValueError:
+        raise ctx.error("spec.type", f"unknown Service type {type_name!r}") from None
+    cluster_ip = _cluster_ip(ctx, spec)
+    if cluster_ip is None:
+        return None
+    namespace, name = object_key(obj)
+    service_name = ServiceName(namespace, name)
+    external_ips = tuple(
+        ip
+        for i, raw in enumerate(spec.get("externalIPs") or ())
+        if isinstance(ip := ctx.ip(raw, f"spec.externalIPs[{i}]"), IPv4Address)
+    )
+    lb_ips = _load_balancer_ips(ctx, obj) if service_type is ServiceType.LOAD_BALANCER else ()
+    raw_ports = ctx.entries(spec.get("ports"), "spec.ports")
+    ports: list[ServicePort] = []
+    seen: set[str] = set()
+    for field, raw in raw_ports:
+        port_name = raw.get("name") or ""
+        if len(raw_ports) > 1 and not port_name:
+            # Two unnamed ports would share one ServicePortName: the API forbids it.
+            raise ctx.error(f"{field}.name", "missing port name (required with several ports)")
+        if port_name in seen:
+            raise ctx.error(f"{field}.name", f"duplicate port name {port_name!r}")
+        seen.add(port_name)
+        node_port = raw.get("nodePort")
+        if service_type is ServiceType.CLUSTER_IP or not node_port:
+            node_port = None  # upstream ignores a stale nodePort on a ClusterIP Service
+        else:
+            node_port = ctx.port(node_port, f"{field}.nodePort")
+        ports.append(
+            ServicePort(
+                name=ServicePortName(service_name, port_name),
+                protocol=ctx.protocol(raw.get("protocol"), f"{field}.protocol"),
+                port=ctx.port(raw.get("port"), f"{field}.port"),
+                cluster_ip=cluster_ip,
+                node_port=node_port,
+                external_ips=external_ips,
+                load_balancer_ips=lb_ips,
+            )
+        )
+    return Service(name=service_name, type=service_type, cluster_ip=cluster_ip, ports=tuple(ports))
+
+
+def _cluster_ip(ctx: _Ctx, spec: dict[str, Any]) -> IPv4Address | None:
+    """The Service's IPv4 ClusterIP; None for headless or IPv6-only Services (ignored)."""
+    primary = spec.get("clusterIP")
+    candidates: list[tuple[str, Any]] = []
+    if primary:
+        candidates.append(("spec.clusterIP", primary))
+    for i, raw in enumerate(spec.get("clusterIPs") or ()):
+        candidates.append((f"spec.clusterIPs[{i}]", raw))
+    if not candidates or candidates[0][1] == "None":
+        return None  # headless
+    for field, raw in candidates:
+        ip = ctx.ip(raw, field)
+        if isinstance(ip, IPv4Address):
+            return ip  # first IPv4 family: dual-stack IPv6-primary Services still work
+    return None
+
+
+def _load_balancer_ips(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPv4Address, ...]:
+    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+    ips: list[IPv4Address] = []
+    for field, entry in ctx.entries(ingress, "status.loadBalancer.ingress"):
+        raw = entry.get("ip")
+        # ipMode Proxy: the balancer proxies to the node, so traffic to this IP must not
+        # be short-circuited on the node (upstream, KEP-1860). Hostname-only entries are
+        # not addresses.
+        if not raw or entry.get("ipMode") == "Proxy":
+            continue
+        ip = ctx.ip(raw, f"{field}.ip")
+        if isinstance(ip, IPv4Address):
+            ips.append(ip)
+    return tuple(ips)
+
+
+def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
+    ctx = _Ctx("EndpointSlice", obj)
+    labels = _labels(obj)
+    service = labels.get(LABEL_SERVICE_NAME)
+    if (
+        obj.get("addressType") != "IPv4"
+        or not service
+        or LABEL_SERVICE_PROXY_NAME in labels
+        or LABEL_HEADLESS in labels
+    ):
+        return None
+    namespace, name = object_key(obj)
+    ports: list[SlicePort] = []
+    for field, raw in ctx.entries(obj.get("ports"), "ports"):
+        if raw.get("port") is None:
+            continue  # upstream skips a port without a number
+        ports.append(
+            SlicePort(
+                name=raw.get("name") or "",
+                port=ctx.port(raw.get("port"), f"{field}.port"),
+                protocol=ctx.protocol(raw.get("protocol"), f"{field}.protocol"),
+            )
+        )
+    endpoints: list[SliceEndpoint] = []
+    for field, raw in ctx.entries(obj.get("endpoints"), "endpoints"):
+        conditions = raw.get("conditions") or {}
+        # API semantics (and upstream's endpointslicecache): ready and serving nil -> true,
+        # terminating nil -> false.
+        ready = conditions.get("ready") is not False
+        serving = conditions.get("serving") is not False
+        terminating = conditions.get("terminating") is True
+        for j, address in enumerate(raw.get("addresses") or ()):
+            ip = ctx.ip(address, f"{field}.addresses[{j}]")
+            if not isinstance(ip, IPv4Address):
+                raise ctx.error(f"{field}.addresses[{j}]", f"not an IPv4 address: {address!r}")
+            endpoints.append(
+                SliceEndpoint(
+                    ip=ip,
+                    ready=ready,
+                    serving=serving,
+                    terminating=terminating,
+                    node_name=raw.get("nodeName") or None,
+                    zone=raw.get("zone") or None,
+                )
+            )
+    return EndpointSlice(
+        namespace=namespace,
+        name=name,
+        service=ServiceName(namespace, service),
+        ports=tuple(ports),
+        endpoints=tuple(endpoints),
+    )

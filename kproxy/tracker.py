@@ -1,0 +1,127 @@
+"""Tracker: the thread-safe store of parsed cluster state that sources feed.
+
+Sources hand it raw objects (dicts); it parses each once, keeps the result by key and
+tells the runner (`on_change`) only when something really changed, so a relist or a
+manifests reload that brings nothing new costs no sync.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+
+from kproxy.model import ClusterState, EndpointSlice, Service, ServiceName
+from kproxy.sources.parse import InvalidObject, object_key, parse_endpoint_slice, parse_service
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "Service"
+ENDPOINT_SLICE = "EndpointSlice"
+KINDS = (SERVICE, ENDPOINT_SLICE)
+
+
+class Tracker:
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._services: dict[ServiceName, Service] = {}
+        self._slices: dict[tuple[str, str], EndpointSlice] = {}
+        # Last error logged per invalid object: a relist or reload that brings the same
+        # broken object again does not log it again.
+        self._invalid: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+    def replace(self, kind: str, objects: Iterable[dict[str, Any]]) -> None:
+        """The full state of one kind, after a (re)list or a manifests reload."""
+        store: dict[Any, Any] = {}
+        invalid: dict[tuple[str, str, str], tuple[str, str]] = {}
+        for obj in objects:
+            key, value, error = self._parse(kind, obj)
+            if error is not None:
+                invalid[(kind, *object_key(obj))] = error
+            elif value is not None:
+                store[key] = value
+        with self._lock:
+            current = self._store(kind)
+            changed = current != store
+            if changed:
+                current.clear()
+                current.update(store)
+            to_log = {k: e for k, e in invalid.items() if self._invalid.get(k) != e}
+            self._invalid = {k: e for k, e in self._invalid.items() if k[0] != kind}
+            self._invalid.update(invalid)
+        self._log_invalid(to_log)
+        if changed:
+            self._on_change()
+
+    def upsert(self, kind: str, obj: dict[str, Any]) -> None:
+        """One ADDED/MODIFIED event. An object now skipped or invalid replaces (removes) the
+        version stored before: upstream keeps nothing for it either."""
+        key, value, error = self._parse(kind, obj)
+        invalid_key = (kind, *object_key(obj))
+        log_it = False
+        with self._lock:
+            store = self._store(kind)
+            if value is None:
+                changed = store.pop(key, None) is not None
+            else:
+                changed = store.get(key) != value
+                store[key] = value
+            if error is None:
+                self._invalid.pop(invalid_key, None)
+            elif self._invalid.get(invalid_key) != error:
+                self._invalid[invalid_key] = error
+                log_it = True
+        if log_it and error is not None:
+            self._log_invalid({invalid_key: error})
+        if changed:
+            self._on_change()
+
+    def delete(self, kind: str, obj: dict[str, Any]) -> None:
+        """One DELETED event: only the object's namespace/name matter."""
+        key = self._key(kind, obj)
+        with self._lock:
+            changed = self._store(kind).pop(key, None) is not None
+            self._invalid.pop((kind, *object_key(obj)), None)
+        if changed:
+            self._on_change()
+
+    def snapshot(self) -> ClusterState:
+        # Shallow copies: the values are frozen, so sharing them is safe and cheap.
+        with self._lock:
+            return ClusterState(services=dict(self._services), slices=dict(self._slices))
+
+    def _store(self, kind: str) -> dict[Any, Any]:
+        if kind == SERVICE:
+            return self._services
+        if kind == ENDPOINT_SLICE:
+            return self._slices
+        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+
+    @staticmethod
+    def _key(kind: str, obj: dict[str, Any]) -> Any:
+        namespace, name = object_key(obj)
+        return ServiceName(namespace, name) if kind == SERVICE else (namespace, name)
+
+    def _parse(self, kind: str, obj: dict[str, Any]) -> tuple[Any, Any, tuple[str, str] | None]:
+        """(key, parsed value or None, (field, message) or None)."""
+        self._store(kind)  # rejects unknown kinds before anything is parsed
+        parse = parse_service if kind == SERVICE else parse_endpoint_slice
+        key = self._key(kind, obj)
+        try:
+            return key, parse(obj), None
+        except InvalidObject as exc:
+            return key, None, (exc.field, exc.message)
+
+    @staticmethod
+    def _log_invalid(invalid: dict[tuple[str, str, str], tuple[str, str]]) -> None:
+        for (kind, namespace, name), (field, message) in sorted(invalid.items()):
+            log.warning(
+                "skipping invalid object",
+                kind=kind,
+                object=f"{namespace}/{name}",
+                field=field,
+                error=message,
+            )
