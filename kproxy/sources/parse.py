@@ -154,14 +154,12 @@ def parse_service(obj: dict[str, Any]) -> Service | None:
 
 def _cluster_ip(ctx: _Ctx, spec: dict[str, Any]) -> IPv4Address | None:
     """The Service's IPv4 ClusterIP; None for headless or IPv6-only Services (ignored)."""
-    primary = spec.get("clusterIP")
-    candidates: list[tuple[str, Any]] = []
-    if primary:
-        candidates.append(("spec.clusterIP", primary))
-    for i, raw in enumerate(spec.get("clusterIPs") or ()):
-        candidates.append((f"spec.clusterIPs[{i}]", raw))
-    if not candidates or candidates[0][1] == "None":
+    cluster_ips = spec.get("clusterIPs") or []
+    primary = spec.get("clusterIP") or (cluster_ips[0] if cluster_ips else None)
+    if not primary or primary == "None":
         return None  # headless
+    candidates = [("spec.clusterIP" if spec.get("clusterIP") else "spec.clusterIPs[0]", primary)]
+    candidates += [(f"spec.clusterIPs[{i}]", raw) for i, raw in enumerate(cluster_ips)]
     for field, raw in candidates:
         ip = ctx.ip(raw, field)
         if isinstance(ip, IPv4Address):
