@@ -1,0 +1,230 @@
+"""A small two-node "cluster" built from network namespaces, for data-plane tests.
+
+Nothing here touches the host's own namespace: every link is created inside a
+namespace of ours (veth peers are created straight into their target namespace),
+every sysctl is set with `ip netns exec`, and every name carries a per-run prefix
+so `Cluster.destroy()` can find and remove exactly what it made.
+
+    client 192.168.50.100/24 (+192.168.60.100/24)
+       |                routes 10.96.0.0/16, 203.0.113.0/24 via 192.168.50.10
+    lan: bridge br-lan 192.168.50.1/24 (no forwarding)
+       |                                   |
+    node1 up0 192.168.50.10/24          node2 up0 192.168.50.11/24
+          (+192.168.60.10/24, outside      br0 10.244.2.1/24
+           --nodeport-addresses)           pod4 10.244.2.2, pod5 10.244.2.3
+          br0 10.244.1.1/24
+          pod1 10.244.1.2, pod2 10.244.1.3, pod3 10.244.1.4
+
+node1 runs kproxy; node2 is a plain router for its pods. Pod subnets are routed
+between the nodes via their uplink IPs. br_netfilter is never loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SERVERS = HERE / "servers.py"
+
+NODE1_IP = "192.168.50.10"
+NODE1_OTHER_IP = "192.168.60.10"  # a node address outside 192.168.50.0/24
+NODE2_IP = "192.168.50.11"
+LAN_GW = "192.168.50.1"
+CLIENT_IP = "192.168.50.100"
+CLIENT_OTHER_IP = "192.168.60.100"
+NODE1_BRIDGE_IP = "10.244.1.1"
+NODE2_BRIDGE_IP = "10.244.2.1"
+CLUSTER_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/16"
+EXTERNAL_RANGE = "203.0.113.0/24"
+
+# Server ports every pod listens on (TCP and UDP).
+SERVER_PORTS = (8080, 8081)
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str  # short name, e.g. "pod1": what its server answers with
+    ns: str  # namespace name
+    node: str  # "node1" | "node2"
+    ip: str
+    veth: str  # the node-side veth name
+
+
+def sh(*args: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+@dataclass
+class Cluster:
+    prefix: str = field(default_factory=lambda: f"kpt-{secrets.token_hex(3)}-")
+    pods: dict[str, Pod] = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    workdir: Path | None = None
+
+    # -- names -------------------------------------------------------------
+    def ns(self, short: str) -> str:
+        return self.prefix + short
+
+    @property
+    def node1(self) -> str:
+        return self.ns("node1")
+
+    @property
+    def node2(self) -> str:
+        return self.ns("node2")
+
+    @property
+    def client(self) -> str:
+        return self.ns("client")
+
+    @property
+    def lan(self) -> str:
+        return self.ns("lan")
+
+    # -- running things inside namespaces ------------------------------------
+    def run(self, short_or_ns: str, *args: str, check: bool = True, timeout: float = 20):
+        ns = short_or_ns if short_or_ns.startswith(self.prefix) else self.ns(short_or_ns)
+        return sh("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
+
+    def ip(self, short: str, *args: str) -> None:
+        sh("ip", "-n", self.ns(short), *args)
+
+    def sysctl(self, short: str, key: str, value: str) -> None:
+        self.run(short, "sysctl", "-q", "-w", f"{key}={value}")
+
+    def spawn(self, short: str, *args: str, log: Path) -> subprocess.Popen:
+        out = open(log, "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(short), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
+        self.processes.append(proc)
+        return proc
+
+    # -- building ------------------------------------------------------------
+    def _add_ns(self, short: str) -> None:
+        name = self.ns(short)
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        self.ip(short, "link", "set", "lo", "up")
+
+    def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+        # Created inside ns_a with its peer directly in ns_b: never in the host namespace.
+        sh("ip", "-n", self.ns(ns_a), "link", "add", name_a, "type", "veth",
+           "peer", "name", name_b, "netns", self.ns(ns_b))
+        self.ip(ns_a, "link", "set", name_a, "up")
+        self.ip(ns_b, "link", "set", name_b, "up")
+
+    def _node(self, short: str, uplink_ip: str, bridge_ip: str, lan_port: str) -> None:
+        self._add_ns(short)
+        for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"):
+            self.sysctl(short, key, "0")
+        self.sysctl(short, "net.ipv4.ip_forward", "1")
+        self._veth(short, "up0", "lan", lan_port)
+        self.ip("lan", "link", "set", lan_port, "master", "br-lan")
+        self.ip(short, "addr", "add", f"{uplink_ip}/24", "dev", "up0")
+        self.ip(short, "link", "add", "br0", "type", "bridge")
+        self.ip(short, "addr", "add", f"{bridge_ip}/24", "dev", "br0")
+        self.ip(short, "link", "set", "br0", "up")
+        self.ip(short, "route", "add", "default", "via", LAN_GW)
+
+    def _pod(self, name: str, node: str, ip: str, gw: str) -> None:
+        self._add_ns(name)
+        veth = f"v{name}"
+        self._veth(node, veth, name, "eth0")
+        self.ip(node, "link", "set", veth, "master", "br0")
+        # As kubelet does, so a pod can reach itself through a Service.
+        self.run(node, "bridge", "link", "set", "dev", veth, "hairpin", "on")
+        self.ip(name, "addr", "add", f"{ip}/24", "dev", "eth0")
+        self.ip(name, "route", "add", "default", "via", gw)
+        self.pods[name] = Pod(name=name, ns=self.ns(name), node=node, ip=ip, veth=veth)
+
+    def build(self) -> Cluster:
+        self._add_ns("lan")
+        self.ip("lan", "link", "add", "br-lan", "type", "bridge")
+        self.ip("lan", "addr", "add", f"{LAN_GW}/24", "dev", "br-lan")
+        self.ip("lan", "link", "set", "br-lan", "up")
+
+        self._node("node1", NODE1_IP, NODE1_BRIDGE_IP, "p-node1")
+        self.ip("node1", "addr", "add", f"{NODE1_OTHER_IP}/24", "dev", "up0")
+        self._node("node2", NODE2_IP, NODE2_BRIDGE_IP, "p-node2")
+        self.ip("node1", "route", "add", "10.244.2.0/24", "via", NODE2_IP)
+        self.ip("node2", "route", "add", "10.244.1.0/24", "via", NODE1_IP)
+
+        self._add_ns("client")
+        self._veth("client", "eth0", "lan", "p-client")
+        self.ip("lan", "link", "set", "p-client", "master", "br-lan")
+        self.ip("client", "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0")
+        self.ip("client", "addr", "add", f"{CLIENT_OTHER_IP}/24", "dev", "eth0")
+        self.ip("client", "route", "add", SERVICE_CIDR, "via", NODE1_IP)
+        self.ip("client", "route", "add", EXTERNAL_RANGE, "via", NODE1_IP)
+
+        self._pod("pod1", "node1", "10.244.1.2", NODE1_BRIDGE_IP)
+        self._pod("pod2", "node1", "10.244.1.3", NODE1_BRIDGE_IP)
+        self._pod("pod3", "node1", "10.244.1.4", NODE1_BRIDGE_IP)
+        self._pod("pod4", "node2", "10.244.2.2", NODE2_BRIDGE_IP)
+        self._pod("pod5", "node2", "10.244.2.3", NODE2_BRIDGE_IP)
+        return self
+
+    def start_servers(self, workdir: Path, timeout: float = 10) -> None:
+        """One echo server per pod on SERVER_PORTS (TCP and UDP); wait until all listen."""
+        ready_files = []
+        for pod in self.pods.values():
+            ready = workdir / f"{pod.name}.ready"
+            args = [sys.executable, str(SERVERS), "--name", pod.name, "--ready-file", str(ready)]
+            for port in SERVER_PORTS:
+                args += ["--tcp", str(port), "--udp", str(port)]
+            self.spawn(pod.name, *args, log=workdir / f"{pod.name}.server.log")
+            ready_files.append(ready)
+        deadline = time.monotonic() + timeout
+        while not all(f.exists() for f in ready_files):
+            if time.monotonic() > deadline:
+                missing = [f.name for f in ready_files if not f.exists()]
+                raise RuntimeError(f"servers not listening after {timeout}s: {missing}")
+            time.sleep(0.05)
+
+    # -- tearing down ----------------------------------------------------------
+    def stop(self, proc: subprocess.Popen, timeout: float = 5) -> None:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, 15)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=timeout)
+
+    def destroy(self) -> None:
+        for proc in self.processes:
+            try:
+                self.stop(proc)
+            except Exception as exc:  # keep going: namespaces must go regardless
+                print(f"could not stop pid {proc.pid}: {exc}", file=sys.stderr)
+        # Anything else still running inside our namespaces (e.g. a stray probe).
+        for ns in self.namespaces:
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), 9)
+                except (ProcessLookupError, ValueError):
+                    pass
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()
