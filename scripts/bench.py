@@ -1,0 +1,353 @@
+"""Benchmark kproxy's nftables backend at scale, in throwaway network namespaces.
+
+Run as root with the venv's Python:
+
+    .venv/bin/python scripts/bench.py [--services 1000,10000,30000] [--endpoints 10]
+
+For each size, in a fresh namespace (deleted afterwards, also on failure):
+  1. cold `kproxy sync --once` from a generated manifests file: wall time and the
+     fields of its "synced" log line (plan_ms, apply_ms, total_ms, operations, ...);
+  2. `kproxy cleanup`, then `kproxy run --manifests FILE` in the background: its first
+     sync, then CHANGES rewrites of the file each moving one endpoint of one slice to a
+     new IP, timing the "synced" line each causes (median and max) and end to end from
+     the file write to that line;
+  3. the agent's peak RSS (VmHWM) and CPU time, and the size of the ruleset it left.
+Progress goes to stderr; stdout gets exactly one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+TOP = Path(__file__).resolve().parent.parent
+SERVICE_BASE = ipaddress.IPv4Address("10.96.0.0")  # inside 10.96.0.0/12
+POD_BASE = ipaddress.IPv4Address("10.128.0.0")  # inside 10.128.0.0/9
+MOVED_BASE = ipaddress.IPv4Address("10.250.0.0")  # changed endpoints, also inside 10.128.0.0/9
+NODEPORT_FIRST, NODEPORT_SERVICES = 30000, 2000  # NodePorts fit 30000-32767
+NODE_FLAGS = [
+    "--hostname-override", "bench",
+    "--node-ip", "10.0.0.1",
+    "--cluster-cidr", "10.128.0.0/9",
+    "--service-cluster-ip-range", "10.96.0.0/12",
+]  # fmt: skip
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def service(i: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "type": "ClusterIP",
+        "clusterIP": str(SERVICE_BASE + 10 + i),
+        "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
+    }
+    if i < NODEPORT_SERVICES:
+        spec["type"] = "NodePort"
+        spec["ports"][0]["nodePort"] = NODEPORT_FIRST + i
+    spec["clusterIPs"] = [spec["clusterIP"]]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"svc-{i}", "namespace": "bench"},
+        "spec": spec,
+    }
+
+
+def endpoint_slice(i: int, endpoints: int, moved: dict[int, int]) -> dict[str, Any]:
+    eps = []
+    for j in range(endpoints):
+        ip = POD_BASE + 1 + i * endpoints + j
+        if j == 0 and i in moved:
+            ip = MOVED_BASE + moved[i]
+        eps.append(
+            {
+                "addresses": [str(ip)],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": "bench" if j % 2 == 0 else "other",
+            }
+        )
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"svc-{i}-abcde",
+            "namespace": "bench",
+            "labels": {"kubernetes.io/service-name": f"svc-{i}"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+        "endpoints": eps,
+    }
+
+
+def write_manifests(path: Path, services: int, endpoints: int, moved: dict[int, int]) -> None:
+    """Write a kubectl-style List, atomically (rename), so a watcher never reads half a file."""
+    items = [service(i) for i in range(services)]
+    items += [endpoint_slice(i, endpoints, moved) for i in range(services)]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Netns:
+    """A namespace of our own with a dummy uplink carrying the node IP; removed on exit."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> Netns:
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        self.run("ip", "link", "set", "lo", "up")
+        self.run("ip", "link", "add", "eth0", "type", "dummy")
+        self.run("ip", "addr", "add", "10.0.0.1/24", "dev", "eth0")
+        self.run("ip", "link", "set", "eth0", "up")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["ip", "netns", "delete", self.name], check=False)
+
+    def argv(self, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def run(self, *cmd: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*cmd), check=True, capture_output=True, text=True, timeout=timeout
+        )
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                pass
+    return found
+
+
+def synced_fields(line: dict[str, Any]) -> dict[str, Any]:
+    """The measurements of a "synced" line: everything but the log boilerplate."""
+    return {k: v for k, v in line.items() if k not in ("event", "level", "timestamp", "logger")}
+
+
+class Agent:
+    """`kproxy run` in the background; its JSON log lines arrive on a queue."""
+
+    def __init__(self, ns: Netns, kproxy: str, manifests: Path) -> None:
+        argv = ns.argv(
+            kproxy, "--log-format", "json", "run", "--manifests", str(manifests),
+            "--min-sync-period", "0.1s", *NODE_FLAGS,
+        )  # fmt: skip
+        # ip netns exec execs kproxy, so this pid is the agent itself.
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.tail: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.tail = (self.tail + [raw.rstrip()])[-20:]
+            for line in json_lines(raw):
+                self.lines.put(line)
+
+    def drain(self) -> None:
+        while not self.lines.empty():
+            self.lines.get_nowait()
+
+    def next_synced(self, timeout: float, *, skip_noop: bool = False) -> tuple[dict[str, Any], float]:
+        """The next "synced" line and when it arrived (monotonic)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"agent exited ({self.proc.returncode}): {self.tail}")
+                continue
+            if line.get("event") != "synced":
+                continue
+            if skip_noop and line.get("operations") == 0:
+                continue
+            return line, time.monotonic()
+        raise TimeoutError(f"no synced line within {timeout} s; last output: {self.tail}")
+
+    def status(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for row in f:
+                key, _, value = row.partition(":")
+                if key in ("VmHWM", "VmRSS"):
+                    found[key] = round(int(value.split()[0]) / 1024, 1)  # kB -> MiB
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        found["cpu_s"] = round((int(fields[11]) + int(fields[12])) / ticks, 2)  # utime + stime
+        return found
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def ruleset_size(ns: Netns) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    terse = json.loads(ns.run("nft", "-j", "-t", "list", "ruleset").stdout)["nftables"]
+    for obj in terse:
+        kind = next(iter(obj))
+        if kind != "metainfo":
+            counts[kind + "s"] = counts.get(kind + "s", 0) + 1
+    started = time.monotonic()
+    full = json.loads(ns.run("nft", "-j", "list", "ruleset").stdout)["nftables"]
+    counts["list_json_ms"] = round((time.monotonic() - started) * 1000)
+    counts["set_and_map_elements"] = sum(
+        len(obj.get(kind, {}).get("elem", ())) for obj in full for kind in ("set", "map")
+    )
+    counts["ruleset_lines"] = len(ns.run("nft", "list", "ruleset").stdout.splitlines())
+    return counts
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "max": max(values), "min": min(values)}
+
+
+def bench_size(
+    kproxy: str, services: int, endpoints: int, changes: int, timeout: float, workdir: Path
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"services": services, "endpoints_per_service": endpoints}
+    manifests = workdir / f"bench-{services}.json"
+    moved: dict[int, int] = {}
+    started = time.monotonic()
+    write_manifests(manifests, services, endpoints, moved)
+    result["manifests_mib"] = round(manifests.stat().st_size / 2**20, 1)
+    result["generate_s"] = round(time.monotonic() - started, 2)
+
+    with Netns(f"kpbench-{os.getpid()}-{services}") as ns:
+        log(f"{services} services: cold sync --once")
+        started = time.monotonic()
+        cold = subprocess.run(
+            ns.argv(kproxy, "--log-format", "json", "sync", "--once", "--manifests",
+                    str(manifests), *NODE_FLAGS),
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        wall = time.monotonic() - started
+        if cold.returncode != 0:
+            raise RuntimeError(f"sync --once exited {cold.returncode}: {cold.stderr[-2000:]}")
+        synced = [line for line in json_lines(cold.stdout + "\n" + cold.stderr)
+                  if line.get("event") == "synced"]  # fmt: skip
+        result["cold_sync"] = {"wall_s": round(wall, 2), **(synced_fields(synced[-1]) if synced else {})}
+        result["ruleset"] = ruleset_size(ns)
+
+        ns.run(kproxy, "cleanup", timeout=timeout)
+        log(f"{services} services: run, first sync")
+        agent = Agent(ns, kproxy, manifests)
+        try:
+            started = time.monotonic()
+            first, at = agent.next_synced(timeout)
+            result["run_first_sync"] = {"wall_s": round(at - started, 2), **synced_fields(first)}
+            samples = []
+            for n in range(changes):
+                slice_index = (n * 7919 + 1) % services  # spread over the services
+                moved[slice_index] = n + 1
+                agent.drain()
+                time.sleep(0.3)  # past min-sync-period, and a distinct mtime
+                write_manifests(manifests, services, endpoints, moved)
+                written = time.monotonic()
+                line, at = agent.next_synced(timeout, skip_noop=True)
+                sample = {"e2e_ms": round((at - written) * 1000), **synced_fields(line)}
+                samples.append(sample)
+                log(f"{services} services: change {n + 1}: {sample}")
+            result["endpoint_change"] = {
+                "samples": samples,
+                **{
+                    key: spread([s[key] for s in samples])
+                    for key in ("apply_ms", "total_ms", "plan_ms", "e2e_ms")
+                    if all(isinstance(s.get(key), (int, float)) for s in samples)
+                },
+                "operations": [s.get("operations") for s in samples],
+            }
+            result["agent"] = agent.status()
+        finally:
+            result.setdefault("agent", {})["exit_code"] = agent.stop()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--services", default="1000,10000,30000", help="comma-separated sizes")
+    parser.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
+    parser.add_argument("--changes", type=int, default=5, help="one-endpoint changes per size")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per sync")
+    parser.add_argument("--kproxy", default=str(TOP / ".venv/bin/kproxy"))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench: must run as root (creates network namespaces)", file=sys.stderr)
+        return 1
+    sizes = [int(s) for s in args.services.split(",") if s]
+
+    commit = subprocess.run(["git", "-C", str(TOP), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    report: dict[str, Any] = {
+        "commit": commit,
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "nft": subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip(),
+        "python": platform.python_version(),
+        "results": [],
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="kproxy-bench-"))
+    status = 0
+    try:
+        for size in sizes:
+            try:
+                report["results"].append(
+                    bench_size(args.kproxy, size, args.endpoints, args.changes, args.timeout, workdir)
+                )
+            except Exception as e:  # one size failing must not hide the others' numbers
+                log(f"{size} services failed: {e}")
+                report["results"].append({"services": size, "error": str(e)[-3000:]})
+                status = 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(report, indent=2))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
