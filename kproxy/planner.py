@@ -15,6 +15,7 @@ from kproxy.model import (
     EndpointSlice,
     NodeConfig,
     Protocol,
+    Service,
     ServiceName,
     ServicePort,
     SliceEndpoint,
@@ -24,20 +25,40 @@ from kproxy.plan import Frontend, FrontendKind, Plan, ServicePortPlan, Target
 ALL_ADDRESSES = IPv4Network("0.0.0.0/0")
 
 
-def compute_plan(node: NodeConfig, state: ClusterState) -> Plan:
+class PlanCache:
+    """Per-Service results of the last plan, reused while the Service and its slices are
+    the very same objects (the tracker replaces an object when it changes). This keeps a
+    one-endpoint change at 10,000 Services from re-planning all of them; it is only an
+    optimisation: compute_plan gives the same answer without it."""
+
+    def __init__(self) -> None:
+        self.node: NodeConfig | None = None
+        self.entries: dict[ServiceName, tuple[Service, tuple[EndpointSlice, ...], tuple[ServicePortPlan, ...]]] = {}
+
+
+def compute_plan(node: NodeConfig, state: ClusterState, cache: PlanCache | None = None) -> Plan:
+    cache = cache or PlanCache()
+    if cache.node != node:
+        cache.node, cache.entries = node, {}
     slices_by_service = group_slices(state.slices.values())
     service_ports: list[ServicePortPlan] = []
     cluster_ips: set[IPv4Address] = set()
-    for name in sorted(state.services):
+    entries = {}
+    for name in sorted(state.services, key=lambda n: (n.namespace, n.name)):
         service = state.services[name]
         cluster_ips.add(service.cluster_ip)
-        endpoints = endpoints_by_port(slices_by_service.get(name, ()), node.hostname)
-        for port in service.ports:
-            candidates = endpoints.get((port.name.port, port.protocol), {})
-            service_ports.append(plan_service_port(node, port, candidates))
+        slices = tuple(slices_by_service.get(name, ()))
+        hit = cache.entries.get(name)
+        if hit is not None and hit[0] is service and _same_objects(hit[1], slices):
+            plans = hit[2]
+        else:
+            plans = plan_service(node, service, slices)
+        entries[name] = (service, slices, plans)
+        service_ports.extend(plans)
+    cache.entries = entries
     nodeport_all_local, nodeport_ips = nodeport_addresses(node)
     return Plan(
-        service_ports=tuple(sorted(service_ports, key=lambda p: p.name)),
+        service_ports=tuple(sorted(service_ports, key=_port_order)),
         nodeport_ips=nodeport_ips,
         nodeport_all_local=nodeport_all_local,
         cluster_ips=tuple(sorted(cluster_ips)),
@@ -45,6 +66,22 @@ def compute_plan(node: NodeConfig, state: ClusterState) -> Plan:
         masquerade_all=node.masquerade_all,
         cluster_cidrs=node.cluster_cidrs,
     )
+
+
+def _port_order(sp: ServicePortPlan) -> tuple[str, str, str]:
+    return (sp.name.service.namespace, sp.name.service.name, sp.name.port)
+
+
+def plan_service(node: NodeConfig, service: Service, slices: Iterable[EndpointSlice]) -> tuple[ServicePortPlan, ...]:
+    endpoints = endpoints_by_port(slices, node.hostname)
+    return tuple(
+        plan_service_port(node, port, endpoints.get((port.name.port, port.protocol), {}))
+        for port in service.ports
+    )
+
+
+def _same_objects(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def plan_service_port(

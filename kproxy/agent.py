@@ -1,0 +1,63 @@
+"""The agent: wires a source, the tracker, the planner and a backend, and runs syncs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from kproxy.backends.nft.backend import NftBackend
+from kproxy.model import NodeConfig
+from kproxy.planner import PlanCache, compute_plan
+from kproxy.tracker import Tracker
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncReport:
+    service_ports: int
+    endpoints: int
+    operations: int
+    full: bool
+    plan_ms: float
+    render_ms: float
+    apply_ms: float
+    total_ms: float
+
+
+class Agent:
+    """One sync = snapshot -> plan -> backend.sync, serialised by a lock."""
+
+    def __init__(self, node: NodeConfig, backend: NftBackend, tracker: Tracker) -> None:
+        self.node = node
+        self.backend = backend
+        self.tracker = tracker
+        self._cache = PlanCache()
+        self._lock = threading.Lock()
+        self.last_sync: SyncReport | None = None
+
+    def sync(self, full: bool = False) -> SyncReport:
+        with self._lock:
+            started = time.perf_counter()
+            plan = compute_plan(self.node, self.tracker.snapshot(), self._cache)
+            planned = time.perf_counter()
+            result = self.backend.sync(plan, full=full)
+            done = time.perf_counter()
+            report = SyncReport(
+                service_ports=len(plan.service_ports),
+                endpoints=sum(len(sp.cluster_targets) for sp in plan.service_ports),
+                operations=result.operations,
+                full=result.full,
+                plan_ms=round((planned - started) * 1000, 2),
+                render_ms=round(result.render_ms, 2),
+                apply_ms=round(result.apply_ms, 2),
+                total_ms=round((done - started) * 1000, 2),
+            )
+            self.last_sync = report
+        log.info("synced", service_ports=report.service_ports, endpoints=report.endpoints,
+                 operations=report.operations, full=report.full, plan_ms=report.plan_ms,
+                 render_ms=report.render_ms, apply_ms=report.apply_ms, total_ms=report.total_ms)
+        return report

@@ -1,0 +1,163 @@
+"""`kproxy` command line: parse flags, wire the pieces, map outcomes to exit codes.
+
+Flag names follow upstream kube-proxy where one exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from typing import NoReturn
+
+import structlog
+
+from kproxy.logs import configure_logging
+from kproxy.model import NodeConfig
+
+log = structlog.get_logger("kproxy")
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class UsageError(Exception):
+    """A bad flag value or an unreadable input: one line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not the usage block
+        sys.stderr.write(f"kproxy: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def parse_duration(text: str) -> float:
+    """Go-style durations as upstream takes them: 1s, 500ms, 1m30s, 0.2s."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (examples: 1s, 500ms, 1m)")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _cidr_list(flag: str) -> Callable[[str], tuple[IPv4Network, ...]]:
+    def parse(text: str) -> tuple[IPv4Network, ...]:
+        found = []
+        for item in (t.strip() for t in text.split(",") if t.strip()):
+            try:
+                net = ip_network(item, strict=False)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{item!r} is not a CIDR") from None
+            if isinstance(net, IPv4Network):
+                found.append(net)
+            else:
+                log.warning("ignoring IPv6 value: only IPv4 is supported so far", flag=flag, value=item)
+        return tuple(found)
+    parse.__name__ = "CIDR list"
+    return parse
+
+
+def _ipv4(text: str) -> IPv4Address:
+    try:
+        ip = ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    if not isinstance(ip, IPv4Address):
+        raise argparse.ArgumentTypeError(f"{text!r}: only IPv4 node IPs are supported so far")
+    return ip
+
+
+def build_parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
+                        help="text (key=value) or json log lines")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging")
+
+    sources = Parser(add_help=False)
+    sources.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    sources.add_argument("--manifests", metavar="PATH",
+                         help="a YAML/JSON file or folder of Services and EndpointSlices, instead of the API")
+    sources.add_argument("--hostname-override", metavar="NAME", help="this node's name (default: hostname)")
+    sources.add_argument("--node-ip", type=_ipv4, action="append", default=[], metavar="IP",
+                         help="this node's primary IP (repeatable; default: the default route's source)")
+    sources.add_argument("--cluster-cidr", type=_cidr_list("--cluster-cidr"), default=(), metavar="CIDRS",
+                         help="pod CIDRs; traffic to ClusterIPs from outside them is masqueraded")
+    sources.add_argument("--service-cluster-ip-range", type=_cidr_list("--service-cluster-ip-range"),
+                         default=(), metavar="CIDRS", help="service CIDRs; unallocated IPs in them are dropped")
+    sources.add_argument("--masquerade-all", action="store_true", help="masquerade all traffic to Services")
+    sources.add_argument("--nodeport-addresses", type=_cidr_list("--nodeport-addresses"), default=(),
+                         metavar="CIDRS", help="NodePorts answer on local addresses in these CIDRs "
+                         "(default: the node IPs; 0.0.0.0/0: every local address)")
+    sources.add_argument("--proxy-mode", default="nftables", choices=("nftables",),
+                         help="backend (iptables and ipvs are planned)")
+    sources.add_argument("--min-sync-period", type=parse_duration, default=1.0, metavar="DURATION",
+                         help="least time between two syncs (default 1s)")
+
+    parser = Parser(prog="kproxy", parents=[common],
+                    description="kube-proxy replacement: Services and EndpointSlices to nftables")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common, sources], help="the agent: watch and keep rules in sync")
+    sync = sub.add_parser("sync", parents=[common, sources], help="program the rules once and exit")
+    sync.add_argument("--once", action="store_true", help="program once and exit (the only mode)")
+    dump = sub.add_parser("dump", parents=[common], help="show what is programmed, read from the kernel")
+    dump.add_argument("--json", action="store_true", help="machine-readable output")
+    dump.add_argument("--raw", action="store_true", help="the kernel's own listing of kproxy's table")
+    sub.add_parser("cleanup", parents=[common], help="remove everything kproxy programmed")
+    return parser
+
+
+def node_config(args: argparse.Namespace, local_ips: Sequence[IPv4Address] | None = None) -> NodeConfig:
+    from kproxy import node
+
+    hostname = (args.hostname_override or os.environ.get("NODE_NAME") or socket.gethostname()).lower()
+    node_ips = tuple(args.node_ip) or node.detect_node_ips()
+    if not node_ips:
+        log.warning("no node IP found; NodePorts will not answer", hint="pass --node-ip")
+    if args.nodeport_addresses and local_ips is None:
+        local_ips = node.local_ipv4_addresses()
+    return NodeConfig(
+        hostname=hostname,
+        node_ips=node_ips,
+        local_ips=tuple(local_ips or ()),
+        cluster_cidrs=args.cluster_cidr,
+        service_cidrs=args.service_cluster_ip_range,
+        nodeport_cidrs=args.nodeport_addresses,
+        masquerade_all=args.masquerade_all,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "log_format", "text"), getattr(args, "verbose", False))
+    from kproxy.commands import COMMANDS
+
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as err:
+        sys.stderr.write(f"kproxy: error: {err}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def install_stop_handlers(stop: threading.Event, wake: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+        wake()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")

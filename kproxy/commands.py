@@ -1,0 +1,114 @@
+"""What each `kproxy` subcommand does; cli.py parses, this wires and runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable
+
+import structlog
+
+from kproxy.agent import Agent
+from kproxy.backends.nft.backend import NftBackend
+from kproxy.backends.nft.kernel import LibNftKernel, NftError
+from kproxy.backends.nft.readback import read_view
+from kproxy.cli import EXIT_FAILED, UsageError, install_stop_handlers, node_config, print_json
+from kproxy.runner import SyncRunner
+from kproxy.tracker import Tracker
+from kproxy.view import format_view
+
+log = structlog.get_logger("kproxy")
+
+WAIT_FOR_API_S = 60.0
+
+
+def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Event,
+                  watch: bool) -> Callable[[float], bool]:
+    """Start feeding the tracker; returns wait(timeout) -> True once a full state is known."""
+    if args.manifests and args.kubeconfig:
+        raise UsageError("--manifests and --kubeconfig exclude each other")
+    if args.manifests:
+        from kproxy.sources.manifests import ManifestError, ManifestSource
+
+        source = ManifestSource(args.manifests, tracker)
+        try:
+            source.load_once()
+        except ManifestError as err:
+            raise UsageError(str(err)) from None
+        if watch:
+            threading.Thread(target=source.watch, args=(stop,), name="manifests", daemon=True).start()
+        return lambda _timeout: True
+    from kproxy.sources.api import ApiSource, load_api_client
+
+    try:
+        client = load_api_client(args.kubeconfig)
+    except Exception as err:  # noqa: BLE001 - any config problem is one line for the user
+        raise UsageError(f"kubeconfig: {err}") from None
+    api = ApiSource(client, tracker, stop)
+    api.run()
+    return api.wait_synced
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    runner: SyncRunner | None = None
+    tracker = Tracker(on_change=lambda: runner.request() if runner else None)
+    node = node_config(args)
+    agent = Agent(node, NftBackend(LibNftKernel()), tracker)
+    runner = SyncRunner(agent.sync, min_interval=args.min_sync_period)
+    install_stop_handlers(stop, runner.wake)
+    wait_synced = _start_source(args, tracker, stop, watch=True)
+    log.info("starting", node=node.hostname, node_ips=[str(i) for i in node.node_ips],
+             source=args.manifests or "api", min_sync_period_s=args.min_sync_period)
+    # Never program a partial or empty view: rules stay as they are until a full list arrived.
+    while not wait_synced(1.0):
+        if stop.is_set():
+            return 0
+        log.info("waiting for the first full list from the API")
+    runner.run(stop)
+    log.info("stopped; programmed rules stay in place")
+    return 0
+
+
+def sync(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    tracker = Tracker(on_change=lambda: None)
+    try:
+        wait_synced = _start_source(args, tracker, stop, watch=False)
+        if not wait_synced(WAIT_FOR_API_S):
+            sys.stderr.write(f"kproxy: error: no full list from the API within {WAIT_FOR_API_S:.0f}s\n")
+            return EXIT_FAILED
+        agent = Agent(node_config(args), NftBackend(LibNftKernel()), tracker)
+        agent.sync()
+    except NftError as err:
+        sys.stderr.write(f"kproxy: error: the kernel refused the rules: {err}\n")
+        return EXIT_FAILED
+    finally:
+        stop.set()
+    return 0
+
+
+def dump(args: argparse.Namespace) -> int:
+    kernel = LibNftKernel()
+    if args.raw:
+        listing = kernel.list_table()
+        sys.stdout.write(kernel.list_ruleset_text() if listing else "")
+        return 0
+    view = read_view(kernel.list_table())
+    if args.json:
+        print_json(view.to_json())
+    else:
+        sys.stdout.write(format_view(view))
+    return 0
+
+
+def cleanup(_args: argparse.Namespace) -> int:
+    removed = NftBackend(LibNftKernel()).cleanup()
+    log.info("cleanup", removed_table=removed)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": run, "sync": sync, "dump": dump, "cleanup": cleanup,
+}

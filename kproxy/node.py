@@ -1,0 +1,35 @@
+"""Facts about this node read from the kernel: its addresses. (I/O, kept out of the planner.)"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from pyroute2 import IPRoute
+
+
+def local_ipv4_addresses() -> tuple[IPv4Address, ...]:
+    """Every IPv4 address on an interface of this network namespace, loopback excluded."""
+    with IPRoute() as ipr:
+        found = {IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+    return tuple(sorted(ip for ip in found if not ip.is_loopback))
+
+
+def default_route_ipv4() -> IPv4Address | None:
+    """The source address of the default route, as kubelet picks a node IP without --node-ip."""
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst="1.1.1.1")
+        except Exception:  # noqa: BLE001 - no route: no answer
+            return None
+    for route in routes:
+        src = route.get_attr("RTA_PREFSRC")
+        if src:
+            return IPv4Address(src)
+    return None
+
+
+def detect_node_ips() -> tuple[IPv4Address, ...]:
+    ip = default_route_ipv4()
+    if ip is not None:
+        return (ip,)
+    return local_ipv4_addresses()[:1]

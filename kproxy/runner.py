@@ -1,0 +1,77 @@
+"""A bounded-frequency runner, after upstream's async.BoundedFrequencyRunner.
+
+Sync requests may arrive thousands of times a second; the sync runs at most once per
+`min_interval`, soon after a request, and again after `retry_interval` when it fails.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class SyncRunner:
+    def __init__(
+        self,
+        sync: Callable[[], object],
+        min_interval: float,
+        retry_interval: float = 1.0,
+        max_retry_interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sync = sync
+        self._min_interval = min_interval
+        self._retry_interval = retry_interval
+        self._max_retry_interval = max_retry_interval
+        self._clock = clock
+        self._wake = threading.Event()
+        self._pending = True  # the first sync needs no request
+        self._lock = threading.Lock()
+        self.failures = 0
+
+    def request(self) -> None:
+        with self._lock:
+            self._pending = True
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        last_start = float("-inf")
+        retry_at: float | None = None
+        while not stop.is_set():
+            now = self._clock()
+            with self._lock:
+                due = self._pending or (retry_at is not None and now >= retry_at)
+            if not due:
+                timeout = None if retry_at is None else max(0.0, retry_at - now)
+                self._wait(stop, timeout)
+                continue
+            earliest = last_start + self._min_interval
+            if now < earliest:
+                self._wait(stop, earliest - now)
+                continue
+            with self._lock:
+                self._pending = False
+            last_start = now
+            try:
+                self._sync()
+            except Exception as err:  # noqa: BLE001 - any failure is retried, never fatal
+                self.failures += 1
+                delay = min(self._retry_interval * 2 ** (self.failures - 1), self._max_retry_interval)
+                retry_at = self._clock() + delay
+                log.error("sync failed", error=str(err), retry_in_s=round(delay, 2))
+            else:
+                self.failures = 0
+                retry_at = None
+
+    def _wait(self, stop: threading.Event, timeout: float | None) -> None:
+        # wake on a request, on stop (the stopper also sets our event), or on timeout
+        self._wake.wait(timeout if timeout is not None else 1.0)
+        self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
