@@ -6,10 +6,8 @@ Every namespace and process made here is removed at teardown, failures included.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,30 +16,10 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from manifests import write_manifests  # noqa: E402
-from topology import (  # noqa: E402
-    CLUSTER_CIDR,
-    NODE1_IP,
-    SERVICE_CIDR,
-    Cluster,
-)
+from kproxy_lab import Kproxy  # noqa: E402
+from topology import Cluster  # noqa: E402
 
 NOT_ROOT = os.geteuid() != 0
-
-
-def kproxy_binary() -> str:
-    beside = Path(sys.executable).parent / "kproxy"
-    if beside.exists():
-        return str(beside)
-    return str(HERE.parent.parent / ".venv" / "bin" / "kproxy")
-
-
-NODE_FLAGS = (
-    "--hostname-override", "node1",
-    "--node-ip", NODE1_IP,
-    "--cluster-cidr", CLUSTER_CIDR,
-    "--service-cluster-ip-range", SERVICE_CIDR,
-)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -65,87 +43,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
     finally:
         c.destroy()
-
-
-class Kproxy:
-    """kproxy in node1: one-shot syncs, a background agent, dump, cleanup."""
-
-    def __init__(self, cluster: Cluster, workdir: Path) -> None:
-        self.cluster = cluster
-        self.workdir = workdir
-        self.manifests = workdir / "manifests.yaml"
-        self.binary = kproxy_binary()
-        self.agents: list[tuple[subprocess.Popen, Path]] = []
-
-    def write(self, objects: Iterable[dict]) -> Path:
-        write_manifests(self.manifests, objects)
-        return self.manifests
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", self.cluster.node1, self.binary, *args],
-            capture_output=True, text=True, timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"kproxy {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-            )
-        return proc
-
-    def sync(self, objects: Iterable[dict], *extra: str) -> subprocess.CompletedProcess[str]:
-        self.write(objects)
-        return self.cli("sync", "--once", "--manifests", str(self.manifests), *NODE_FLAGS, *extra)
-
-    def start(self, objects: Iterable[dict] | None = None, *extra: str) -> subprocess.Popen:
-        if objects is not None:
-            self.write(objects)
-        log = self.workdir / f"agent-{len(self.agents)}.log"
-        proc = self.cluster.spawn(
-            "node1", self.binary, "run", "--manifests", str(self.manifests), *NODE_FLAGS,
-            "--min-sync-period", "0.2s", *extra, log=log,
-        )
-        self.agents.append((proc, log))
-        return proc
-
-    def wait_synced(self, proc: subprocess.Popen, count: int = 1, seconds: float = 15) -> None:
-        """Wait (bounded) until the agent's log shows `count` sync lines."""
-        log = next(log for p, log in self.agents if p is proc)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"agent exited {proc.returncode}:\n{log.read_text()}")
-            if log.read_text(errors="replace").count("synced") >= count:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"agent did not sync within {seconds}s:\n{log.read_text()}")
-
-    def stop(self, proc: subprocess.Popen) -> int:
-        self.cluster.stop(proc)
-        return proc.returncode
-
-    def ruleset(self) -> str:
-        return self.cluster.run("node1", "nft", "list", "ruleset", check=False).stdout
-
-    def tables(self) -> str:
-        return self.cluster.run("node1", "nft", "list", "tables", check=False).stdout
-
-    def reset(self) -> None:
-        for proc, _log in self.agents:
-            self.cluster.stop(proc)
-        self.cli("cleanup", check=False)
-        # Our own namespace: leave nothing for the next test, whatever cleanup did.
-        self.cluster.run("node1", "nft", "flush", "ruleset", check=False)
-        self.cluster.run("node1", "conntrack", "-F", check=False)
-
-    def report(self) -> None:
-        for proc, log in self.agents:
-            print(f"---- agent pid {proc.pid} exit {proc.returncode} log {log}")
-            print(log.read_text(errors="replace") if log.exists() else "(no log)")
-        print("---- nft list ruleset (node1)")
-        print(self.ruleset())
-        if self.manifests.exists():
-            print("---- manifests")
-            print(self.manifests.read_text())
 
 
 @pytest.fixture

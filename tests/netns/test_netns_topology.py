@@ -33,3 +33,10 @@ def test_client_reaches_node_but_not_pods(cluster: Cluster) -> None:
     r = traffic.tcp(cluster.client, cluster.pods["pod2"].ip, 8080, count=1)
     assert not r.pods, r
     assert CLIENT_IP
+
+
+def test_without_kproxy_service_addresses_are_not_silently_dropped(cluster: Cluster) -> None:
+    """So that a timeout in the data-plane tests is kproxy's drop, not the lab's."""
+    for ns in (cluster.client, cluster.ns("pod1")):
+        r = traffic.tcp(ns, "10.96.0.99", 80, count=1, timeout=3)
+        assert r.failures.keys() <= {"UNREACHABLE", "REFUSED"} and not r.pods, r
