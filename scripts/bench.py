@@ -112,17 +112,23 @@ def write_manifests(path: Path, services: int, endpoints: int, moved: dict[int, 
 
 
 class Netns:
-    """A namespace of our own with a dummy uplink carrying the node IP; removed on exit."""
+    """A namespace of our own with an uplink carrying the node IP; removed on exit."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __enter__(self) -> Netns:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
-        self.run("ip", "link", "set", "lo", "up")
-        self.run("ip", "link", "add", "eth0", "type", "dummy")
-        self.run("ip", "addr", "add", "10.0.0.1/24", "dev", "eth0")
-        self.run("ip", "link", "set", "eth0", "up")
+        try:
+            self.run("ip", "link", "set", "lo", "up")
+            # A veth pair with both ends inside (the dummy module may be missing).
+            self.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer")
+            self.run("ip", "addr", "add", "10.0.0.1/24", "dev", "eth0")
+            self.run("ip", "link", "set", "eth0-peer", "up")
+            self.run("ip", "link", "set", "eth0", "up")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
