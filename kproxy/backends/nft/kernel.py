@@ -62,3 +62,26 @@ def _first_error(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error")]
     return (errors or lines or ["nft failed without a message"])[0][:300]
+
+
+class RecordingKernel:
+    """NftKernel fake for tests without root: records scripts, can be told to fail."""
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+        self.fail_next: str | None = None
+        self.table_present = False
+
+    def apply(self, script: str) -> None:
+        if self.fail_next is not None:
+            message, self.fail_next = self.fail_next, None
+            raise NftError(message)
+        self.scripts.append(script)
+        self.table_present = True
+
+    def list_table(self) -> dict[str, Any] | None:
+        return {"nftables": []} if self.table_present else None
+
+    def delete_table(self) -> bool:
+        present, self.table_present = self.table_present, False
+        return present
