@@ -45,7 +45,14 @@ class Tracker:
                 store[key] = value
         with self._lock:
             current = self._store(kind)
-            changed = current != store
+            changed = len(current) != len(store)
+            for key, value in store.items():
+                before = current.get(key)
+                if before is not None and before == value:
+                    # keep the stored object: the planner's cache recognises it by identity
+                    store[key] = before
+                else:
+                    changed = True
             if changed:
                 current.clear()
                 current.update(store)
@@ -68,7 +75,8 @@ class Tracker:
                 changed = store.pop(key, None) is not None
             else:
                 changed = store.get(key) != value
-                store[key] = value
+                if changed:
+                    store[key] = value
             if error is None:
                 self._invalid.pop(invalid_key, None)
             elif self._invalid.get(invalid_key) != error:
