@@ -133,8 +133,13 @@ class Cluster:
 
     def _node(self, short: str, uplink_ip: str, bridge_ip: str, lan_port: str) -> None:
         self._add_ns(short)
-        for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"):
-            self.sysctl(short, key, "0")
+        # Set before the links exist, so they inherit "default". No redirects: the client
+        # reaches node1 for addresses node1 routes back out of the same link (an
+        # endpoint-less Service), and each redirect resets the per-peer ICMP rate limit,
+        # which would swallow the "port unreachable" of kproxy's reject.
+        for conf in ("all", "default"):
+            self.sysctl(short, f"net.ipv4.conf.{conf}.rp_filter", "0")
+            self.sysctl(short, f"net.ipv4.conf.{conf}.send_redirects", "0")
         self.sysctl(short, "net.ipv4.ip_forward", "1")
         self._veth(short, "up0", "lan", lan_port)
         self.ip("lan", "link", "set", lan_port, "master", "br-lan")
