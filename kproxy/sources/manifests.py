@@ -1,0 +1,252 @@
+"""Manifests source: Services and EndpointSlices from a YAML/JSON file or a folder.
+
+Accepts what `kubectl get svc,endpointslices -A -o yaml` prints (a `kind: List`), raw API
+list bodies (`ServiceList`, items without kind), multi-document YAML and JSON. Used for
+one-shot syncs, offline previews and the lab; `watch` reloads on change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from yaml.events import (
+    DocumentEndEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+    StreamStartEvent,
+)
+
+from kproxy.tracker import ENDPOINT_SLICE, KINDS, SERVICE, Tracker
+
+log = structlog.get_logger(__name__)
+
+# libyaml's C parser when available. Even with it, PyYAML's node composer and constructor
+# run in Python and take ~20 s for 10k Services + 10k slices; `fast_load_all` builds the
+# objects straight from the parser's events instead (~2 s).
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SUFFIXES = (".yaml", ".yml", ".json")
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+class ManifestError(Exception):
+    """A manifest file that cannot be read or parsed; str() is one line naming the file."""
+
+
+def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The file itself, or the folder's *.yaml/*.yml/*.json files (sorted, not recursive)."""
+    p = Path(path)
+    if p.is_dir():
+        return sorted(f for f in p.iterdir() if f.suffix in SUFFIXES and f.is_file())
+    if not p.exists():
+        raise ManifestError(f"{p}: no such file or directory")
+    return [p]
+
+
+def load_manifests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All Service and EndpointSlice objects in `path`, in file then document order."""
+    objects: list[dict[str, Any]] = []
+    for file in manifest_files(path):
+        for doc in _documents(file):
+            objects.extend(obj for obj in _flatten(doc, file) if obj.get("kind") in KINDS)
+    return objects
+
+
+def _documents(file: Path) -> Iterator[Any]:
+    try:
+        text = file.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    try:
+        if file.suffix == ".json":
+            yield json.loads(text)
+            return
+        # Materialise inside the try: load_all is lazy and raises while iterating.
+        docs = fast_load_all(text)
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
+        raise ManifestError(f"{file}: cannot parse: {_one_line(exc)}") from None
+    yield from docs
+
+
+class _Unsupported(Exception):
+    """A YAML feature the fast path leaves to PyYAML: tags, anchors, aliases, merge keys."""
+
+
+_scalar_lock = threading.Lock()
+_scalar_cache: dict[str, Any] = {}
+_scalar_resolver = yaml.SafeLoader("")
+_STR_TAGS = ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
+
+
+def _plain_scalar(value: str) -> Any:
+    """A plain (unquoted) scalar resolved exactly as SafeLoader does, cached: manifests
+    repeat the same keys and values (name, port, TCP, true) hundreds of thousands of times."""
+    try:
+        return _scalar_cache[value]
+    except KeyError:
+        pass
+    with _scalar_lock:
+        tag = _scalar_resolver.resolve(yaml.ScalarNode, value, (True, False))
+        if tag in _STR_TAGS:
+            raise _Unsupported(tag)
+        # The tag's constructor directly: construct_object would remember every node.
+        construct = _scalar_resolver.yaml_constructors[tag]
+        out = construct(_scalar_resolver, yaml.ScalarNode(tag, value))
+        if len(_scalar_cache) < 200_000:
+            _scalar_cache[value] = out  # only immutable values (str, int, bool, dates)
+        return out
+
+
+def fast_load_all(text: bytes | str) -> list[Any]:
+    """Same result as `list(yaml.load_all(text, Loader=CSafeLoader))`, several times faster.
+
+    Falls back to PyYAML for anything but plain mappings, sequences and scalars.
+    """
+    parser = _Loader(text)
+    try:
+        return _build(parser)
+    except _Unsupported:
+        return list(yaml.load_all(text, Loader=_Loader))
+    finally:
+        parser.dispose()
+
+
+def _build(parser: Any) -> list[Any]:
+    docs: list[Any] = []
+    stack: list[list[Any]] = []  # [container, pending mapping key or _NO_KEY]
+    root: Any = None
+    while True:
+        event = parser.get_event()
+        kind = type(event)
+        if kind is ScalarEvent:
+            if event.tag is not None or event.anchor is not None:
+                raise _Unsupported("tag or anchor")
+            # implicit[0]: plain scalar, resolved by content; otherwise quoted: a string.
+            value: Any = _plain_scalar(event.value) if event.implicit[0] else event.value
+        elif kind is MappingStartEvent or kind is SequenceStartEvent:
+            if event.tag is not None or event.anchor is not None:
+                raise _Unsupported("tag or anchor")
+            stack.append([{} if kind is MappingStartEvent else [], _NO_KEY])
+            continue
+        elif kind is MappingEndEvent or kind is SequenceEndEvent:
+            value = stack.pop()[0]
+        elif kind is DocumentStartEvent:
+            root = None
+            continue
+        elif kind is DocumentEndEvent:
+            docs.append(root)
+            continue
+        elif kind is StreamEndEvent:
+            return docs
+        elif kind is StreamStartEvent:
+            continue
+        else:
+            raise _Unsupported(kind.__name__)  # AliasEvent
+        if not stack:
+            root = value
+            continue
+        top = stack[-1]
+        container = top[0]
+        if type(container) is list:
+            container.append(value)
+        elif top[1] is _NO_KEY:
+            if type(value) is dict or type(value) is list:
+                raise _Unsupported("complex key")
+            top[1] = value
+        else:
+            container[top[1]] = value
+            top[1] = _NO_KEY
+
+
+_NO_KEY = object()
+
+
+def _flatten(doc: Any, file: Path) -> Iterator[dict[str, Any]]:
+    """Objects of one document: a `List`/`*List` is unpacked; empty documents are skipped."""
+    if doc is None:
+        return
+    if isinstance(doc, list):  # a bare JSON array of objects
+        for item in doc:
+            yield from _flatten(item, file)
+        return
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{file}: not an object: a document is {str(doc)[:60]!r}")
+    kind = doc.get("kind") or ""
+    if kind.endswith("List") and isinstance(doc.get("items"), list):
+        # API list bodies (ServiceList) carry no kind on their items: restore it.
+        item_kind = kind[: -len("List")] or None
+        for item in doc["items"]:
+            if isinstance(item, dict) and item_kind and "kind" not in item:
+                item = {**item, "kind": item_kind}
+            yield from _flatten(item, file)
+        return
+    yield doc
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+class ManifestSource:
+    """Feeds a Tracker from manifests; `watch` polls for changes and reloads."""
+
+    def __init__(self, path: str | os.PathLike[str], tracker: Tracker) -> None:
+        self.path = Path(path)
+        self._tracker = tracker
+        self._fingerprint: Fingerprint | None = None
+
+    def load_once(self) -> None:
+        """Load everything and replace the tracker's state. Raises ManifestError."""
+        # Fingerprint before reading: a write racing the read is seen by the next poll.
+        fingerprint = self.fingerprint()
+        objects = load_manifests(self.path)
+        self._tracker.replace(SERVICE, [o for o in objects if o.get("kind") == SERVICE])
+        self._tracker.replace(ENDPOINT_SLICE, [o for o in objects if o.get("kind") == ENDPOINT_SLICE])
+        self._fingerprint = fingerprint
+        log.debug("manifests loaded", path=str(self.path), objects=len(objects))
+
+    def fingerprint(self) -> Fingerprint:
+        """(name, mtime_ns, size) of every manifest file; a change means reload."""
+        try:
+            files = manifest_files(self.path)
+        except ManifestError:
+            return ()
+        out = []
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue  # vanished between listing and stat: the next poll sees it
+            out.append((str(f), st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def watch(self, stop: threading.Event, interval: float = 0.5) -> None:
+        """Poll until `stop` is set. A failed reload logs one error and keeps the state.
+
+        A change is loaded once it has been stable for one poll: an editor or `cp` that
+        truncates then writes would otherwise be read as an empty file, deleting every
+        Service for a moment.
+        """
+        seen = self._fingerprint
+        while not stop.wait(interval):
+            current = self.fingerprint()
+            if current == self._fingerprint or current != seen:
+                seen = current
+                continue
+            try:
+                self.load_once()
+            except ManifestError as exc:
+                log.error("manifests reload failed", path=str(self.path), error=str(exc))
+                self._fingerprint = current  # log once per change, not once per poll
