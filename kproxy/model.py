@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
+from typing import NamedTuple
 
 
 class Protocol(StrEnum):
@@ -27,8 +28,9 @@ class ServiceType(StrEnum):
     LOAD_BALANCER = "LoadBalancer"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ServiceName:
+class ServiceName(NamedTuple):
+    # NamedTuple rather than a dataclass: these are dict keys on every hot path, and a
+    # tuple's hash and comparisons run in C (10,000 Services make that matter).
     namespace: str
     name: str
 
@@ -36,8 +38,7 @@ class ServiceName:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ServicePortName:
+class ServicePortName(NamedTuple):
     """Upstream's key for one port of one Service: namespace/name:portname."""
 
     service: ServiceName
