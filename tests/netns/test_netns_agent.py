@@ -77,20 +77,26 @@ def test_established_connection_survives_agent_restart_and_cleanup_removes_table
         lambda r: set(r.pods) == {"pod4"}, what="echo serves",
     )
     held = traffic.Holder(pod1.ns, "10.96.0.80", 80)
+    # New connections, too, keep working while the agent is down and while it adopts.
+    loop = traffic.Loop(cluster.client, "10.96.0.80", 80, kproxy.workdir / "loop.stop", max_seconds=60)
     try:
         assert held.greeting == f"pod4 {pod1.ip}"
         assert held.send("before") == f"pod4 {pod1.ip} before"
 
         kproxy.stop(agent)
         assert "kproxy" in kproxy.tables(), "stopping the agent must leave its rules in place"
+        assert held.send("down") == f"pod4 {pod1.ip} down"
         agent = kproxy.start()
         kproxy.wait_synced(agent)
         assert held.send("after") == f"pod4 {pod1.ip} after"
+        summary = loop.stop()
+        assert summary["ok"] > 0 and summary["failures"] == [], summary
         # And new connections still work after the adoption.
         r = traffic.tcp(pod1.ns, "10.96.0.80", 80, count=3)
         assert r.pairs() == {("pod4", pod1.ip)}, r
         assert held.send("again") == f"pod4 {pod1.ip} again"
     finally:
+        loop.kill()
         held.close()
 
     kproxy.stop(agent)

@@ -63,22 +63,35 @@ def test_cluster_ip_from_node_and_off_cluster_is_masqueraded(
     assert r.pairs() == masqueraded_web_pairs(), r
 
 
-def test_node_port_from_client_is_masqueraded_and_only_on_nodeport_addresses(
-    cluster: Cluster, kproxy: Kproxy
+@pytest.mark.parametrize(
+    "flags", [("--nodeport-addresses", "192.168.50.0/24"), ()], ids=["nodeport-addresses", "default"]
+)
+def test_node_port_is_masqueraded_and_only_on_nodeport_addresses(
+    cluster: Cluster, kproxy: Kproxy, flags: tuple[str, ...]
 ) -> None:
+    """With 192.168.50.0/24, or by default (the --node-ip), NodePorts answer on
+    192.168.50.10 only: not on node1's other addresses."""
     p = cluster.pods
     kproxy.sync(
         [
             service("np", "10.96.0.20", [port(80, 8080, node_port=30080)], type="NodePort"),
             endpoint_slice("np", [endpoint(p["pod2"]), endpoint(p["pod4"])], [slice_port(8080)]),
         ],
-        "--nodeport-addresses", "192.168.50.0/24",
+        *flags,
     )
+    expected = {("pod2", NODE1_BRIDGE_IP), ("pod4", NODE1_IP)}
     r = traffic.tcp(cluster.client, NODE1_IP, 30080, count=30)
     assert not r.failures, r
-    assert r.pairs() == {("pod2", NODE1_BRIDGE_IP), ("pod4", NODE1_IP)}, r
+    assert r.pairs() == expected, r
+    # External frontends masquerade whoever the source is: a pod, or the node itself.
+    r = traffic.tcp(cluster.ns("pod1"), NODE1_IP, 30080, count=30)
+    assert not r.failures, r
+    assert r.pairs() == expected, r
+    r = traffic.tcp(cluster.node1, NODE1_IP, 30080, count=30)
+    assert not r.failures, r
+    assert r.pairs() == expected, r
 
-    # 192.168.60.10 is node1's too, but outside --nodeport-addresses: not DNATed, so
+    # 192.168.60.10 is node1's too, but not a NodePort address: not DNATed, so
     # nothing listens there.
     r = traffic.tcp(cluster.client, NODE1_OTHER_IP, 30080, count=3, timeout=1.0)
     assert not r.pods, r
