@@ -103,6 +103,9 @@ class ClusterState:
 
     services: dict[ServiceName, Service] = field(default_factory=dict)
     slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+    # The same slices grouped by Service, sorted by name, when the producer keeps such an
+    # index (the tracker does, with stable tuples for unchanged groups); None: group anew.
+    slices_by_service: dict[ServiceName, tuple[EndpointSlice, ...]] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

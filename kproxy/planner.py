@@ -34,42 +34,49 @@ class PlanCache:
     def __init__(self) -> None:
         self.node: NodeConfig | None = None
         self.entries: dict[ServiceName, tuple[Service, tuple[EndpointSlice, ...], tuple[ServicePortPlan, ...]]] = {}
+        self.order: tuple[ServiceName, ...] = ()  # Service names, sorted
+        self.cluster_ips: tuple[IPv4Address, ...] | None = None
 
 
 def compute_plan(node: NodeConfig, state: ClusterState, cache: PlanCache | None = None) -> Plan:
     cache = cache or PlanCache()
     if cache.node != node:
-        cache.node, cache.entries = node, {}
-    slices_by_service = group_slices(state.slices.values())
-    service_ports: list[ServicePortPlan] = []
-    cluster_ips: set[IPv4Address] = set()
+        cache.node, cache.entries, cache.order = node, {}, ()
+    grouped = state.slices_by_service
+    if grouped is None:
+        grouped = {name: tuple(group) for name, group in group_slices(state.slices.values()).items()}
+    services = state.services
+    if services.keys() != cache.entries.keys():
+        cache.order = tuple(sorted(services))
+    old_entries = cache.entries
     entries = {}
-    for name in sorted(state.services, key=lambda n: (n.namespace, n.name)):
-        service = state.services[name]
-        cluster_ips.add(service.cluster_ip)
-        slices = tuple(slices_by_service.get(name, ()))
-        hit = cache.entries.get(name)
-        if hit is not None and hit[0] is service and _same_objects(hit[1], slices):
-            plans = hit[2]
-        else:
-            plans = plan_service(node, service, slices)
+    service_ports: list[ServicePortPlan] = []
+    same_services = True
+    for name in cache.order:
+        service = services[name]
+        slices = grouped.get(name, ())
+        hit = old_entries.get(name)
+        if hit is not None and hit[0] is service and (hit[1] is slices or _same_objects(hit[1], slices)):
+            entries[name] = hit
+            service_ports.extend(hit[2])
+            continue
+        same_services = same_services and hit is not None and hit[0] is service
+        plans = plan_service(node, service, slices)
         entries[name] = (service, slices, plans)
         service_ports.extend(plans)
+    if not same_services or len(entries) != len(old_entries) or cache.cluster_ips is None:
+        cache.cluster_ips = tuple(sorted({s.cluster_ip for s in services.values()}, key=int))
     cache.entries = entries
     nodeport_all_local, nodeport_ips = nodeport_addresses(node)
     return Plan(
-        service_ports=tuple(sorted(service_ports, key=_port_order)),
+        service_ports=tuple(service_ports),
         nodeport_ips=nodeport_ips,
         nodeport_all_local=nodeport_all_local,
-        cluster_ips=tuple(sorted(cluster_ips)),
+        cluster_ips=cache.cluster_ips,
         service_cidrs=node.service_cidrs,
         masquerade_all=node.masquerade_all,
         cluster_cidrs=node.cluster_cidrs,
     )
-
-
-def _port_order(sp: ServicePortPlan) -> tuple[str, str, str]:
-    return (sp.name.service.namespace, sp.name.service.name, sp.name.port)
 
 
 def plan_service(node: NodeConfig, service: Service, slices: Iterable[EndpointSlice]) -> tuple[ServicePortPlan, ...]:

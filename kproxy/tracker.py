@@ -29,6 +29,7 @@ class Tracker:
         self._lock = threading.Lock()
         self._services: dict[ServiceName, Service] = {}
         self._slices: dict[tuple[str, str], EndpointSlice] = {}
+        self._by_service = SliceIndex()
         # Last error logged per invalid object: a relist or reload that brings the same
         # broken object again does not log it again.
         self._invalid: dict[tuple[str, str, str], tuple[str, str]] = {}
@@ -45,17 +46,21 @@ class Tracker:
                 store[key] = value
         with self._lock:
             current = self._store(kind)
-            changed = len(current) != len(store)
+            updates = [(current.pop(key), None) for key in current.keys() - store.keys()]
             for key, value in store.items():
                 before = current.get(key)
                 if before is not None and before == value:
                     # keep the stored object: the planner's cache recognises it by identity
                     store[key] = before
                 else:
-                    changed = True
+                    updates.append((before, value))
+            changed = bool(updates)
             if changed:
                 current.clear()
                 current.update(store)
+                if kind == ENDPOINT_SLICE:
+                    for before, value in updates:
+                        self._by_service.update(before, value)
             to_log = {k: e for k, e in invalid.items() if self._invalid.get(k) != e}
             self._invalid = {k: e for k, e in self._invalid.items() if k[0] != kind}
             self._invalid.update(invalid)
@@ -71,12 +76,15 @@ class Tracker:
         log_it = False
         with self._lock:
             store = self._store(kind)
+            before = store.get(key)
             if value is None:
                 changed = store.pop(key, None) is not None
             else:
-                changed = store.get(key) != value
+                changed = before != value
                 if changed:
                     store[key] = value
+            if changed and kind == ENDPOINT_SLICE:
+                self._by_service.update(before, value)
             if error is None:
                 self._invalid.pop(invalid_key, None)
             elif self._invalid.get(invalid_key) != error:
@@ -91,7 +99,10 @@ class Tracker:
         """One DELETED event: only the object's namespace/name matter."""
         key = self._key(kind, obj)
         with self._lock:
-            changed = self._store(kind).pop(key, None) is not None
+            before = self._store(kind).pop(key, None)
+            changed = before is not None
+            if changed and kind == ENDPOINT_SLICE:
+                self._by_service.update(before, None)
             self._invalid.pop((kind, *object_key(obj)), None)
         if changed:
             self._on_change()
@@ -99,7 +110,8 @@ class Tracker:
     def snapshot(self) -> ClusterState:
         # Shallow copies: the values are frozen, so sharing them is safe and cheap.
         with self._lock:
-            return ClusterState(services=dict(self._services), slices=dict(self._slices))
+            return ClusterState(services=dict(self._services), slices=dict(self._slices),
+                                slices_by_service=self._by_service.grouped())
 
     def _store(self, kind: str) -> dict[Any, Any]:
         if kind == SERVICE:
@@ -133,3 +145,38 @@ class Tracker:
                 field=field,
                 error=message,
             )
+
+
+class SliceIndex:
+    """EndpointSlices grouped by Service, sorted by name. A group's tuple stays the same
+    object until one of its slices changes, so the planner can skip unchanged Services by
+    identity instead of re-planning 10,000 of them for one endpoint."""
+
+    def __init__(self) -> None:
+        self._members: dict[ServiceName, dict[str, EndpointSlice]] = {}
+        self._grouped: dict[ServiceName, tuple[EndpointSlice, ...]] = {}
+        self._dirty: set[ServiceName] = set()
+
+    def update(self, before: EndpointSlice | None, after: EndpointSlice | None) -> None:
+        if before is not None:
+            group = self._members.get(before.service, {})
+            group.pop(before.name, None)
+            if not group:
+                self._members.pop(before.service, None)
+            self._dirty.add(before.service)
+        if after is not None:
+            self._members.setdefault(after.service, {})[after.name] = after
+            self._dirty.add(after.service)
+
+    def grouped(self) -> dict[ServiceName, tuple[EndpointSlice, ...]]:
+        for name in self._dirty:
+            members = self._members.get(name)
+            if not members:
+                self._grouped.pop(name, None)
+                continue
+            group = tuple(members[n] for n in sorted(members))
+            old = self._grouped.get(name)
+            if old is None or len(old) != len(group) or any(a is not b for a, b in zip(old, group)):
+                self._grouped[name] = group
+        self._dirty = set()
+        return dict(self._grouped)
