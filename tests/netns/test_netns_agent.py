@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import traffic
 from kproxy_lab import Kproxy
@@ -102,6 +104,7 @@ def test_established_connection_survives_agent_restart_and_cleanup_removes_table
     kproxy.stop(agent)
     kproxy.cli("cleanup")
     assert "kproxy" not in kproxy.tables(), kproxy.tables()
+    assert json.loads(kproxy.cli("dump", "--json").stdout)["present"] is False
     # With no rules, the ClusterIP is just an address node1 routes to its default gateway.
     r = traffic.tcp(pod1.ns, "10.96.0.80", 80, count=1, timeout=1.0)
     assert not r.pods, r

@@ -204,3 +204,23 @@ def test_dump_json_lists_frontends_and_endpoints(cluster: Cluster, kproxy: Kprox
     assert sorted(cluster_ip[0]["endpoints"]) == sorted(
         f"{cluster.pods[n].ip}:8080" for n in ("pod2", "pod4", "pod5")
     ), sp
+
+
+def test_terminating_serving_endpoints_used_only_without_ready_ones(cluster: Cluster, kproxy: Kproxy) -> None:
+    p = cluster.pods
+    draining = [
+        endpoint(p["pod2"], ready=False, serving=True, terminating=True),
+        endpoint(p["pod4"], ready=False, serving=False, terminating=True),
+    ]
+    kproxy.sync(
+        [
+            service("drain", "10.96.0.90", [port(80, 8080)]),
+            endpoint_slice("drain", draining, [slice_port(8080)]),
+            service("mixed", "10.96.0.91", [port(80, 8080)]),
+            endpoint_slice("mixed", [*draining, endpoint(p["pod5"])], [slice_port(8080)]),
+        ]
+    )
+    r = traffic.tcp(cluster.ns("pod1"), "10.96.0.90", 80, count=10)
+    assert set(r.pods) == {"pod2"} and not r.failures, r
+    r = traffic.tcp(cluster.ns("pod1"), "10.96.0.91", 80, count=10)
+    assert set(r.pods) == {"pod5"} and not r.failures, r
