@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
 import time
@@ -104,8 +106,6 @@ class Holder:
         self.greeting = self._readline()
 
     def _readline(self) -> str:
-        import select
-
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout + 5)
         if not ready:
             raise AssertionError("no answer from the held connection")
@@ -120,8 +120,6 @@ class Holder:
         return self._readline()
 
     def close(self) -> None:
-        import os
-
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 9)
@@ -150,8 +148,6 @@ class Loop:
         return json.loads(out)
 
     def kill(self) -> None:
-        import os
-
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 9)
