@@ -120,9 +120,13 @@ def categorize_endpoints(
     """Ready endpoints; if there are none, serving-and-terminating ones (upstream's
     ProxyTerminatingEndpoints fallback); else none, and the port rejects."""
     ready = [t for t, ep in candidates.items() if ep.ready]
-    if ready:
-        return tuple(sorted(ready))
-    return tuple(sorted(t for t, ep in candidates.items() if ep.serving and ep.terminating))
+    if not ready:
+        ready = [t for t, ep in candidates.items() if ep.serving and ep.terminating]
+    return tuple(sorted(ready, key=_target_order))
+
+
+def _target_order(t: Target) -> tuple[int, int]:
+    return (int(t.ip), t.port)
 
 
 def group_slices(slices: Iterable[EndpointSlice]) -> dict[ServiceName, list[EndpointSlice]]:

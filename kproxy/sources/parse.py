@@ -6,6 +6,8 @@ the object is malformed and must be left out (the caller logs it once).
 
 from __future__ import annotations
 
+import socket
+
 from ipaddress import AddressValueError, IPv4Address, IPv6Address, ip_address
 from typing import Any
 
@@ -65,6 +67,12 @@ class _Ctx:
     def ip(self, value: Any, field: str) -> IPv4Address | IPv6Address:
         if not isinstance(value, str):
             raise self.error(field, f"not an IP address: {value!r}")
+        try:
+            # inet_pton is strict (no "010.1.1.1", no "1") and ~10x faster than
+            # ipaddress's parser, which matters at 100,000 endpoints.
+            return IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big"))
+        except OSError:
+            pass
         try:
             return ip_address(value)
         except (AddressValueError, ValueError):
