@@ -1,0 +1,265 @@
+"""A small in-process Kubernetes API server speaking the real list/watch protocol.
+
+Serves /api/v1/services and /apis/discovery.k8s.io/v1/endpointslices:
+- list: `{"kind": "ServiceList", "metadata": {"resourceVersion"}, "items": [...]}` (items
+  without kind, as the real server sends them);
+- watch (`?watch=true&resourceVersion=N`): chunked newline-delimited JSON events after N
+  (ADDED/MODIFIED/DELETED/BOOKMARK), ending after timeoutSeconds;
+- 410 Gone for a watch from a version older than the last `expire()`, either as an
+  ERROR event in a 200 stream (the watch cache's way) or as an HTTP 410 Status.
+
+The `Store` outlives a `FakeApiServer`, so a test can stop the server, change objects
+and start a new server on the same port: a client resuming its watch gets the events it
+missed, as from a real API server that came back.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+PATHS = {
+    "/api/v1/services": ("services", "Service", "v1"),
+    "/apis/discovery.k8s.io/v1/endpointslices": ("endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
+}
+RESOURCE_OF_KIND = {"Service": "services", "EndpointSlice": "endpointslices"}
+
+
+class Store:
+    """Objects, per-resource event history and one resourceVersion counter."""
+
+    def __init__(self, gone_mode: str = "event") -> None:
+        self.cond = threading.Condition()
+        self.version = 1000
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {r: {} for r in RESOURCE_OF_KIND.values()}
+        self.history: dict[str, list[tuple[int, str, dict[str, Any]]]] = {r: [] for r in RESOURCE_OF_KIND.values()}
+        self.oldest = 0  # watches from a version below this get 410 Gone
+        self.generation = 0  # bumped by expire(): open watches end with 410
+        self.frozen = False  # open watches deliver nothing while frozen
+        self.gone_mode = gone_mode  # "event" or "http"
+        self.calls: Counter[tuple[str, str]] = Counter()  # (resource, "list"|"watch")
+        self.watch_versions: list[tuple[str, str]] = []  # (resource, resourceVersion asked)
+
+    # --- changes, as a controller would make them -------------------------------------
+
+    def apply(self, obj: dict[str, Any]) -> int:
+        """Create or replace an object (by kind/namespace/name); returns its version."""
+        resource = RESOURCE_OF_KIND[obj["kind"]]
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        key = (meta.setdefault("namespace", "default"), meta["name"])
+        with self.cond:
+            self.version += 1
+            meta["resourceVersion"] = str(self.version)
+            event = "MODIFIED" if key in self.objects[resource] else "ADDED"
+            self.objects[resource][key] = obj
+            self.history[resource].append((self.version, event, obj))
+            self.cond.notify_all()
+            return self.version
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> None:
+        resource = RESOURCE_OF_KIND[kind]
+        with self.cond:
+            obj = copy.deepcopy(self.objects[resource].pop((namespace, name)))
+            self.version += 1
+            obj["metadata"]["resourceVersion"] = str(self.version)
+            self.history[resource].append((self.version, "DELETED", obj))
+            self.cond.notify_all()
+
+    def bookmark(self) -> int:
+        """Send a BOOKMARK at the current version on every resource's open watches."""
+        with self.cond:
+            self.version += 1  # a version no object has: only a bookmark can teach it
+            for resource, (_, kind, api_version) in _by_resource().items():
+                mark = {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(self.version)}}
+                self.history[resource].append((self.version, "BOOKMARK", mark))
+            self.cond.notify_all()
+            return self.version
+
+    def freeze(self) -> None:
+        """Hold back events from open watches: what happens next is 'missed'."""
+        with self.cond:
+            self.frozen = True
+
+    def expire(self) -> None:
+        """Compact history: open watches end with 410 and older versions are Gone."""
+        with self.cond:
+            self.oldest = self.version
+            self.generation += 1
+            self.frozen = False
+            self.cond.notify_all()
+
+    # --- serving ------------------------------------------------------------------------
+
+    def list_body(self, resource: str, kind: str, api_version: str) -> dict[str, Any]:
+        with self.cond:
+            self.calls[(resource, "list")] += 1
+            items = []
+            for key in sorted(self.objects[resource]):
+                item = copy.deepcopy(self.objects[resource][key])
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
+                items.append(item)
+            return {
+                "kind": f"{kind}List",
+                "apiVersion": api_version,
+                "metadata": {"resourceVersion": str(self.version)},
+                "items": items,
+            }
+
+
+def _by_resource() -> dict[str, tuple[str, str, str]]:
+    return {r: (r, k, v) for r, k, v in PATHS.values()}
+
+
+class FakeApiServer:
+    """Serves a Store on 127.0.0.1 (an ephemeral port unless `port` is given)."""
+
+    def __init__(self, store: Store, port: int = 0) -> None:
+        self.store = store
+        self.stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Go away: stop accepting and cut every open connection (watches included)."""
+        self.stopping.set()
+        with self.store.cond:
+            self.store.cond.notify_all()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        with self._lock:
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self._thread.join(timeout=5)
+
+    def track(self, conn: socket.socket, add: bool) -> None:
+        with self._lock:
+            (self._connections.add if add else self._connections.discard)(conn)
+
+
+def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
+    store = server.store
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            server.track(self.connection, True)
+
+        def finish(self) -> None:
+            server.track(self.connection, False)
+            try:
+                super().finish()
+            except OSError:
+                pass
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            if url.path not in PATHS:
+                return self._json(404, _status(404, "NotFound", f"no route {url.path}"))
+            resource, kind, api_version = PATHS[url.path]
+            if query.get("watch") in ("true", "1"):
+                return self._watch(resource, query)
+            return self._json(200, store.list_body(resource, kind, api_version))
+
+        def _json(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        def _watch(self, resource: str, query: dict[str, str]) -> None:
+            since = int(query.get("resourceVersion") or 0)
+            timeout = float(query.get("timeoutSeconds") or 1800)
+            with store.cond:
+                store.calls[(resource, "watch")] += 1
+                store.watch_versions.append((resource, query.get("resourceVersion", "")))
+                gone = since < store.oldest
+                generation = store.generation
+                history = store.history[resource]
+                index = next((i for i, (v, _, _) in enumerate(history) if v > since), len(history))
+            gone_event = {"type": "ERROR", "object": _status(410, "Expired", f"too old resource version: {since}")}
+            if gone and store.gone_mode == "http":
+                return self._json(410, gone_event["object"])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            deadline = time.monotonic() + timeout
+            try:
+                if gone:
+                    self._chunk(json.dumps(gone_event).encode() + b"\n")
+                else:
+                    while not server.stopping.is_set() and time.monotonic() < deadline:
+                        with store.cond:
+                            store.cond.wait_for(
+                                lambda: server.stopping.is_set()
+                                or store.generation != generation
+                                or (not store.frozen and len(history) > index),
+                                timeout=min(0.1, max(0.0, deadline - time.monotonic())),
+                            )
+                            expired = store.generation != generation
+                            pending = [] if store.frozen else history[index:]
+                            index += len(pending)
+                        if expired:
+                            if store.gone_mode == "event":
+                                self._chunk(json.dumps(gone_event).encode() + b"\n")
+                            break  # "http": the client's next watch gets HTTP 410
+                        for _, event, obj in pending:
+                            self._chunk(json.dumps({"type": event, "object": obj}).encode() + b"\n")
+                if server.stopping.is_set():
+                    self.close_connection = True
+                    return  # cut, no terminating chunk: the client sees a broken stream
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except OSError:
+                self.close_connection = True
+
+    return Handler
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message}
+
+
+def write_kubeconfig(path: Any, url: str) -> None:
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": url}}],
+                "users": [{"name": "fake", "user": {"token": "t0ken"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
