@@ -329,8 +329,12 @@ def main() -> int:
 
     commit = subprocess.run(["git", "-C", str(TOP), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+    # kproxy is installed editable: uncommitted changes under kproxy/ are what runs.
+    dirty = subprocess.run(["git", "-C", str(TOP), "status", "--porcelain", "--", "kproxy"],
+                           capture_output=True, text=True).stdout.strip() != ""  # fmt: skip
     report: dict[str, Any] = {
         "commit": commit,
+        "kproxy_uncommitted_changes": dirty,
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "nft": subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip(),
