@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +229,7 @@ class ApiSource:
     def _handle(self, resource: _Resource, event: dict[str, Any], version: str) -> str:
         kind, obj = event.get("type"), event.get("object") or {}
         if kind == "ERROR":
-            if obj.get("code") == 410:
+            if obj.get("code") == 410 or obj.get("reason") in ("Expired", "Gone"):
                 raise _Gone()
             raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
         new_version = (obj.get("metadata") or {}).get("resourceVersion") or version
@@ -245,8 +246,19 @@ class ApiSource:
 
     # --- stopping promptly -------------------------------------------------------------
 
-    def _reading(self, response: Any) -> _Reading:
-        return _Reading(self, response)
+    @contextmanager
+    def _reading(self, response: Any) -> Iterator[None]:
+        """Register a response while it is read, so the stopper can cut it; close it after."""
+        with self._open_lock:
+            self._open.add(response)
+        try:
+            if self._stop.is_set():
+                _shutdown(response)  # the stopper may have run just before we registered
+            yield
+        finally:
+            with self._open_lock:
+                self._open.discard(response)
+            response.close()
 
     def _stopper(self) -> None:
         self._stop.wait()
@@ -254,24 +266,6 @@ class ApiSource:
             responses = list(self._open)
         for response in responses:
             _shutdown(response)
-
-
-class _Reading:
-    """Registers a response while it is read; closes it afterwards."""
-
-    def __init__(self, source: ApiSource, response: Any) -> None:
-        self._source, self._response = source, response
-
-    def __enter__(self) -> None:
-        with self._source._open_lock:
-            self._source._open.add(self._response)
-        if self._source._stop.is_set():
-            _shutdown(self._response)  # the stopper may have run just before
-
-    def __exit__(self, *exc: object) -> None:
-        with self._source._open_lock:
-            self._source._open.discard(self._response)
-        self._response.close()
 
 
 def _shutdown(response: Any) -> None:
