@@ -188,3 +188,35 @@ def test_snapshot_is_fast_at_10k_services(tracker: Tracker) -> None:
     per_call = (time.perf_counter() - start) / 10
     assert len(state.services) == 10_000 and len(state.slices) == 10_000
     assert per_call < 0.01
+
+
+def test_slices_grouped_by_service_with_stable_identity(tracker: Tracker) -> None:
+    tracker.replace(
+        "EndpointSlice",
+        [
+            endpoint_slice("a", ["10.1.0.2"], name="a-2"),
+            endpoint_slice("a", ["10.1.0.1"], name="a-1"),
+            endpoint_slice("b", ["10.1.0.3"], name="b-1"),
+        ],
+    )
+    first = tracker.snapshot().slices_by_service
+    assert first is not None
+    assert [s.name for s in first[ServiceName("default", "a")]] == ["a-1", "a-2"]
+    # An identical reload and a change to b leave a's group (and its slices) the same objects.
+    tracker.replace(
+        "EndpointSlice",
+        [
+            endpoint_slice("a", ["10.1.0.1"], name="a-1"),
+            endpoint_slice("a", ["10.1.0.2"], name="a-2"),
+            endpoint_slice("b", ["10.1.0.4"], name="b-1"),
+        ],
+    )
+    second = tracker.snapshot().slices_by_service
+    assert second is not None
+    assert second[ServiceName("default", "a")] is first[ServiceName("default", "a")]
+    assert second[ServiceName("default", "b")] is not first[ServiceName("default", "b")]
+    tracker.delete("EndpointSlice", endpoint_slice("b", name="b-1"))
+    tracker.upsert("EndpointSlice", endpoint_slice("a", ["10.1.0.1"], name="a-1", ready=False))
+    third = tracker.snapshot().slices_by_service
+    assert third is not None and ServiceName("default", "b") not in third
+    assert [e.ready for s in third[ServiceName("default", "a")] for e in s.endpoints] == [False, True]
