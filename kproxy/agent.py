@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -14,6 +15,10 @@ from kproxy.planner import PlanCache, compute_plan
 from kproxy.tracker import Tracker
 
 log = structlog.get_logger(__name__)
+
+# Like upstream's nftables mode: partial syncs on changes, and a full rewrite now and
+# then, which repairs anything changed behind kproxy's back.
+FULL_SYNC_PERIOD_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,20 +36,27 @@ class SyncReport:
 class Agent:
     """One sync = snapshot -> plan -> backend.sync, serialised by a lock."""
 
-    def __init__(self, node: NodeConfig, backend: NftBackend, tracker: Tracker) -> None:
+    def __init__(self, node: NodeConfig, backend: NftBackend, tracker: Tracker,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self.backend = backend
         self.tracker = tracker
         self._cache = PlanCache()
         self._lock = threading.Lock()
         self.last_sync: SyncReport | None = None
+        self._clock = clock
+        self._last_full: float | None = None
 
     def sync(self, full: bool = False) -> SyncReport:
         with self._lock:
             started = time.perf_counter()
             plan = compute_plan(self.node, self.tracker.snapshot(), self._cache)
             planned = time.perf_counter()
+            now = self._clock()
+            full = full or self._last_full is None or now - self._last_full >= FULL_SYNC_PERIOD_S
             result = self.backend.sync(plan, full=full)
+            if result.full:
+                self._last_full = now
             done = time.perf_counter()
             report = SyncReport(
                 service_ports=len(plan.service_ports),

@@ -100,6 +100,8 @@ def build_parser() -> Parser:
                          help="backend (iptables and ipvs are planned)")
     sources.add_argument("--min-sync-period", type=parse_duration, default=1.0, metavar="DURATION",
                          help="least time between two syncs (default 1s)")
+    sources.add_argument("--sync-period", type=parse_duration, default=30.0, metavar="DURATION",
+                         help="sync at least this often, even without changes (default 30s)")
 
     parser = Parser(prog="kproxy", parents=[common],
                     description="kube-proxy replacement: Services and EndpointSlices to nftables")
@@ -114,19 +116,20 @@ def build_parser() -> Parser:
     return parser
 
 
-def node_config(args: argparse.Namespace, local_ips: Sequence[IPv4Address] | None = None) -> NodeConfig:
+def node_config(args: argparse.Namespace,
+                source_node_ips: Callable[[str], tuple[IPv4Address, ...]] = lambda _name: ()) -> NodeConfig:
+    """Upstream's order for node IPs: --node-ip, else the Node object, else the default route."""
     from kproxy import node
 
     hostname = (args.hostname_override or os.environ.get("NODE_NAME") or socket.gethostname()).lower()
-    node_ips = tuple(args.node_ip) or node.detect_node_ips()
+    node_ips = tuple(args.node_ip) or source_node_ips(hostname) or node.detect_node_ips()
     if not node_ips:
         log.warning("no node IP found; NodePorts will not answer", hint="pass --node-ip")
-    if args.nodeport_addresses and local_ips is None:
-        local_ips = node.local_ipv4_addresses()
+    local_ips = node.local_ipv4_addresses() if args.nodeport_addresses else ()
     return NodeConfig(
         hostname=hostname,
         node_ips=node_ips,
-        local_ips=tuple(local_ips or ()),
+        local_ips=local_ips,
         cluster_cidrs=args.cluster_cidr,
         service_cidrs=args.service_cluster_ip_range,
         nodeport_cidrs=args.nodeport_addresses,

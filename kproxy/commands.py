@@ -6,6 +6,8 @@ import argparse
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 import structlog
 
@@ -23,9 +25,14 @@ log = structlog.get_logger("kproxy")
 WAIT_FOR_API_S = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class StartedSource:
+    wait_synced: Callable[[float], bool]  # True once a full state is known
+    node_ips: Callable[[str], tuple[IPv4Address, ...]]  # this node's IPs, if the source knows
+
+
 def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Event,
-                  watch: bool) -> Callable[[float], bool]:
-    """Start feeding the tracker; returns wait(timeout) -> True once a full state is known."""
+                  watch: bool) -> StartedSource:
     if args.manifests and args.kubeconfig:
         raise UsageError("--manifests and --kubeconfig exclude each other")
     if args.manifests:
@@ -38,8 +45,8 @@ def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Ev
             raise UsageError(str(err)) from None
         if watch:
             threading.Thread(target=source.watch, args=(stop,), name="manifests", daemon=True).start()
-        return lambda _timeout: True
-    from kproxy.sources.api import ApiSource, load_api_client
+        return StartedSource(wait_synced=lambda _timeout: True, node_ips=lambda _name: ())
+    from kproxy.sources.api import ApiSource, load_api_client, node_ips_from_api
 
     try:
         client = load_api_client(args.kubeconfig)
@@ -47,22 +54,22 @@ def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Ev
         raise UsageError(f"kubeconfig: {err}") from None
     api = ApiSource(client, tracker, stop)
     api.run()
-    return api.wait_synced
+    return StartedSource(wait_synced=api.wait_synced, node_ips=lambda name: node_ips_from_api(client, name))
 
 
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     runner: SyncRunner | None = None
     tracker = Tracker(on_change=lambda: runner.request() if runner else None)
-    node = node_config(args)
+    source = _start_source(args, tracker, stop, watch=True)
+    node = node_config(args, source.node_ips)
     agent = Agent(node, NftBackend(LibNftKernel()), tracker)
-    runner = SyncRunner(agent.sync, min_interval=args.min_sync_period)
+    runner = SyncRunner(agent.sync, min_interval=args.min_sync_period, max_interval=args.sync_period)
     install_stop_handlers(stop, runner.wake)
-    wait_synced = _start_source(args, tracker, stop, watch=True)
     log.info("starting", node=node.hostname, node_ips=[str(i) for i in node.node_ips],
              source=args.manifests or "api", min_sync_period_s=args.min_sync_period)
     # Never program a partial or empty view: rules stay as they are until a full list arrived.
-    while not wait_synced(1.0):
+    while not source.wait_synced(1.0):
         if stop.is_set():
             return 0
         log.info("waiting for the first full list from the API")
@@ -75,11 +82,11 @@ def sync(args: argparse.Namespace) -> int:
     stop = threading.Event()
     tracker = Tracker(on_change=lambda: None)
     try:
-        wait_synced = _start_source(args, tracker, stop, watch=False)
-        if not wait_synced(WAIT_FOR_API_S):
+        source = _start_source(args, tracker, stop, watch=False)
+        if not source.wait_synced(WAIT_FOR_API_S):
             sys.stderr.write(f"kproxy: error: no full list from the API within {WAIT_FOR_API_S:.0f}s\n")
             return EXIT_FAILED
-        agent = Agent(node_config(args), NftBackend(LibNftKernel()), tracker)
+        agent = Agent(node_config(args, source.node_ips), NftBackend(LibNftKernel()), tracker)
         agent.sync()
     except NftError as err:
         sys.stderr.write(f"kproxy: error: the kernel refused the rules: {err}\n")

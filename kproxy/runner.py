@@ -20,12 +20,14 @@ class SyncRunner:
         self,
         sync: Callable[[], object],
         min_interval: float,
+        max_interval: float | None = None,
         retry_interval: float = 1.0,
         max_retry_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sync = sync
         self._min_interval = min_interval
+        self._max_interval = max_interval  # sync at least this often (upstream --sync-period)
         self._retry_interval = retry_interval
         self._max_retry_interval = max_retry_interval
         self._clock = clock
@@ -44,11 +46,11 @@ class SyncRunner:
         retry_at: float | None = None
         while not stop.is_set():
             now = self._clock()
+            wake_at = [t for t in (retry_at, self._periodic_at(last_start)) if t is not None]
             with self._lock:
-                due = self._pending or (retry_at is not None and now >= retry_at)
+                due = self._pending or any(now >= t for t in wake_at)
             if not due:
-                timeout = None if retry_at is None else max(0.0, retry_at - now)
-                self._wait(stop, timeout)
+                self._wait(stop, max(0.0, min(wake_at) - now) if wake_at else None)
                 continue
             earliest = last_start + self._min_interval
             if now < earliest:
@@ -67,6 +69,9 @@ class SyncRunner:
             else:
                 self.failures = 0
                 retry_at = None
+
+    def _periodic_at(self, last_start: float) -> float | None:
+        return None if self._max_interval is None else last_start + self._max_interval
 
     def _wait(self, stop: threading.Event, timeout: float | None) -> None:
         # wake on a request, on stop (the stopper also sets our event), or on timeout

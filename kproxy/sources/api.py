@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 import structlog
@@ -282,3 +283,30 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def node_ips_from_api(api_client: client.ApiClient, node_name: str, timeout: float = 10.0) -> tuple[IPv4Address, ...]:
+    """This node's IPv4 addresses from its Node object: InternalIP first, else ExternalIP,
+    as upstream picks node IPs when --node-ip is not given. Empty when it cannot tell."""
+    try:
+        response = client.CoreV1Api(api_client).read_node(
+            node_name, _preload_content=False, _request_timeout=timeout)
+        node = json.loads(response.data)
+    except Exception as exc:  # noqa: BLE001 - unknown node or API trouble: caller falls back
+        log.warning("cannot read this node's addresses from the API", node=node_name, error=_describe(exc))
+        return ()
+    addresses = node.get("status", {}).get("addresses") or []
+    for wanted in ("InternalIP", "ExternalIP"):
+        found = []
+        for entry in addresses:
+            if entry.get("type") != wanted:
+                continue
+            try:
+                ip = ip_address(entry.get("address", ""))
+            except ValueError:
+                continue
+            if isinstance(ip, IPv4Address):
+                found.append(ip)
+        if found:
+            return tuple(found[:1])
+    return ()

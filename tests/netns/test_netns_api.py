@@ -1,0 +1,152 @@
+"""kproxy run against the API: an in-process list/watch server, rules read from the kernel.
+
+The fake API server listens inside node1's namespace (its socket is opened by a thread
+that joined that namespace), so the agent reaches it on node1's loopback and nothing
+crosses into the host's network namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from kproxy_lab import NODE_FLAGS, Kproxy
+from tests.api.fake_apiserver import FakeApiServer, Store, write_kubeconfig
+from tests.builders import endpoint, endpoint_slice, service
+from topology import Cluster
+
+pytestmark = pytest.mark.netns
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def in_netns(netns: str, make: Callable[[], T]) -> T:
+    """Call `make` in a thread that joined `netns`: sockets it opens live there."""
+    out: dict[str, object] = {}
+
+    def target() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                out["error"] = OSError(ctypes.get_errno(), "setns failed")
+                return
+        finally:
+            os.close(fd)
+        try:
+            out["value"] = make()
+        except Exception as err:  # noqa: BLE001 - handed to the caller
+            out["error"] = err
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout=10)
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["value"]  # type: ignore[return-value]
+
+
+def web_slice(*ips: str) -> dict:
+    return endpoint_slice("web", [endpoint(ip, node="node1") for ip in ips], port=8080)
+
+
+@pytest.fixture
+def api(cluster: Cluster, kproxy: Kproxy, tmp_path: Path) -> Iterator[tuple[Store, list[FakeApiServer], Path]]:
+    store = Store()
+    servers = [in_netns(cluster.node1, lambda: FakeApiServer(store))]
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(kubeconfig, servers[0].url)
+    try:
+        yield store, servers, kubeconfig
+    finally:
+        for server in servers:
+            if not server.stopping.is_set():
+                server.stop()
+
+
+def dump(kproxy: Kproxy) -> dict[str, list[str]]:
+    """Service port -> sorted ClusterIP endpoints, as the kernel has them."""
+    view = json.loads(kproxy.cli("dump", "--json").stdout)
+    return {
+        sp["name"]: sorted(e for fe in sp["frontends"] if fe["kind"] == "ClusterIP" for e in fe["endpoints"])
+        for sp in view["service_ports"]
+    }
+
+
+def wait_for(kproxy: Kproxy, agent: subprocess.Popen, want: dict[str, list[str]], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    seen: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        assert agent.poll() is None, "agent exited"
+        seen = dump(kproxy)
+        if seen == want:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"kernel state never became {want}; last seen {seen}")
+
+
+def start_agent(cluster: Cluster, kproxy: Kproxy, kubeconfig: Path) -> subprocess.Popen:
+    log = kproxy.workdir / f"agent-{len(kproxy.agents)}.log"
+    proc = cluster.spawn("node1", kproxy.binary, "run", "--kubeconfig", str(kubeconfig), *NODE_FLAGS,
+                         "--min-sync-period", "0.1s", log=log)
+    kproxy.agents.append((proc, log))
+    return proc
+
+
+def test_create_update_delete_reach_the_kernel(cluster, kproxy, api):
+    store, _servers, kubeconfig = api
+    store.apply(service("web", cluster_ip="10.96.0.10"))
+    store.apply(web_slice("10.244.1.2"))
+    agent = start_agent(cluster, kproxy, kubeconfig)
+    wait_for(kproxy, agent, {"default/web": ["10.244.1.2:8080"]})
+
+    store.apply(web_slice("10.244.1.2", "10.244.1.3"))  # update
+    store.apply(service("api", cluster_ip="10.96.0.11"))  # create
+    wait_for(kproxy, agent, {"default/web": ["10.244.1.2:8080", "10.244.1.3:8080"], "default/api": []})
+
+    store.delete("Service", "web")
+    wait_for(kproxy, agent, {"default/api": []})
+
+
+def test_410_gone_triggers_a_relist_that_catches_up(cluster, kproxy, api):
+    store, _servers, kubeconfig = api
+    store.apply(service("web", cluster_ip="10.96.0.10"))
+    store.apply(web_slice("10.244.1.2"))
+    agent = start_agent(cluster, kproxy, kubeconfig)
+    wait_for(kproxy, agent, {"default/web": ["10.244.1.2:8080"]})
+    lists_before = store.calls[("endpointslices", "list")]
+
+    store.freeze()  # the watch misses what follows ...
+    store.apply(web_slice("10.244.1.4"))
+    store.apply(service("api", cluster_ip="10.96.0.11"))
+    store.expire()  # ... and then hears 410 Gone
+    wait_for(kproxy, agent, {"default/web": ["10.244.1.4:8080"], "default/api": []})
+    assert store.calls[("endpointslices", "list")] > lists_before
+
+
+def test_rules_stay_while_the_api_is_away_and_follow_when_it_returns(cluster, kproxy, api):
+    store, servers, kubeconfig = api
+    store.apply(service("web", cluster_ip="10.96.0.10"))
+    store.apply(web_slice("10.244.1.2"))
+    agent = start_agent(cluster, kproxy, kubeconfig)
+    wait_for(kproxy, agent, {"default/web": ["10.244.1.2:8080"]})
+
+    servers[0].stop()
+    time.sleep(2.0)  # several reconnect attempts fail meanwhile
+    assert agent.poll() is None
+    assert dump(kproxy) == {"default/web": ["10.244.1.2:8080"]}
+
+    store.apply(web_slice("10.244.1.3"))
+    port = servers[0].port
+    servers.append(in_netns(cluster.node1, lambda: FakeApiServer(store, port=port)))
+    wait_for(kproxy, agent, {"default/web": ["10.244.1.3:8080"]}, seconds=40)
