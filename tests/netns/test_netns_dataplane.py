@@ -224,3 +224,20 @@ def test_terminating_serving_endpoints_used_only_without_ready_ones(cluster: Clu
     assert set(r.pods) == {"pod2"} and not r.failures, r
     r = traffic.tcp(cluster.ns("pod1"), "10.96.0.91", 80, count=10)
     assert set(r.pods) == {"pod5"} and not r.failures, r
+
+
+def test_one_bad_object_is_skipped_with_a_warning_and_the_rest_programmed(
+    cluster: Cluster, kproxy: Kproxy
+) -> None:
+    p = cluster.pods
+    bad_port = service("badport", "10.96.0.40", [port(80, 8080)])
+    bad_port["spec"]["ports"][0]["port"] = 70000
+    bad_ip = endpoint_slice("web", [endpoint(p["pod4"])], [slice_port(8080)], suffix="bad")
+    bad_ip["endpoints"][0]["addresses"] = ["10.244.2.999"]
+    result = kproxy.sync([*web(cluster), bad_port, bad_ip])
+    warnings = [line for line in result.stderr.splitlines() if "skipping invalid object" in line]
+    assert len(warnings) == 2, result.stderr
+    assert any("default/badport" in w and "spec.ports[0].port" in w for w in warnings), warnings
+    assert any("default/web-bad" in w and "endpoints[0].addresses[0]" in w for w in warnings), warnings
+    r = traffic.tcp(cluster.ns("pod1"), WEB_IP, 80, count=CONNECTS)
+    assert set(r.pods) == {"pod2", "pod4", "pod5"} and not r.failures, r
