@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from kproxy.backends.nft.backend import NftBackend
+from kproxy.backends import Backend
 from kproxy.model import NodeConfig
 from kproxy.planner import PlanCache, compute_plan
 from kproxy.tracker import Tracker
@@ -36,7 +36,7 @@ class SyncReport:
 class Agent:
     """One sync = snapshot -> plan -> backend.sync, serialised by a lock."""
 
-    def __init__(self, node: NodeConfig, backend: NftBackend, tracker: Tracker,
+    def __init__(self, node: NodeConfig, backend: Backend, tracker: Tracker,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self.backend = backend

@@ -12,9 +12,8 @@ from ipaddress import IPv4Address
 import structlog
 
 from kproxy.agent import Agent
-from kproxy.backends.nft.backend import NftBackend
+from kproxy.backends import make_backend
 from kproxy.backends.nft.kernel import LibNftKernel, NftError
-from kproxy.backends.nft.readback import read_view
 from kproxy.cli import EXIT_FAILED, UsageError, install_stop_handlers, node_config, print_json
 from kproxy.runner import SyncRunner
 from kproxy.tracker import Tracker
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     tracker = Tracker(on_change=lambda: runner.request() if runner else None)
     source = _start_source(args, tracker, stop, watch=True)
     node = node_config(args, source.node_ips)
-    agent = Agent(node, NftBackend(LibNftKernel()), tracker)
+    agent = Agent(node, make_backend(args.proxy_mode), tracker)
     runner = SyncRunner(agent.sync, min_interval=args.min_sync_period, max_interval=args.sync_period)
     install_stop_handlers(stop, runner.wake)
     log.info("starting", node=node.hostname, node_ips=[str(i) for i in node.node_ips],
@@ -86,7 +85,7 @@ def sync(args: argparse.Namespace) -> int:
         if not source.wait_synced(WAIT_FOR_API_S):
             sys.stderr.write(f"kproxy: error: no full list from the API within {WAIT_FOR_API_S:.0f}s\n")
             return EXIT_FAILED
-        agent = Agent(node_config(args, source.node_ips), NftBackend(LibNftKernel()), tracker)
+        agent = Agent(node_config(args, source.node_ips), make_backend(args.proxy_mode), tracker)
         agent.sync()
     except NftError as err:
         sys.stderr.write(f"kproxy: error: the kernel refused the rules: {err}\n")
@@ -97,12 +96,11 @@ def sync(args: argparse.Namespace) -> int:
 
 
 def dump(args: argparse.Namespace) -> int:
-    kernel = LibNftKernel()
     if args.raw:
-        listing = kernel.list_table()
-        sys.stdout.write(kernel.list_ruleset_text() if listing else "")
+        kernel = LibNftKernel()
+        sys.stdout.write(kernel.list_ruleset_text() if kernel.list_table() else "")
         return 0
-    view = read_view(kernel.list_table())
+    view = make_backend("nftables").read_view()
     if args.json:
         print_json(view.to_json())
     else:
@@ -111,7 +109,7 @@ def dump(args: argparse.Namespace) -> int:
 
 
 def cleanup(_args: argparse.Namespace) -> int:
-    removed = NftBackend(LibNftKernel()).cleanup()
+    removed = make_backend("nftables").cleanup()
     log.info("cleanup", removed_table=removed)
     return 0
 

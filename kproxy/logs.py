@@ -22,6 +22,7 @@ def configure_logging(fmt: str = "text", verbose: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # looked up per logger, so a replaced sys.stderr (tests, daemons) is honoured
+        logger_factory=lambda *_args: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 
 import structlog
 
+from kproxy.backends import SyncResult
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.kernel import NftKernel
 from kproxy.backends.nft.objects import Skeleton
+from kproxy.backends.nft.readback import read_view
 from kproxy.backends.nft.render import Contribution, render_node, render_service_port, render_skeleton
 from kproxy.backends.nft.transaction import NeedsFullSync, NftTransaction, full_transaction, incremental_transaction
 from kproxy.model import ServicePortName
 from kproxy.plan import Plan, ServicePortPlan
+from kproxy.view import ProgrammedView
 
 log = structlog.get_logger(__name__)
 
@@ -28,15 +30,9 @@ NODE_OWNER = ""  # owner of node-wide elements; sorts before every Service port
 _COUNT = re.compile(r"^(nodeport-)?endpoints-(\d+)$")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SyncResult:
-    full: bool
-    operations: int
-    render_ms: float
-    apply_ms: float
-
-
 class NftBackend:
+    mode = "nftables"
+
     def __init__(self, kernel: NftKernel) -> None:
         self._kernel = kernel
         self._reset()
@@ -109,6 +105,9 @@ class NftBackend:
             if m:
                 (nodeport if m.group(1) else dnat).append(int(m.group(2)))
         return render_skeleton(plan, dnat, nodeport)
+
+    def read_view(self) -> ProgrammedView:
+        return read_view(self._kernel.list_table())
 
     def cleanup(self) -> bool:
         self._reset()
