@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -23,6 +24,15 @@ ENDPOINT_SLICE = "EndpointSlice"
 KINDS = (SERVICE, ENDPOINT_SLICE)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeCounts:
+    """Changes seen (upstream counts every accepted update) and objects changed since the
+    last `take_changes`, per kind; read by the metrics."""
+
+    total: dict[str, int]
+    pending: dict[str, int]
+
+
 class Tracker:
     def __init__(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
@@ -33,6 +43,9 @@ class Tracker:
         # Last error logged per invalid object: a relist or reload that brings the same
         # broken object again does not log it again.
         self._invalid: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._changes_total = dict.fromkeys(KINDS, 0)
+        self._pending: dict[str, set[Any]] = {kind: set() for kind in KINDS}
+        self._trigger_times: dict[Any, float] = {}  # earliest pending trigger time per slice
 
     def replace(self, kind: str, objects: Iterable[dict[str, Any]]) -> None:
         """The full state of one kind, after a (re)list or a manifests reload."""
@@ -55,6 +68,8 @@ class Tracker:
                 else:
                     updates.append((before, value))
             changed = bool(updates)
+            for before, value in updates:
+                self._count(kind, value or before, value)
             if changed:
                 current.clear()
                 current.update(store)
@@ -83,6 +98,8 @@ class Tracker:
                 changed = before != value
                 if changed:
                     store[key] = value
+            if changed:
+                self._count(kind, value or before, value)
             if changed and kind == ENDPOINT_SLICE:
                 self._by_service.update(before, value)
             if error is None:
@@ -101,6 +118,8 @@ class Tracker:
         with self._lock:
             before = self._store(kind).pop(key, None)
             changed = before is not None
+            if changed:
+                self._count(kind, before, None)
             if changed and kind == ENDPOINT_SLICE:
                 self._by_service.update(before, None)
             self._invalid.pop((kind, *object_key(obj)), None)
@@ -112,6 +131,28 @@ class Tracker:
         with self._lock:
             return ClusterState(services=dict(self._services), slices=dict(self._slices),
                                 slices_by_service=self._by_service.grouped())
+
+    def change_counts(self) -> ChangeCounts:
+        with self._lock:
+            return ChangeCounts(total=dict(self._changes_total),
+                                pending={kind: len(keys) for kind, keys in self._pending.items()})
+
+    def take_changes(self) -> tuple[float, ...]:
+        """Mark pending changes as taken by a sync; return their EndpointSlices' trigger
+        times (endpoints.kubernetes.io/last-change-trigger-time, epoch seconds)."""
+        with self._lock:
+            triggers = tuple(self._trigger_times.values())
+            self._pending = {kind: set() for kind in KINDS}
+            self._trigger_times = {}
+        return triggers
+
+    def _count(self, kind: str, obj: Any, after: Any) -> None:  # under the lock
+        self._changes_total[kind] += 1
+        key = obj.name if kind == SERVICE else (obj.namespace, obj.name)
+        self._pending[kind].add(key)
+        trigger = getattr(after, "trigger_time", None)  # a deletion has none
+        if trigger is not None and key not in self._trigger_times:
+            self._trigger_times[key] = trigger
 
     def _store(self, kind: str) -> dict[Any, Any]:
         if kind == SERVICE:
