@@ -74,6 +74,18 @@ def _ipv4(text: str) -> IPv4Address:
     return ip
 
 
+def _bind_address(default_port: int) -> Callable[[str], str]:
+    from kproxy.config import ConfigError, check_bind_address
+
+    def parse(text: str) -> str:
+        try:
+            return check_bind_address("", text, default_port)
+        except ConfigError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an IP:port address") from None
+    parse.__name__ = "address"
+    return parse
+
+
 def build_parser() -> Parser:
     common = Parser(add_help=False)
     common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
@@ -82,6 +94,12 @@ def build_parser() -> Parser:
                         help="debug logging")
 
     sources = Parser(add_help=False)
+    sources.add_argument("--config", metavar="FILE",
+                         help="a KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1); flags override it")
+    sources.add_argument("--metrics-bind-address", type=_bind_address(10249), default="127.0.0.1:10249",
+                         metavar="IP:PORT", help="serve /metrics and /proxyMode here (default 127.0.0.1:10249)")
+    sources.add_argument("--healthz-bind-address", type=_bind_address(10256), default="0.0.0.0:10256",
+                         metavar="IP:PORT", help="serve /healthz and /livez here (default 0.0.0.0:10256)")
     sources.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     sources.add_argument("--manifests", metavar="PATH",
                          help="a YAML/JSON file or folder of Services and EndpointSlices, instead of the API")
@@ -113,6 +131,10 @@ def build_parser() -> Parser:
     dump.add_argument("--json", action="store_true", help="machine-readable output")
     dump.add_argument("--raw", action="store_true", help="the kernel's own listing of kproxy's table")
     sub.add_parser("cleanup", parents=[common], help="remove everything kproxy programmed")
+    config = sub.add_parser("config", parents=[common, sources],
+                            help="show the effective configuration (--config file and flags) as YAML")
+    config.add_argument("--print", action="store_true", dest="print_config", required=True,
+                        help="print it (the only action)")
     return parser
 
 
@@ -142,10 +164,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "log_format", "text"), getattr(args, "verbose", False))
     from kproxy.commands import COMMANDS
+    from kproxy.config import ConfigError, apply_config_file
 
     try:
+        if getattr(args, "config", None):
+            args, ignored = apply_config_file(args, sys.argv[1:] if argv is None else list(argv), build_parser)
+            configure_logging(getattr(args, "log_format", "text"), getattr(args, "verbose", False))
+            for field in ignored:
+                log.warning("config field not implemented by kproxy; ignored", file=args.config, field=field)
         return COMMANDS[args.command](args)
-    except UsageError as err:
+    except (UsageError, ConfigError) as err:
         sys.stderr.write(f"kproxy: error: {err}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Any
 
 import structlog
 
@@ -15,6 +16,9 @@ from kproxy.agent import Agent
 from kproxy.backends import make_backend
 from kproxy.backends.nft.kernel import LibNftKernel, NftError
 from kproxy.cli import EXIT_FAILED, UsageError, install_stop_handlers, node_config, print_json
+from kproxy.config import dump_config
+from kproxy.health import watch_node_deletion
+from kproxy.observability import Observability, start_observability
 from kproxy.runner import SyncRunner
 from kproxy.tracker import Tracker
 from kproxy.view import format_view
@@ -28,6 +32,7 @@ WAIT_FOR_API_S = 60.0
 class StartedSource:
     wait_synced: Callable[[float], bool]  # True once a full state is known
     node_ips: Callable[[str], tuple[IPv4Address, ...]]  # this node's IPs, if the source knows
+    read_node: Callable[[str], dict[str, Any] | None] | None = None  # the Node object (None: unknown)
 
 
 def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Event,
@@ -46,6 +51,7 @@ def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Ev
             threading.Thread(target=source.watch, args=(stop,), name="manifests", daemon=True).start()
         return StartedSource(wait_synced=lambda _timeout: True, node_ips=lambda _name: ())
     from kproxy.sources.api import ApiSource, load_api_client, node_ips_from_api
+    from kproxy.node_api import read_node_json
 
     try:
         client = load_api_client(args.kubeconfig)
@@ -53,17 +59,33 @@ def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Ev
         raise UsageError(f"kubeconfig: {err}") from None
     api = ApiSource(client, tracker, stop)
     api.run()
-    return StartedSource(wait_synced=api.wait_synced, node_ips=lambda name: node_ips_from_api(client, name))
+    return StartedSource(wait_synced=api.wait_synced, node_ips=lambda name: node_ips_from_api(client, name),
+                         read_node=lambda name: read_node_json(client, name))
 
 
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     runner: SyncRunner | None = None
-    tracker = Tracker(on_change=lambda: runner.request() if runner else None)
+    obs: Observability | None = None
+
+    def changed() -> None:
+        if obs is not None:
+            obs.queued()
+        if runner is not None:
+            runner.request()
+
+    tracker = Tracker(on_change=changed)
     source = _start_source(args, tracker, stop, watch=True)
     node = node_config(args, source.node_ips)
     agent = Agent(node, make_backend(args.proxy_mode), tracker)
-    runner = SyncRunner(agent.sync, min_interval=args.min_sync_period, max_interval=args.sync_period)
+    obs = start_observability(args.proxy_mode, tracker, args.sync_period,
+                              args.metrics_bind_address, args.healthz_bind_address)
+    if source.read_node is not None:
+        read_node = source.read_node
+        threading.Thread(target=watch_node_deletion, args=(lambda: read_node(node.hostname), obs.health, stop),
+                         name="node-deletion", daemon=True).start()
+    runner = SyncRunner(obs.observe(agent.sync, tracker), min_interval=args.min_sync_period,
+                        max_interval=args.sync_period)
     install_stop_handlers(stop, runner.wake)
     log.info("starting", node=node.hostname, node_ips=[str(i) for i in node.node_ips],
              source=args.manifests or "api", min_sync_period_s=args.min_sync_period)
@@ -73,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         log.info("waiting for the first full list from the API")
     runner.run(stop)
+    obs.close()
     log.info("stopped; programmed rules stay in place")
     return 0
 
@@ -114,6 +137,11 @@ def cleanup(_args: argparse.Namespace) -> int:
     return 0
 
 
+def config(args: argparse.Namespace) -> int:
+    sys.stdout.write(dump_config(args))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": run, "sync": sync, "dump": dump, "cleanup": cleanup,
+    "run": run, "sync": sync, "dump": dump, "cleanup": cleanup, "config": config,
 }

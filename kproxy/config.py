@@ -1,0 +1,416 @@
+"""Upstream's configuration file (KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1).
+
+The file is checked against upstream's schema: an unknown field or a value of the wrong type
+is an error naming the field. Fields kproxy implements set the same settings as its flags;
+fields it does not implement are reported once, as ignored, when they hold a non-zero value
+(a kubeadm-generated file lists every field with zero values: those mean "default" upstream
+and here). Flags given on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from typing import Any
+
+import yaml
+
+API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
+KIND = "KubeProxyConfiguration"
+
+DEFAULT_METRICS_BIND_ADDRESS = "127.0.0.1:10249"
+DEFAULT_HEALTHZ_BIND_ADDRESS = "0.0.0.0:10256"
+
+
+class ConfigError(ValueError):
+    """The file is unreadable, or a field is unknown or of the wrong type."""
+
+
+# --- value types --------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """metav1.Duration as upstream writes it: 30s, 1m0s, 500ms, 2h22m; "0" is zero."""
+    if text == "0":
+        return 0.0
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {text!r} (examples: 30s, 500ms, 1m0s)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest Go-style spelling: 30s, 500ms, 1m30s, 1h0m0s."""
+    if seconds < 1 and seconds != 0:
+        return f"{seconds * 1000:g}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours:g}h{minutes:g}m{secs:g}s"
+    if minutes:
+        return f"{minutes:g}m{secs:g}s"
+    return f"{secs:g}s"
+
+
+def _is_str(v: object) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v: object) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_duration(v: object) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        parse_go_duration(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_str_list(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(i, str) for i in v)
+
+
+def _is_bool_map(v: object) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(b, bool) for k, b in v.items())
+
+
+def _is_any(_v: object) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    check: Callable[[object], bool]
+    expected: str  # for the error message
+    implemented: bool = False
+
+
+STR = Field(_is_str, "a string")
+BOOL = Field(_is_bool, "true or false")
+INT = Field(_is_int, "an integer")
+DURATION = Field(_is_duration, "a duration such as 30s")
+STR_LIST = Field(_is_str_list, "a list of strings")
+BOOL_MAP = Field(_is_bool_map, "a map of names to true/false")
+ANY = Field(_is_any, "anything")
+
+
+def _used(f: Field) -> Field:
+    return Field(f.check, f.expected, implemented=True)
+
+
+_PER_MODE = {  # iptables and nftables sections: kproxy reads the one of the active mode
+    "masqueradeBit": INT,
+    "masqueradeAll": _used(BOOL),
+    "syncPeriod": _used(DURATION),
+    "minSyncPeriod": _used(DURATION),
+}
+
+# Upstream's v1alpha1 schema. Nested dicts are sections.
+SCHEMA: dict[str, Any] = {
+    "apiVersion": _used(STR),
+    "kind": _used(STR),
+    "featureGates": BOOL_MAP,
+    "clientConnection": {
+        "kubeconfig": _used(STR),
+        "acceptContentTypes": STR,
+        "contentType": STR,
+        "qps": Field(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+        "burst": INT,
+    },
+    "logging": {
+        "format": _used(STR),
+        "flushFrequency": ANY,  # a number or a duration upstream
+        "verbosity": _used(INT),
+        "vmodule": ANY,
+        "options": ANY,
+    },
+    "hostnameOverride": _used(STR),
+    "bindAddress": _used(STR),
+    "healthzBindAddress": _used(STR),
+    "metricsBindAddress": _used(STR),
+    "bindAddressHardFail": BOOL,
+    "enableProfiling": BOOL,
+    "showHiddenMetricsForVersion": STR,
+    "mode": _used(STR),
+    "iptables": {**_PER_MODE, "localhostNodePorts": BOOL, "snatNodeInternalIP": BOOL},
+    "ipvs": {
+        "syncPeriod": DURATION, "minSyncPeriod": DURATION, "scheduler": STR, "excludeCIDRs": STR_LIST,
+        "strictARP": BOOL, "tcpTimeout": DURATION, "tcpFinTimeout": DURATION, "udpTimeout": DURATION,
+    },
+    "nftables": dict(_PER_MODE),
+    "winkernel": {
+        "networkName": STR, "sourceVip": STR, "enableDSR": BOOL, "rootHnsEndpointName": STR,
+        "forwardHealthCheckVip": BOOL,
+    },
+    "detectLocalMode": _used(STR),
+    "detectLocal": {"bridgeInterface": STR, "interfaceNamePrefix": STR},
+    "clusterCIDR": _used(STR),
+    "nodePortAddresses": _used(STR_LIST),
+    "oomScoreAdj": INT,
+    "conntrack": {
+        "maxPerCore": INT, "min": INT, "tcpEstablishedTimeout": DURATION, "tcpCloseWaitTimeout": DURATION,
+        "tcpBeLiberal": BOOL, "udpTimeout": DURATION, "udpStreamTimeout": DURATION,
+    },
+    "configSyncPeriod": DURATION,
+    "portRange": STR,
+    "windowsRunAsService": BOOL,
+}
+
+
+# --- reading the file -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfigFile:
+    path: str
+    values: dict[str, Any]  # flattened: "nftables.syncPeriod" -> "5s"; unset and null left out
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def ignored_fields(self) -> list[str]:
+        """Fields set to a non-zero value that kproxy does not implement."""
+        return [key for key, value in self.values.items()
+                if not _field(key).implemented and not _is_zero(value)]
+
+
+def _field(key: str) -> Field:
+    node: Any = SCHEMA
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _is_zero(value: object) -> bool:
+    if isinstance(value, str) and _is_duration(value):
+        return parse_go_duration(value) == 0
+    return value is None or value is False or value == 0 or value in ("", [], {})
+
+
+def _flatten(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        spec = schema.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise ConfigError(f"unknown field {key!r}")
+        if value is None:
+            continue  # null: unset, as upstream reads it
+        if isinstance(spec, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"field {key!r}: expected a section (a map), got {value!r}")
+            yield from _flatten(value, spec, f"{key}.")
+        elif not spec.check(value):
+            raise ConfigError(f"field {key!r}: expected {spec.expected}, got {value!r}")
+        else:
+            yield key, value
+
+
+def parse_config(text: str, path: str = "<config>") -> ProxyConfigFile:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a KubeProxyConfiguration document")
+    try:
+        values = dict(_flatten(data, SCHEMA, ""))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if values.get("apiVersion") != API_VERSION or values.get("kind") != KIND:
+        raise ConfigError(f"{path}: expected apiVersion {API_VERSION} and kind {KIND}, "
+                          f"got {values.get('apiVersion')!r} and {values.get('kind')!r}")
+    return ProxyConfigFile(path, values)
+
+
+def load_config(path: str) -> ProxyConfigFile:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise ConfigError(f"{path}: {err.strerror}") from None
+    return parse_config(text, path)
+
+
+# --- merging with the command line ------------------------------------------------------------
+
+def _cidrs(key: str, text: str) -> tuple[IPv4Network, ...]:
+    found = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            net = ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"field {key!r}: {item!r} is not a CIDR") from None
+        if isinstance(net, IPv4Network):
+            found.append(net)
+    return tuple(found)
+
+
+def _node_port_addresses(items: list[str]) -> tuple[IPv4Network, ...]:
+    found: list[IPv4Network] = []
+    for item in items:
+        if item == "primary":
+            continue  # the default: the node IPs
+        if item == "all":
+            found.append(IPv4Network("0.0.0.0/0"))
+        elif item == "localhost":
+            raise ConfigError("field 'nodePortAddresses': 'localhost' is not supported (nftables mode)")
+        else:
+            found.extend(_cidrs("nodePortAddresses", item))
+    return tuple(found)
+
+
+def check_bind_address(key: str, text: str, default_port: int) -> str:
+    """IP:PORT or [IPv6]:PORT; an IP alone gets the default port, as upstream."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, str(default_port)
+    try:
+        ip = ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not an IP:port address") from None
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{key}: {text!r} has no valid port")
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def file_settings(cfg: ProxyConfigFile, mode_choices: tuple[str, ...], flag_mode: str | None,
+                  default_mode: str) -> dict[str, Any]:
+    """The file's values as argparse destinations (only what the file sets). The iptables or
+    nftables section is read for the active mode: --proxy-mode, else the file's, else default."""
+    out: dict[str, Any] = {}
+    v = cfg.values
+    if mode := v.get("mode"):
+        if mode not in mode_choices:
+            raise ConfigError(f"{cfg.path}: field 'mode': {mode!r} is not implemented "
+                              f"(choose from {', '.join(mode_choices)})")
+        out["proxy_mode"] = mode
+    section = flag_mode or out.get("proxy_mode") or default_mode
+    try:
+        if kubeconfig := v.get("clientConnection.kubeconfig"):
+            out["kubeconfig"] = kubeconfig
+        if hostname := v.get("hostnameOverride"):
+            out["hostname_override"] = hostname
+        if bind := v.get("bindAddress"):
+            try:
+                ip = ip_address(bind)
+            except ValueError:
+                raise ConfigError(f"field 'bindAddress': {bind!r} is not an IP address") from None
+            if isinstance(ip, IPv4Address) and not ip.is_unspecified:
+                out["node_ip"] = [ip]
+        if address := v.get("healthzBindAddress"):
+            out["healthz_bind_address"] = check_bind_address("field 'healthzBindAddress'", address, 10256)
+        if address := v.get("metricsBindAddress"):
+            out["metrics_bind_address"] = check_bind_address("field 'metricsBindAddress'", address, 10249)
+        if cidrs := v.get("clusterCIDR"):
+            out["cluster_cidr"] = _cidrs("clusterCIDR", cidrs)
+        if (local_mode := v.get("detectLocalMode")) and local_mode != "ClusterCIDR":
+            raise ConfigError(f"field 'detectLocalMode': {local_mode!r} is not implemented (only ClusterCIDR)")
+        if addresses := v.get("nodePortAddresses"):
+            out["nodeport_addresses"] = _node_port_addresses(addresses)
+        if v.get(f"{section}.masqueradeAll"):
+            out["masquerade_all"] = True
+        for name, dest in (("syncPeriod", "sync_period"), ("minSyncPeriod", "min_sync_period")):
+            seconds = parse_go_duration(v.get(f"{section}.{name}", "0"))
+            if seconds:  # 0s: upstream's default
+                out[dest] = seconds
+        if fmt := v.get("logging.format"):
+            if fmt not in ("text", "json"):
+                raise ConfigError(f"field 'logging.format': {fmt!r} is not text or json")
+            out["log_format"] = fmt
+        if v.get("logging.verbosity", 0) >= 4:
+            out["verbose"] = True
+    except ConfigError as err:
+        raise ConfigError(f"{cfg.path}: {err}") from None
+    return out
+
+
+def merge(args: argparse.Namespace, cfg: ProxyConfigFile, explicit: set[str],
+          mode_choices: tuple[str, ...]) -> argparse.Namespace:
+    """args with the file's settings, except where a flag was given explicitly."""
+    flag_mode = args.proxy_mode if "proxy_mode" in explicit else None
+    for dest, value in file_settings(cfg, mode_choices, flag_mode, args.proxy_mode).items():
+        if dest not in explicit:
+            setattr(args, dest, value)
+    return args
+
+
+# --- the effective configuration, as upstream would write it -----------------------------------
+
+def effective_config(args: argparse.Namespace) -> dict[str, Any]:
+    mode = section = args.proxy_mode
+    node_ips = getattr(args, "node_ip", None) or []
+    nodeports: list[str] = [str(n) for n in args.nodeport_addresses] or ["primary"]
+    if nodeports == ["0.0.0.0/0"]:
+        nodeports = ["all"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "bindAddress": str(node_ips[0]) if node_ips else "0.0.0.0",
+        "clientConnection": {"kubeconfig": args.kubeconfig or ""},
+        "clusterCIDR": ",".join(str(n) for n in args.cluster_cidr),
+        "detectLocalMode": "ClusterCIDR",
+        "healthzBindAddress": args.healthz_bind_address,
+        "hostnameOverride": args.hostname_override or "",
+        "logging": {"format": getattr(args, "log_format", "text"),
+                    "verbosity": 4 if getattr(args, "verbose", False) else 0},
+        "metricsBindAddress": args.metrics_bind_address,
+        "mode": mode,
+        section: {
+            "masqueradeAll": bool(args.masquerade_all),
+            "minSyncPeriod": format_duration(args.min_sync_period),
+            "syncPeriod": format_duration(args.sync_period),
+        },
+        "nodePortAddresses": nodeports,
+    }
+
+
+def dump_config(args: argparse.Namespace) -> str:
+    return yaml.safe_dump(effective_config(args), sort_keys=True, default_flow_style=False)
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
+    """Every option of the parser and its subcommands (argparse has no public walk)."""
+    pending = [parser]
+    while pending:
+        p = pending.pop()
+        for action in p._actions:  # noqa: SLF001
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                pending.extend(action.choices.values())
+            else:
+                yield action
+
+
+def explicit_dests(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str]) -> set[str]:
+    """The destinations the command line sets explicitly (pflag's Changed): parse again with
+    every default suppressed."""
+    parser = build_parser()
+    for action in _all_actions(parser):
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
+def apply_config_file(args: argparse.Namespace, argv: list[str],
+                      build_parser: Callable[[], argparse.ArgumentParser]) -> tuple[argparse.Namespace, list[str]]:
+    """Merge the --config file under the flags; return the args and the ignored fields."""
+    cfg = load_config(args.config)
+    modes = next(tuple(a.choices or ()) for a in _all_actions(build_parser()) if a.dest == "proxy_mode")
+    return merge(args, cfg, explicit_dests(build_parser, argv), modes), cfg.ignored_fields()

@@ -1,0 +1,149 @@
+"""Upstream kube-proxy's metrics (names, types, buckets, labels), with prometheus_client.
+
+kproxy programs IPv4 only, so the per-family metrics carry ip_family="IPv4". Change counts
+are read from the tracker at scrape time; sync results are recorded by `ObservedSync`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+IP_FAMILY = "IPv4"
+SYNC_BUCKETS = tuple(0.001 * 2**i for i in range(15))  # ExponentialBuckets(0.001, 2, 15)
+# upstream's merge(): a 0 bucket, 0.25s, 0.5s, 1..59s, 60..115s by 5s, 2..5min by 30s
+NETWORK_PROGRAMMING_BUCKETS = (
+    (0.0, 0.25, 0.5)
+    + tuple(float(s) for s in range(1, 60))
+    + tuple(float(s) for s in range(60, 120, 5))
+    + tuple(float(s) for s in range(120, 330, 30))
+)
+FAILURE_COUNTERS = {  # per mode, as upstream names them
+    "nftables": ("kubeproxy_sync_proxy_rules_nftables_sync_failures_total", "Cumulative proxy nftables sync failures"),
+    "iptables": ("kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+                 "Cumulative proxy iptables restore failures"),
+}
+
+
+class ChangeSource(Protocol):
+    """What the tracker tells the metrics (kproxy.tracker.Tracker)."""
+
+    def change_counts(self) -> object: ...  # ChangeCounts: .total, .pending per kind
+    def take_changes(self) -> tuple[float, ...]: ...
+
+
+class _ChangeCollector:
+    """kubeproxy_sync_proxy_rules_{service,endpoint}_changes_{total,pending}, read at scrape."""
+
+    def __init__(self, source: ChangeSource) -> None:
+        self._source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # collected on demand only; no duplicate-name checks needed
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._source.change_counts()
+        for kind, word, label in (("Service", "service", "Service"), ("EndpointSlice", "endpoint", "Endpoint")):
+            yield CounterMetricFamily(f"kubeproxy_sync_proxy_rules_{word}_changes",
+                                      f"Cumulative proxy rules {label} changes",
+                                      value=counts.total.get(kind, 0))  # type: ignore[attr-defined]
+            yield GaugeMetricFamily(f"kubeproxy_sync_proxy_rules_{word}_changes_pending",
+                                    f"Pending proxy rules {label} changes",
+                                    value=counts.pending.get(kind, 0))  # type: ignore[attr-defined]
+
+
+class ProxyMetrics:
+    def __init__(self, mode: str, changes: ChangeSource | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.mode = mode
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        family = ("ip_family",)
+        self.sync_duration = Histogram("kubeproxy_sync_proxy_rules_duration_seconds",
+                                       "SyncProxyRules latency in seconds", family,
+                                       buckets=SYNC_BUCKETS, registry=r)
+        self.full_sync_duration = Histogram("kubeproxy_sync_full_proxy_rules_duration_seconds",
+                                            "SyncProxyRules latency in seconds for full resyncs", family,
+                                            buckets=SYNC_BUCKETS, registry=r)
+        self.partial_sync_duration = Histogram("kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                                               "SyncProxyRules latency in seconds for partial resyncs", family,
+                                               buckets=SYNC_BUCKETS, registry=r)
+        self.last_timestamp = Gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                                    "The last time proxy rules were successfully synced", family, registry=r)
+        self.last_queued_timestamp = Gauge("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                                           "The last time a sync of proxy rules was queued", family, registry=r)
+        self.network_programming = Histogram("kubeproxy_network_programming_duration_seconds",
+                                             "In Cluster Network Programming Latency in seconds", family,
+                                             buckets=NETWORK_PROGRAMMING_BUCKETS, registry=r)
+        name, doc = FAILURE_COUNTERS.get(mode, FAILURE_COUNTERS["nftables"])
+        self.sync_failures = Counter(name, doc, family, registry=r)
+        self.healthz = Counter("kubeproxy_proxy_healthz_total", "Cumulative proxy healthz HTTP status",
+                               ("code",), registry=r)
+        self.livez = Counter("kubeproxy_proxy_livez_total", "Cumulative proxy livez HTTP status",
+                             ("code",), registry=r)
+        # Children exist from the start, so a scrape before the first sync shows zeros.
+        for metric in (self.sync_duration, self.full_sync_duration, self.partial_sync_duration,
+                       self.network_programming, self.sync_failures):
+            metric.labels(IP_FAMILY)
+        if changes is not None:
+            r.register(_ChangeCollector(changes))  # type: ignore[arg-type]
+
+    def queued(self, now: float) -> None:
+        self.last_queued_timestamp.labels(IP_FAMILY).set(now)
+
+    def synced(self, seconds: float, full: bool, now: float, trigger_times: tuple[float, ...]) -> None:
+        self.sync_duration.labels(IP_FAMILY).observe(seconds)
+        (self.full_sync_duration if full else self.partial_sync_duration).labels(IP_FAMILY).observe(seconds)
+        self.last_timestamp.labels(IP_FAMILY).set(now)
+        for trigger in trigger_times:
+            if now >= trigger:
+                self.network_programming.labels(IP_FAMILY).observe(now - trigger)
+
+    def sync_failed(self) -> None:
+        self.sync_failures.labels(IP_FAMILY).inc()
+
+    def exposition(self) -> tuple[str, bytes]:
+        return CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+
+class SyncReportLike(Protocol):
+    full: bool
+    total_ms: float
+
+
+class SyncListener(Protocol):
+    def updated(self) -> None: ...
+
+
+class ObservedSync:
+    """Wraps the agent's sync: takes the tracker's pending changes, records the outcome in
+    the metrics and tells the health server. Trigger times of a failed sync are kept for
+    the next successful one (their changes were not programmed yet)."""
+
+    def __init__(self, sync: Callable[[], SyncReportLike], changes: ChangeSource, metrics: ProxyMetrics,
+                 health: SyncListener | None = None, wall_clock: Callable[[], float] = time.time) -> None:
+        self._sync = sync
+        self._changes = changes
+        self._metrics = metrics
+        self._health = health
+        self._clock = wall_clock
+        self._carried: tuple[float, ...] = ()
+
+    def __call__(self) -> SyncReportLike:
+        triggers = self._carried + self._changes.take_changes()
+        try:
+            report = self._sync()
+        except Exception:
+            self._carried = triggers
+            self._metrics.sync_failed()
+            raise
+        self._carried = ()
+        self._metrics.synced(report.total_ms / 1000, report.full, self._clock(), triggers)
+        if self._health is not None:
+            self._health.updated()
+        return report
