@@ -60,7 +60,7 @@ class Agent:
             done = time.perf_counter()
             report = SyncReport(
                 service_ports=len(plan.service_ports),
-                endpoints=sum(len(sp.cluster_targets) for sp in plan.service_ports),
+                endpoints=sum(len(sp.internal_targets) for sp in plan.service_ports),
                 operations=result.operations,
                 full=result.full,
                 plan_ms=round((planned - started) * 1000, 2),

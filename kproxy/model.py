@@ -59,6 +59,18 @@ class ServicePort:
     node_port: int | None = None
     external_ips: tuple[IPv4Address, ...] = ()
     load_balancer_ips: tuple[IPv4Address, ...] = ()
+    # sessionAffinity ClientIP: seconds a client sticks to its endpoint; None: no affinity
+    affinity_timeout: int | None = None
+    # externalTrafficPolicy / internalTrafficPolicy Local
+    external_policy_local: bool = False
+    internal_policy_local: bool = False
+    health_check_node_port: int | None = None
+    # loadBalancerSourceRanges: only these sources reach the LB IPs (empty: everyone)
+    source_ranges: tuple[IPv4Network, ...] = ()
+
+    @property
+    def externally_accessible(self) -> bool:
+        return bool(self.node_port or self.external_ips or self.load_balancer_ips)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +98,9 @@ class SliceEndpoint:
     terminating: bool = False
     node_name: str | None = None
     zone: str | None = None
+    # topology hints set by the EndpointSlice controller (trafficDistribution, topology mode)
+    zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +110,9 @@ class EndpointSlice:
     service: ServiceName
     ports: tuple[SlicePort, ...]
     endpoints: tuple[SliceEndpoint, ...]
+    # endpoints.kubernetes.io/last-change-trigger-time, epoch seconds, for the network
+    # programming latency metric. Not compared: a new trigger time alone needs no sync.
+    trigger_time: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,3 +142,5 @@ class NodeConfig:
     service_cidrs: tuple[IPv4Network, ...] = ()
     nodeport_cidrs: tuple[IPv4Network, ...] = ()
     masquerade_all: bool = False
+    # topology.kubernetes.io/zone of this node's Node object, for zone hints
+    zone: str | None = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 
-from kproxy.model import Protocol, ServicePortName
+from kproxy.model import Protocol, ServiceName, ServicePortName
 
 
 class FrontendKind(StrEnum):
@@ -58,15 +58,41 @@ class ServicePortPlan:
     name: ServicePortName
     protocol: Protocol
     frontends: tuple[Frontend, ...]
-    # Endpoints for traffic to the ClusterIP, and for traffic to the external
-    # frontends (NodePort, externalIPs, LB IPs); empty means reject.
-    cluster_targets: tuple[Target, ...]
+    # Endpoints for traffic to the ClusterIP (internal) and to the external frontends
+    # (NodePort, externalIPs, LB IPs). Empty: reject when the Service has no usable
+    # endpoint anywhere, drop when only this node has none (a Local traffic policy).
+    internal_targets: tuple[Target, ...]
     external_targets: tuple[Target, ...]
-    # Traffic arriving on an external frontend is masqueraded (externalTrafficPolicy: Cluster).
-    masquerade_external: bool = True
+    has_endpoints: bool = True
+    # externalTrafficPolicy Local: external traffic keeps its source address and only
+    # reaches local endpoints; traffic from pods and from this node to the external
+    # frontends short-circuits to every (Cluster) endpoint instead, as upstream does.
+    external_policy_local: bool = False
+    short_circuit_targets: tuple[Target, ...] = ()
+    local_ready_endpoints: int = 0  # what the healthCheckNodePort reports
+    affinity_timeout: int | None = None  # sessionAffinity ClientIP, seconds
+    # loadBalancerSourceRanges (plus the LB IPs themselves when a range holds the node IP)
+    source_ranges: tuple[IPv4Network, ...] = ()
 
     def targets_for(self, frontend: Frontend) -> tuple[Target, ...]:
-        return self.external_targets if frontend.kind.is_external else self.cluster_targets
+        return self.external_targets if frontend.kind.is_external else self.internal_targets
+
+    @property
+    def masquerade_external(self) -> bool:
+        return not self.external_policy_local
+
+    def empty_verdict(self) -> str:
+        """What a frontend with no targets does with new connections."""
+        return "drop" if self.has_endpoints else "reject"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    """A healthCheckNodePort to serve: 200 while this node has local endpoints."""
+
+    service: ServiceName
+    node_port: int
+    local_endpoints: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,3 +106,4 @@ class Plan:
     # Masquerade ClusterIP traffic: all of it, or only from outside these CIDRs (none: never).
     masquerade_all: bool = False
     cluster_cidrs: tuple[IPv4Network, ...] = ()
+    health_checks: tuple[HealthCheck, ...] = ()

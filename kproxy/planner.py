@@ -20,7 +20,8 @@ from kproxy.model import (
     ServicePort,
     SliceEndpoint,
 )
-from kproxy.plan import Frontend, FrontendKind, Plan, ServicePortPlan, Target
+from kproxy.plan import Frontend, FrontendKind, HealthCheck, Plan, ServicePortPlan, Target
+from kproxy.topology import categorize_endpoints
 
 ALL_ADDRESSES = IPv4Network("0.0.0.0/0")
 
@@ -76,6 +77,7 @@ def compute_plan(node: NodeConfig, state: ClusterState, cache: PlanCache | None 
         service_cidrs=node.service_cidrs,
         masquerade_all=node.masquerade_all,
         cluster_cidrs=node.cluster_cidrs,
+        health_checks=health_checks(state, service_ports),
     )
 
 
@@ -94,15 +96,33 @@ def _same_objects(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
 def plan_service_port(
     node: NodeConfig, port: ServicePort, candidates: Mapping[Target, SliceEndpoint]
 ) -> ServicePortPlan:
-    targets = categorize_endpoints(node, candidates)
+    eps = categorize_endpoints(node, port, candidates)
+    internal = eps.local if port.internal_policy_local else eps.cluster
+    external = eps.local if port.external_policy_local else eps.cluster
     return ServicePortPlan(
         name=port.name,
         protocol=port.protocol,
         frontends=frontends_of(port),
-        cluster_targets=targets,
-        external_targets=targets,
-        masquerade_external=True,
+        internal_targets=internal if eps.has_any else (),
+        external_targets=external if eps.has_any else (),
+        has_endpoints=eps.has_any,
+        external_policy_local=port.external_policy_local,
+        short_circuit_targets=eps.cluster if port.external_policy_local else (),
+        local_ready_endpoints=sum(1 for t, ep in candidates.items() if t.is_local and ep.ready),
+        affinity_timeout=port.affinity_timeout,
+        source_ranges=source_ranges(node, port),
     )
+
+
+def source_ranges(node: NodeConfig, port: ServicePort) -> tuple[IPv4Network, ...]:
+    """loadBalancerSourceRanges; when one holds a node IP, the LB IPs are allowed too:
+    a node reaching an LB IP that is local to it loops back with the LB IP as source."""
+    if not port.source_ranges or not port.load_balancer_ips:
+        return ()
+    ranges = list(port.source_ranges)
+    if any(ip in cidr for cidr in port.source_ranges for ip in node.node_ips):
+        ranges += [IPv4Network(ip) for ip in port.load_balancer_ips]
+    return tuple(dict.fromkeys(ranges))
 
 
 def frontends_of(port: ServicePort) -> tuple[Frontend, ...]:
@@ -114,19 +134,20 @@ def frontends_of(port: ServicePort) -> tuple[Frontend, ...]:
     return tuple(dict.fromkeys(found))  # an IP listed twice is one frontend
 
 
-def categorize_endpoints(
-    node: NodeConfig, candidates: Mapping[Target, SliceEndpoint]
-) -> tuple[Target, ...]:
-    """Ready endpoints; if there are none, serving-and-terminating ones (upstream's
-    ProxyTerminatingEndpoints fallback); else none, and the port rejects."""
-    ready = [t for t, ep in candidates.items() if ep.ready]
-    if not ready:
-        ready = [t for t, ep in candidates.items() if ep.serving and ep.terminating]
-    return tuple(sorted(ready, key=_target_order))
-
-
-def _target_order(t: Target) -> tuple[int, int]:
-    return (int(t.ip), t.port)
+def health_checks(state: ClusterState, plans: Iterable[ServicePortPlan]) -> tuple[HealthCheck, ...]:
+    """One per Service with externalTrafficPolicy Local and a healthCheckNodePort; the
+    count is local ready endpoints summed over its ports, as upstream reports it."""
+    local: dict[ServiceName, int] = defaultdict(int)
+    for sp in plans:
+        if sp.external_policy_local:
+            local[sp.name.service] += sp.local_ready_endpoints
+    found = []
+    for name in sorted(local):
+        service = state.services.get(name)
+        port = service.ports[0].health_check_node_port if service and service.ports else None
+        if port:
+            found.append(HealthCheck(service=name, node_port=port, local_endpoints=local[name]))
+    return tuple(found)
 
 
 def group_slices(slices: Iterable[EndpointSlice]) -> dict[ServiceName, list[EndpointSlice]]:

@@ -15,7 +15,7 @@ class FrontendView:
     kind: str  # ClusterIP, NodePort, ExternalIP, LoadBalancer
     address: str  # ip:port; for NodePorts every NodePort address, comma-separated
     endpoints: tuple[str, ...]  # ip:port, each chosen with equal probability
-    verdict: str  # "dnat", or "reject" when the port has no usable endpoints
+    verdict: str  # "dnat"; "reject": no usable endpoints; "drop": none on this node (Local policy)
 
     def __lt__(self, other: FrontendView) -> bool:
         return (KIND_ORDER.get(self.kind, 9), self.address) < (KIND_ORDER.get(other.kind, 9), other.address)
@@ -48,6 +48,8 @@ def format_view(view: ProgrammedView) -> str:
         for fe in sp.frontends:
             if fe.verdict == "reject":
                 target = "reject (no ready endpoints)"
+            elif fe.verdict == "drop":
+                target = "drop (no endpoints on this node; traffic policy Local)"
             else:
                 n = len(fe.endpoints)
                 share = f"{100 / n:.0f}% each" if n > 1 else "100%"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import socket
 
-from ipaddress import AddressValueError, IPv4Address, IPv6Address, ip_address
+from dataclasses import replace
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, IPv6Address, ip_address, ip_network
 from typing import Any
 
 from kproxy.model import (
@@ -28,6 +29,9 @@ from kproxy.model import (
 LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
 LABEL_HEADLESS = "service.kubernetes.io/headless"
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+ANNOTATION_TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
+ANNOTATION_SOURCE_RANGES = "service.beta.kubernetes.io/load-balancer-source-ranges"
+DEFAULT_AFFINITY_TIMEOUT = 10800  # upstream's default sessionAffinityConfig.clientIP.timeoutSeconds
 # Label selector for list/watch calls that mirrors upstream's informer filter.
 UPSTREAM_LABEL_SELECTOR = f"!{LABEL_SERVICE_PROXY_NAME},!{LABEL_HEADLESS}"
 
@@ -130,6 +134,7 @@ def parse_service(obj: dict[str, Any]) -> Service | None:
         if isinstance(ip := ctx.ip(raw, f"spec.externalIPs[{i}]"), IPv4Address)
     )
     lb_ips = _load_balancer_ips(ctx, obj) if service_type is ServiceType.LOAD_BALANCER else ()
+    policies = _policies(ctx, obj, service_type)
     raw_ports = ctx.entries(spec.get("ports"), "spec.ports")
     ports: list[ServicePort] = []
     seen: set[str] = set()
@@ -146,18 +151,64 @@ def parse_service(obj: dict[str, Any]) -> Service | None:
             node_port = None  # upstream ignores a stale nodePort on a ClusterIP Service
         else:
             node_port = ctx.port(node_port, f"{field}.nodePort")
-        ports.append(
-            ServicePort(
-                name=ServicePortName(service_name, port_name),
-                protocol=ctx.protocol(raw.get("protocol"), f"{field}.protocol"),
-                port=ctx.port(raw.get("port"), f"{field}.port"),
-                cluster_ip=cluster_ip,
-                node_port=node_port,
-                external_ips=external_ips,
-                load_balancer_ips=lb_ips,
-            )
+        port = ServicePort(
+            name=ServicePortName(service_name, port_name),
+            protocol=ctx.protocol(raw.get("protocol"), f"{field}.protocol"),
+            port=ctx.port(raw.get("port"), f"{field}.port"),
+            cluster_ip=cluster_ip,
+            node_port=node_port,
+            external_ips=external_ips,
+            load_balancer_ips=lb_ips,
+            **policies,
         )
+        # upstream: externalTrafficPolicy applies only to externally reachable ports
+        if port.external_policy_local and not port.externally_accessible:
+            port = replace(port, external_policy_local=False)
+        ports.append(port)
     return Service(name=service_name, type=service_type, cluster_ip=cluster_ip, ports=tuple(ports))
+
+
+def _policies(ctx: _Ctx, obj: dict[str, Any], service_type: ServiceType) -> dict[str, Any]:
+    """Traffic policies, affinity, health check port and source ranges, as ServicePort fields."""
+    spec = obj.get("spec") or {}
+    found: dict[str, Any] = {}
+    if spec.get("sessionAffinity") == "ClientIP":
+        config = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
+        timeout = config.get("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 < timeout <= 86400:
+            raise ctx.error("spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                            f"must be 1-86400, got {timeout!r}")
+        found["affinity_timeout"] = timeout
+    found["external_policy_local"] = service_type is not ServiceType.CLUSTER_IP and (
+        spec.get("externalTrafficPolicy") in ("Local", "OnlyLocal"))
+    found["internal_policy_local"] = spec.get("internalTrafficPolicy") == "Local"
+    if found["external_policy_local"] and service_type is ServiceType.LOAD_BALANCER and spec.get(
+            "healthCheckNodePort"):
+        found["health_check_node_port"] = ctx.port(spec["healthCheckNodePort"], "spec.healthCheckNodePort")
+    if service_type is ServiceType.LOAD_BALANCER:
+        found["source_ranges"] = _source_ranges(ctx, obj)
+    return found
+
+
+def _source_ranges(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPv4Network, ...]:
+    # spec.loadBalancerSourceRanges wins; the older annotation is read when it is empty (upstream)
+    raw = (obj.get("spec") or {}).get("loadBalancerSourceRanges") or []
+    field = "spec.loadBalancerSourceRanges"
+    if not raw:
+        annotation = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SOURCE_RANGES, "")
+        raw = [part.strip() for part in annotation.split(",") if part.strip()]
+        field = f"metadata.annotations[{ANNOTATION_SOURCE_RANGES}]"
+    if not isinstance(raw, list):
+        raise ctx.error(field, "must be a list of CIDRs")
+    ranges: list[IPv4Network] = []
+    for i, cidr in enumerate(raw):
+        try:
+            net = ip_network(str(cidr).strip(), strict=False)
+        except ValueError:
+            raise ctx.error(f"{field}[{i}]", f"not a CIDR: {cidr!r}") from None
+        if isinstance(net, IPv4Network):
+            ranges.append(net)
+    return tuple(ranges)
 
 
 def _cluster_ip(ctx: _Ctx, spec: dict[str, Any]) -> IPv4Address | None:
@@ -191,6 +242,20 @@ def _load_balancer_ips(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPv4Address, ...
     return tuple(ips)
 
 
+def _trigger_time(obj: dict[str, Any]) -> float | None:
+    """The slice's last-change-trigger-time annotation (RFC 3339) as epoch seconds; a
+    missing or malformed one is no reason to skip the slice (upstream ignores it too)."""
+    from datetime import datetime
+
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_TRIGGER_TIME)
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
 def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
     ctx = _Ctx("EndpointSlice", obj)
     labels = _labels(obj)
@@ -222,6 +287,11 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
         ready = conditions.get("ready") is not False
         serving = conditions.get("serving") is not False
         terminating = conditions.get("terminating") is True
+        raw_hints = raw.get("hints") or {}
+
+        def hints(kind: str) -> tuple[str, ...]:
+            return tuple(sorted(h.get("name", "") for h in raw_hints.get(kind) or () if isinstance(h, dict)))
+
         for j, address in enumerate(raw.get("addresses") or ()):
             ip = ctx.ip(address, f"{field}.addresses[{j}]")
             if not isinstance(ip, IPv4Address):
@@ -234,6 +304,8 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
                     terminating=terminating,
                     node_name=raw.get("nodeName") or None,
                     zone=raw.get("zone") or None,
+                    zone_hints=hints("forZones"),
+                    node_hints=hints("forNodes"),
                 )
             )
     return EndpointSlice(
@@ -242,4 +314,5 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
         service=ServiceName(namespace, service),
         ports=tuple(ports),
         endpoints=tuple(endpoints),
+        trigger_time=_trigger_time(obj),
     )

@@ -8,7 +8,6 @@ makes any in-memory record that a failed batch left behind irrelevant.
 
 from __future__ import annotations
 
-import re
 import time
 
 import structlog
@@ -18,7 +17,14 @@ from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.kernel import NftKernel
 from kproxy.backends.nft.objects import Skeleton
 from kproxy.backends.nft.readback import read_view
-from kproxy.backends.nft.render import Contribution, render_node, render_service_port, render_skeleton
+from kproxy.backends.nft.render import (
+    Contribution,
+    affinity_timeouts,
+    counts_in_use,
+    render_node,
+    render_service_port,
+    render_skeleton,
+)
 from kproxy.backends.nft.transaction import NeedsFullSync, NftTransaction, full_transaction, incremental_transaction
 from kproxy.model import ServicePortName
 from kproxy.plan import Plan, ServicePortPlan
@@ -27,7 +33,6 @@ from kproxy.view import ProgrammedView
 log = structlog.get_logger(__name__)
 
 NODE_OWNER = ""  # owner of node-wide elements; sorts before every Service port
-_COUNT = re.compile(r"^(nodeport-)?endpoints-(\d+)$")
 
 
 class NftBackend:
@@ -98,13 +103,8 @@ class NftBackend:
             self._contribs[name] = contrib
 
     def _render_skeleton(self, plan: Plan) -> Skeleton:
-        dnat: list[int] = []
-        nodeport: list[int] = []
-        for set_name in self._table.set_names():
-            m = _COUNT.match(set_name)
-            if m:
-                (nodeport if m.group(1) else dnat).append(int(m.group(2)))
-        return render_skeleton(plan, dnat, nodeport)
+        in_use = self._table.set_names()
+        return render_skeleton(plan, counts_in_use(in_use), affinity_timeouts(in_use))
 
     def read_view(self) -> ProgrammedView:
         return read_view(self._kernel.list_table())

@@ -48,7 +48,7 @@ def read_view(listing: dict[str, Any] | None) -> ProgrammedView:
     protocols: dict[str, str] = {}
     for map_name, reject in (("frontends", False), ("nodeport-frontends", False),
                              ("no-endpoint-frontends", True), ("no-endpoint-nodeports", True)):
-        for key, _verdict in _elements(objects, map_name):
+        for key, verdict in _elements(objects, map_name):
             parts, comment = _key_parts(key)
             name, _, kind = (comment or "?").rpartition(" ")
             if len(parts) == 3:
@@ -60,7 +60,7 @@ def read_view(listing: dict[str, Any] | None) -> ProgrammedView:
             by_port[name].append(FrontendView(
                 kind=kind, address=address,
                 endpoints=tuple(eps[i] for i in sorted(eps)),
-                verdict="reject" if reject else "dnat",
+                verdict=("drop" if "drop" in verdict else "reject") if reject else "dnat",
             ))
             protocols[name] = str(proto).upper()
     ports = tuple(

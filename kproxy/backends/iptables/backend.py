@@ -1,0 +1,115 @@
+"""IptablesBackend: renders a Plan to chains, writes only what changed, through
+iptables-restore --noflush (one transaction per table, the xtables lock held).
+
+The first sync, the one after a failure and every full sync (agent: periodic) read the
+kernel's nat and filter tables, rewrite all of kproxy's chains, delete chains of ours the
+plan no longer has (also upstream kube-proxy's KUBE-SEP-*, ...) and add the jumps from the
+built-in chains when they are missing. Other syncs rewrite only chains whose rules
+changed: a Service port's own chains when it changed, shared chains when their lines did.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from kproxy.backends import SyncResult
+from kproxy.backends.iptables.kernel import IptablesKernel
+from kproxy.backends.iptables.render import (
+    Chains,
+    ServicePortRules,
+    assemble,
+    jumps,
+    render_node,
+    render_service_port,
+)
+from kproxy.backends.iptables.restore import RestoreInput, cleanup_restore, full_restore, partial_restore
+from kproxy.backends.iptables.save import parse_save_all, read_view
+from kproxy.model import ServicePortName
+from kproxy.plan import Plan, ServicePortPlan
+from kproxy.view import ProgrammedView
+
+log = structlog.get_logger(__name__)
+
+ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
+
+
+def enable_route_localnet() -> None:
+    """NodePorts on 127.0.0.1 need route_localnet, in kproxy's own network namespace
+    (as upstream sets it); KUBE-FIREWALL keeps it from exposing other localhost services."""
+    if ROUTE_LOCALNET.read_text().strip() != "1":
+        ROUTE_LOCALNET.write_text("1\n")
+        log.info("set net.ipv4.conf.all.route_localnet=1 for localhost NodePorts")
+
+
+class IptablesBackend:
+    mode = "iptables"
+
+    def __init__(self, kernel: IptablesKernel, localhost_nodeports: bool = True,
+                 route_localnet: Callable[[], None] = enable_route_localnet) -> None:
+        self._kernel = kernel
+        self._localhost_nodeports = localhost_nodeports
+        self._route_localnet = route_localnet
+        self._applied: Chains | None = None  # None: the next sync is a full one
+        self._rules: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
+        self._render_key: tuple[bool, bool] | None = None
+
+    @property
+    def variant(self) -> str:
+        return self._kernel.variant
+
+    def sync(self, plan: Plan, full: bool = False) -> SyncResult:
+        started = time.perf_counter()
+        desired = self._render(plan)
+        full = full or self._applied is None
+        if full:
+            if self._localhost_nodeports:
+                self._route_localnet()
+            existing = parse_save_all(self._kernel.save_all())
+            restore = full_restore(desired, existing, jumps(self._localhost_nodeports))
+        else:
+            assert self._applied is not None
+            restore = partial_restore(self._applied, desired)
+        return self._apply(restore, desired, started, full)
+
+    def _apply(self, restore: RestoreInput, desired: Chains, started: float, full: bool) -> SyncResult:
+        rendered = time.perf_counter()
+        if restore:
+            try:
+                self._kernel.restore(restore.text)
+            except Exception:
+                # A table may have kept its old state: trust nothing, rewrite all next time.
+                self._applied = None
+                raise
+        self._applied = desired
+        done = time.perf_counter()
+        return SyncResult(full=full, operations=restore.operations,
+                          render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
+
+    def _render(self, plan: Plan) -> Chains:
+        key = (plan.masquerade_all, bool(plan.cluster_cidrs) and not plan.masquerade_all)
+        if key != self._render_key:
+            self._rules, self._render_key = {}, key
+        old = self._rules
+        rules: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
+        for sp in plan.service_ports:
+            hit = old.get(sp.name)
+            if hit is not None and (hit[0] is sp or hit[0] == sp):
+                rules[sp.name] = hit
+            else:
+                rules[sp.name] = (sp, render_service_port(sp, *key))
+        self._rules = rules
+        return assemble(render_node(plan, self._localhost_nodeports), (r for _sp, r in rules.values()))
+
+    def read_view(self) -> ProgrammedView:
+        return read_view(parse_save_all(self._kernel.save_all()))
+
+    def cleanup(self) -> bool:
+        self._applied = None
+        restore = cleanup_restore(parse_save_all(self._kernel.save_all()))
+        if restore:
+            self._kernel.restore(restore.text)
+        return bool(restore)

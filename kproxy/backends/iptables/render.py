@@ -1,0 +1,282 @@
+"""Plan -> iptables rules, as iptables-restore lines. Pure.
+
+Layout after upstream kube-proxy's iptables mode, with one change for scale: there are
+no per-endpoint KUBE-SEP-* chains. A Service port's KUBE-SVC-* chain (ClusterIP) and
+KUBE-EXT-* chain (NodePort, externalIPs, LB IPs) DNAT directly, picking endpoint i of n
+with `-m statistic --mode random --probability 1/(n-i)`; hairpin masquerade (a pod
+reaching itself) is matched in KUBE-POSTROUTING for local endpoints, as the nftables
+backend does. Chain count then grows with Service ports, not with endpoints
+(DESIGN §3: chains are what costs, on iptables-nft as on nft).
+
+nat: PREROUTING/OUTPUT -> KUBE-SERVICES: frontend -> KUBE-SVC-X | KUBE-EXT-X, then the
+     NodePort addresses -> KUBE-NODEPORTS: port -> KUBE-EXT-X. POSTROUTING ->
+     KUBE-POSTROUTING: hairpin marks, then masquerade what carries mark 0x4000.
+filter (after DNAT: only connections nothing DNATed are still addressed to a Service):
+     INPUT -> KUBE-EXTERNAL-SERVICES (NodePort addresses -> KUBE-NODEPORTS) and
+     KUBE-SERVICES: reject (or drop) frontends without endpoints;
+     FORWARD/OUTPUT -> KUBE-SERVICES, KUBE-CLUSTER-IPS: reject ClusterIPs on ports they
+     do not serve, drop the rest of the service CIDRs;
+     INPUT/OUTPUT -> KUBE-FIREWALL: upstream's CVE-2020-8558 rule, with localhost NodePorts.
+Every frontend rule carries a comment "namespace/name:port Kind" so read-back (save.py)
+and people can tell which Service it belongs to.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from kproxy.plan import Frontend, FrontendKind, Plan, ServicePortPlan, Target
+
+MASQUERADE_MARK = "0x4000"
+NAT, FILTER = "nat", "filter"
+TABLES = (FILTER, NAT)  # restore order, as upstream
+
+# Chains that are kproxy's whole (created, flushed, deleted by it).
+NAT_SERVICES = "KUBE-SERVICES"
+NAT_NODEPORTS = "KUBE-NODEPORTS"
+POSTROUTING = "KUBE-POSTROUTING"
+MARK_MASQ = "KUBE-MARK-MASQ"
+MASQ_OFF_CLUSTER = "KUBE-MASQ-OFF-CLUSTER"
+HAIRPIN = "KUBE-HAIRPIN"
+FILTER_SERVICES = "KUBE-SERVICES"
+EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+FILTER_NODEPORTS = "KUBE-NODEPORTS"
+CLUSTER_IPS = "KUBE-CLUSTER-IPS"
+# Shared with kubelet, which keeps an identical rule: never deleted by kproxy.
+FIREWALL = "KUBE-FIREWALL"
+
+# Per-Service-port chain prefixes; KUBE-SEP/FW/SVL are upstream's, removed when found.
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-EXT-", "KUBE-SEP-", "KUBE-FW-", "KUBE-SVL-")
+STATIC_CHAINS = {
+    NAT: (NAT_SERVICES, NAT_NODEPORTS, POSTROUTING, MARK_MASQ, MASQ_OFF_CLUSTER, HAIRPIN),
+    FILTER: (FILTER_SERVICES, EXTERNAL_SERVICES, FILTER_NODEPORTS, CLUSTER_IPS),
+}
+
+NEW = "-m conntrack --ctstate NEW"
+
+
+@dataclass(frozen=True, slots=True)
+class Jump:
+    """A rule in a built-in chain (shared with everyone on the node) into ours."""
+
+    table: str
+    chain: str
+    target: str
+    spec: str  # matches, without -A/-I CHAIN and without -j
+
+    def rule(self) -> str:
+        return f"{self.spec} -j {self.target}".strip()
+
+
+def jumps(localhost_nodeports: bool) -> tuple[Jump, ...]:
+    found = [
+        Jump(NAT, "PREROUTING", NAT_SERVICES, '-m comment --comment "kubernetes service portals"'),
+        Jump(NAT, "OUTPUT", NAT_SERVICES, '-m comment --comment "kubernetes service portals"'),
+        Jump(NAT, "POSTROUTING", POSTROUTING, '-m comment --comment "kubernetes postrouting rules"'),
+        Jump(FILTER, "INPUT", EXTERNAL_SERVICES,
+             f'{NEW} -m comment --comment "kubernetes externally-visible service portals"'),
+        Jump(FILTER, "INPUT", FILTER_SERVICES, f'{NEW} -m comment --comment "kubernetes service portals"'),
+        Jump(FILTER, "FORWARD", FILTER_SERVICES, f'{NEW} -m comment --comment "kubernetes service portals"'),
+        Jump(FILTER, "FORWARD", CLUSTER_IPS, f'{NEW} -m comment --comment "kubernetes cluster IPs"'),
+        Jump(FILTER, "OUTPUT", FILTER_SERVICES, f'{NEW} -m comment --comment "kubernetes service portals"'),
+        Jump(FILTER, "OUTPUT", CLUSTER_IPS, f'{NEW} -m comment --comment "kubernetes cluster IPs"'),
+    ]
+    if localhost_nodeports:
+        found += [Jump(FILTER, "INPUT", FIREWALL, ""), Jump(FILTER, "OUTPUT", FIREWALL, "")]
+    return tuple(found)
+
+
+def chain_hash(*parts: str) -> str:
+    """Upstream's portProtoHash: base32(sha256(parts joined)) cut to 16 characters."""
+    digest = hashlib.sha256("".join(parts).encode()).digest()
+    return base64.b32encode(digest).decode()[:16]
+
+
+def svc_chain(sp: ServicePortPlan) -> str:
+    return "KUBE-SVC-" + chain_hash(str(sp.name), sp.protocol.nft)
+
+
+def ext_chain(sp: ServicePortPlan) -> str:
+    return "KUBE-EXT-" + chain_hash(str(sp.name), sp.protocol.nft)
+
+
+def ip_text(ip: IPv4Address) -> str:
+    n = int(ip)
+    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def comment(text: str) -> str:
+    return f'-m comment --comment "{text}"'
+
+
+def port_match(protocol: str, port: int) -> str:
+    return f"-p {protocol} -m {protocol} --dport {port}"
+
+
+@dataclass(slots=True)
+class ServicePortRules:
+    """What one Service port contributes: its own chains, and its lines in shared chains."""
+
+    chains: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # (table, chain)
+    shared: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def add(self, table: str, chain: str, rule: str) -> None:
+        self.shared.setdefault((table, chain), []).append(f"-A {chain} {rule}")
+
+
+def _empty_verdict(sp: ServicePortPlan) -> str:
+    verdict = getattr(sp, "empty_verdict", None)
+    return "DROP" if verdict is not None and verdict() == "drop" else "REJECT"
+
+
+def _dispatch(chain: str, targets: tuple[Target, ...], proto: str, affinity: int | None) -> list[str]:
+    """Pick one of `targets` at random, each with equal chance; DNAT to it."""
+    rules = []
+    n = len(targets)
+    if affinity:
+        # ClientIP affinity: a client seen within the timeout goes where it went before.
+        for t in targets:
+            rules.append(f"-A {chain} -m recent --name {chain}-{ip_text(t.ip)}-{t.port} --rcheck "
+                         f"--seconds {affinity} --reap -p {proto} -j DNAT --to-destination {ip_text(t.ip)}:{t.port}")
+    for i, t in enumerate(targets):
+        pick = f"-m statistic --mode random --probability {1.0 / (n - i):.10f} " if i < n - 1 else ""
+        remember = f"-m recent --name {chain}-{ip_text(t.ip)}-{t.port} --set " if affinity else ""
+        rules.append(f"-A {chain} {pick}{remember}-p {proto} -j DNAT --to-destination {ip_text(t.ip)}:{t.port}")
+    return rules
+
+
+def render_service_port(sp: ServicePortPlan, masquerade_all: bool, masquerade_off_cluster: bool) -> ServicePortRules:
+    out = ServicePortRules()
+    proto = sp.protocol.nft
+    name = str(sp.name)
+    svc, ext = svc_chain(sp), ext_chain(sp)
+    affinity = getattr(sp, "affinity_timeout", None)
+    cluster_targets: tuple[Target, ...] = ()
+    external_targets: tuple[Target, ...] | None = None
+    empty = _empty_verdict(sp)
+    for fe in sp.frontends:
+        targets = sp.targets_for(fe)
+        label = comment(f"{name} {fe.kind}")
+        if fe.kind is FrontendKind.CLUSTER_IP:
+            cluster_targets = targets
+            where = f"-d {ip_text(fe.ip)}/32"
+            if targets:
+                out.add(NAT, NAT_SERVICES, f"{where} {label} {port_match(proto, fe.port)} -j {svc}")
+            else:
+                out.add(FILTER, FILTER_SERVICES, f"{where} {label} {port_match(proto, fe.port)} -j {empty}")
+            continue
+        external_targets = targets
+        nodeport = fe.ip is None
+        where = "" if nodeport else f"-d {ip_text(fe.ip)}/32 "
+        if targets:
+            chain = NAT_NODEPORTS if nodeport else NAT_SERVICES
+            out.add(NAT, chain, f"{where}{label} {port_match(proto, fe.port)} -j {ext}")
+        else:
+            chain = FILTER_NODEPORTS if nodeport else FILTER_SERVICES
+            out.add(FILTER, chain, f"{where}{label} {port_match(proto, fe.port)} -j {empty}")
+    if cluster_targets:
+        rules = []
+        cluster_ip = next(fe for fe in sp.frontends if fe.kind is FrontendKind.CLUSTER_IP)
+        dest = f"-d {ip_text(cluster_ip.ip)}/32 {port_match(proto, cluster_ip.port)}"
+        if masquerade_all:
+            rules.append(f"-A {svc} {dest} -j {MARK_MASQ}")
+        elif masquerade_off_cluster:
+            rules.append(f"-A {svc} {dest} -j {MASQ_OFF_CLUSTER}")
+        rules += _dispatch(svc, cluster_targets, proto, affinity)
+        out.chains[(NAT, svc)] = tuple(rules)
+    if external_targets:
+        rules = []
+        if sp.masquerade_external:
+            rules.append(f"-A {ext} {comment(f'masquerade traffic for {name} external destinations')} "
+                         f"-j {MARK_MASQ}")
+        if external_targets == cluster_targets:
+            rules.append(f"-A {ext} -j {svc}")
+        else:
+            rules += _dispatch(ext, external_targets, proto, affinity)
+        out.chains[(NAT, ext)] = tuple(rules)
+    # A pod reaching its own Service and landing on itself must be masqueraded, or it
+    # would answer itself directly; only pods on this node can (nft backend: same rule).
+    local = sorted({t.ip for fe in sp.frontends for t in sp.targets_for(fe) if t.is_local}, key=int)
+    for ip in local:
+        text = ip_text(ip)
+        out.add(NAT, HAIRPIN, f"-s {text}/32 -d {text}/32 -j {MARK_MASQ}")
+    return out
+
+
+def nodeport_address_rules(plan: Plan, localhost_nodeports: bool) -> list[str]:
+    """Matches (one per rule) for the addresses NodePorts answer on."""
+    if plan.nodeport_all_local:
+        found = ["-m addrtype --dst-type LOCAL" + ("" if localhost_nodeports else " ! -d 127.0.0.0/8")]
+    else:
+        found = [f"-d {ip_text(ip)}/32" for ip in plan.nodeport_ips]
+        if localhost_nodeports:
+            found.append("-d 127.0.0.1/32")
+    return found
+
+
+def render_node(plan: Plan, localhost_nodeports: bool) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The node-wide chains, and node-wide lines of shared chains (the head or tail parts)."""
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    addresses = nodeport_address_rules(plan, localhost_nodeports)
+    out[(NAT, "tail:" + NAT_SERVICES)] = tuple(
+        f"-A {NAT_SERVICES} {a} {comment('kubernetes service nodeports')} -j {NAT_NODEPORTS}" for a in addresses)
+    out[(NAT, MARK_MASQ)] = (f"-A {MARK_MASQ} -j MARK --or-mark {MASQUERADE_MARK}",)
+    out[(NAT, MASQ_OFF_CLUSTER)] = (
+        *(f"-A {MASQ_OFF_CLUSTER} -s {c} -j RETURN" for c in plan.cluster_cidrs),
+        f"-A {MASQ_OFF_CLUSTER} -j {MARK_MASQ}",
+    )
+    out[(NAT, POSTROUTING)] = (
+        f"-A {POSTROUTING} -m conntrack --ctstate DNAT -j {HAIRPIN}",
+        f"-A {POSTROUTING} -m mark ! --mark {MASQUERADE_MARK}/{MASQUERADE_MARK} -j RETURN",
+        f"-A {POSTROUTING} -j MARK --xor-mark {MASQUERADE_MARK}",
+        f"-A {POSTROUTING} {comment('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully",
+    )
+    out[(FILTER, EXTERNAL_SERVICES)] = tuple(f"-A {EXTERNAL_SERVICES} {a} -j {FILTER_NODEPORTS}" for a in addresses)
+    cluster_ips = [f"-A {CLUSTER_IPS} -d {ip_text(ip)}/32 {comment('cluster IP, port not served')} -j REJECT"
+                   for ip in plan.cluster_ips]
+    cluster_ips += [f"-A {CLUSTER_IPS} -d {c} {comment('unallocated service IP')} -j DROP"
+                    for c in plan.service_cidrs]
+    out[(FILTER, CLUSTER_IPS)] = tuple(cluster_ips)
+    if localhost_nodeports:
+        out[(FILTER, FIREWALL)] = (
+            f"-A {FIREWALL} {comment('block incoming localnet connections')} -d 127.0.0.0/8 ! -s 127.0.0.0/8 "
+            "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",)
+    return out
+
+
+Chains = dict[str, dict[str, tuple[str, ...]]]  # table -> chain -> rules
+
+
+def assemble(node: dict[tuple[str, str], tuple[str, ...]], ports: Iterable[ServicePortRules]) -> Chains:
+    """All chains of the desired ruleset; shared chains joined in plan order."""
+    chains: Chains = {table: {c: () for c in STATIC_CHAINS[table]} for table in TABLES}
+    shared: dict[tuple[str, str], list[str]] = {}
+    for rules in ports:
+        for (table, chain), lines in rules.chains.items():
+            chains[table][chain] = lines
+        for key, lines in rules.shared.items():
+            bucket = shared.get(key)
+            if bucket is None:
+                shared[key] = list(lines)
+            else:
+                bucket.extend(lines)
+    for (table, chain), lines in shared.items():
+        chains[table][chain] = tuple(lines)
+    for (table, chain), lines in node.items():
+        if chain.startswith("tail:"):
+            chain = chain[5:]
+            chains[table][chain] = chains[table][chain] + lines
+        else:
+            chains[table][chain] = lines
+    return chains
+
+
+def render(plan: Plan, localhost_nodeports: bool = True) -> Chains:
+    """The whole desired ruleset, uncached (the backend caches per Service port)."""
+    off_cluster = bool(plan.cluster_cidrs) and not plan.masquerade_all
+    return assemble(render_node(plan, localhost_nodeports),
+                    (render_service_port(sp, plan.masquerade_all, off_cluster) for sp in plan.service_ports))

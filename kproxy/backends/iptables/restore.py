@@ -1,0 +1,108 @@
+"""Desired chains (+ what was applied, or what the kernel has) -> iptables-restore input. Pure.
+
+Like upstream's MinimizeIPTablesRestore: a `:CHAIN - [0:0]` line creates or flushes a
+chain, so only chains that are rewritten are declared; everything else stays as it is
+(iptables-restore runs with --noflush). A chain no longer wanted is declared (emptied)
+and deleted with -X in the same transaction: whatever jumped to it was rewritten in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kproxy.backends.iptables.render import (
+    FIREWALL,
+    SERVICE_CHAIN_PREFIXES,
+    STATIC_CHAINS,
+    TABLES,
+    Chains,
+    Jump,
+)
+from kproxy.backends.iptables.save import Table, options
+
+
+def is_ours(table: str, chain: str) -> bool:
+    """Chains kproxy creates and may delete (KUBE-FIREWALL is shared with kubelet)."""
+    return chain in STATIC_CHAINS.get(table, ()) or chain.startswith(SERVICE_CHAIN_PREFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreInput:
+    text: str
+    operations: int  # rules written plus chains deleted
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+
+def _table_block(table: str, write: Iterable[str], rules: dict[str, tuple[str, ...]],
+                 delete: Iterable[str], extra: Iterable[str] = ()) -> tuple[list[str], int]:
+    write, delete, extra = list(write), sorted(delete), list(extra)
+    if not (write or delete or extra):
+        return [], 0
+    lines = [f"*{table}"]
+    lines += [f":{c} - [0:0]" for c in (*write, *delete)]
+    count = 0
+    for c in write:
+        lines.extend(rules[c])
+        count += len(rules[c])
+    lines += extra
+    lines += [f"-X {c}" for c in delete]
+    lines.append("COMMIT")
+    return lines, count + len(extra) + len(delete)
+
+
+def full_restore(desired: Chains, existing: dict[str, Table], wanted_jumps: Iterable[Jump]) -> RestoreInput:
+    """Rewrite every chain of ours; delete ours the kernel has but the plan does not
+    (left by an earlier run, or by upstream kube-proxy); add missing jumps."""
+    out: list[str] = []
+    total = 0
+    wanted_jumps = list(wanted_jumps)
+    for table in TABLES:
+        have = existing.get(table, {})
+        stale = [c for c in have if is_ours(table, c) and c not in desired[table]]
+        inserts = []
+        for jump in (j for j in wanted_jumps if j.table == table):
+            present = any(options(rule).get("-j") == jump.target for rule in have.get(jump.chain, ()))
+            if not present:
+                inserts.append(f"-I {jump.chain} {jump.rule()}")
+        lines, n = _table_block(table, desired[table], desired[table], stale, inserts)
+        out += lines
+        total += n
+    return RestoreInput(text="\n".join(out) + "\n" if out else "", operations=total)
+
+
+def partial_restore(applied: Chains, desired: Chains) -> RestoreInput:
+    """Only what changed since `applied` (what the last successful restore left)."""
+    out: list[str] = []
+    total = 0
+    for table in TABLES:
+        before, after = applied.get(table, {}), desired[table]
+        write = [c for c, rules in after.items() if (old := before.get(c)) is not rules and old != rules]
+        delete = [c for c in before if c not in after and c != FIREWALL]
+        lines, n = _table_block(table, write, after, delete)
+        out += lines
+        total += n
+    return RestoreInput(text="\n".join(out) + "\n" if out else "", operations=total)
+
+
+def cleanup_restore(existing: dict[str, Table]) -> RestoreInput:
+    """Remove every jump into kproxy's chains, then the chains (KUBE-FIREWALL stays:
+    route_localnet stays set, and kubelet keeps the same rule)."""
+    out: list[str] = []
+    total = 0
+    for table in TABLES:
+        have = existing.get(table, {})
+        ours = [c for c in have if is_ours(table, c)]
+        if not ours:
+            continue
+        removals = [
+            "-D" + rule[2:]
+            for chain, rules in have.items() if not chain.startswith("KUBE-")
+            for rule in rules if is_ours(table, options(rule).get("-j", ""))
+        ]
+        lines, n = _table_block(table, (), {}, ours, removals)
+        out += lines
+        total += n
+    return RestoreInput(text="\n".join(out) + "\n" if out else "", operations=total)

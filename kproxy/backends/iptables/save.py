@@ -1,0 +1,137 @@
+"""iptables-save output -> chains and rules, and -> ProgrammedView. Pure.
+
+Frontends are read from the rules that carry a "namespace/name:port Kind" comment
+(render.py puts one on each); endpoints from the DNAT rules of the chain such a rule
+jumps to, following jumps into other KUBE-SVC-* chains.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections import defaultdict
+
+from kproxy.backends.iptables.render import (
+    FILTER_NODEPORTS,
+    FILTER_SERVICES,
+    NAT_NODEPORTS,
+    NAT_SERVICES,
+)
+from kproxy.view import KIND_ORDER, FrontendView, ProgrammedView, ServicePortView
+
+Table = dict[str, list[str]]  # chain -> rules ("-A CHAIN ..." lines), in order
+
+
+def parse_save(text: str) -> Table:
+    """One table's iptables-save output (the first table in `text`)."""
+    chains: Table = {}
+    started = False
+    for line in text.splitlines():
+        if line.startswith("*"):
+            if started:
+                break
+            started = True
+        elif line.startswith(":"):
+            chains.setdefault(line[1:].split(" ", 1)[0], [])
+        elif line.startswith("-A "):
+            chain = line[3:].split(" ", 1)[0]
+            chains.setdefault(chain, []).append(line)
+    return chains
+
+
+def parse_save_all(text: str) -> dict[str, Table]:
+    """Every table in an iptables-save output."""
+    tables: dict[str, Table] = {}
+    current: Table = {}
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:].strip(), {})
+        elif line.startswith(":"):
+            current.setdefault(line[1:].split(" ", 1)[0], [])
+        elif line.startswith("-A "):
+            current.setdefault(line[3:].split(" ", 1)[0], []).append(line)
+    return tables
+
+
+def tokens(rule: str) -> list[str]:
+    return shlex.split(rule) if '"' in rule or "'" in rule else rule.split()
+
+
+def options(rule: str) -> dict[str, str]:
+    """The value of each option of a rule (the last one wins); `!` kept as a prefix."""
+    found: dict[str, str] = {}
+    argv = tokens(rule)
+    negate = False
+    for i, word in enumerate(argv):
+        if word == "!":
+            negate = True
+            continue
+        if word.startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            found[word] = ("!" if negate else "") + argv[i + 1]
+        negate = False
+    return found
+
+
+def _endpoints(nat: Table, chain: str, seen: frozenset[str] = frozenset()) -> list[str]:
+    out: list[str] = []
+    for rule in nat.get(chain, ()):
+        opts = options(rule)
+        target = opts.get("-j", "")
+        if target == "DNAT" and "--to-destination" in opts and "--rcheck" not in rule:
+            out.append(opts["--to-destination"])
+        elif target.startswith("KUBE-SVC-") and target not in seen:
+            out += _endpoints(nat, target, seen | {chain})
+    return out
+
+
+def _label(opts: dict[str, str]) -> tuple[str, str] | None:
+    name, _, kind = opts.get("--comment", "").rpartition(" ")
+    return (name, kind) if name and kind in KIND_ORDER else None
+
+
+def read_view(tables: dict[str, Table]) -> ProgrammedView:
+    """`tables`: parse_save_all() of the variant's iptables-save output."""
+    nat, filt = tables.get("nat", {}), tables.get("filter", {})
+    if NAT_SERVICES not in nat:
+        return ProgrammedView(present=False)
+    nodeport_ips: list[str] = []
+    all_local = False
+    for rule in nat.get(NAT_SERVICES, ()):
+        opts = options(rule)
+        if opts.get("-j") == NAT_NODEPORTS:
+            if "-d" in opts:
+                nodeport_ips.append(opts["-d"].removesuffix("/32"))
+            else:
+                all_local = True
+    if all_local:
+        nodeport_ips = [ip for ip in nodeport_ips if ip.startswith("127.")]
+
+    def address(opts: dict[str, str]) -> str:
+        port = opts.get("--dport", "?")
+        if "-d" in opts:
+            return f"{opts['-d'].removesuffix('/32')}:{port}"
+        return ",".join(f"{ip}:{port}" for ip in nodeport_ips) if nodeport_ips and not all_local else f"*:{port}"
+
+    by_port: dict[str, list[FrontendView]] = defaultdict(list)
+    protocols: dict[str, str] = {}
+    for table, chain in ((nat, NAT_SERVICES), (nat, NAT_NODEPORTS),
+                         (filt, FILTER_SERVICES), (filt, FILTER_NODEPORTS)):
+        for rule in table.get(chain, ()):
+            opts = options(rule)
+            label = _label(opts)
+            if label is None:
+                continue
+            name, kind = label
+            target = opts.get("-j", "")
+            if target in ("REJECT", "DROP"):
+                fe = FrontendView(kind=kind, address=address(opts), endpoints=(), verdict=target.lower())
+            else:
+                fe = FrontendView(kind=kind, address=address(opts),
+                                  endpoints=tuple(_endpoints(nat, target)), verdict="dnat")
+            by_port[name].append(fe)
+            protocols[name] = opts.get("-p", "?").upper()
+    ports = tuple(
+        ServicePortView(name=name, protocol=protocols[name], frontends=tuple(sorted(fes)))
+        for name, fes in sorted(by_port.items())
+    )
+    return ProgrammedView(present=True, service_ports=ports,
+                          nodeport_ips=() if all_local and not nodeport_ips else tuple(nodeport_ips))
