@@ -46,10 +46,11 @@ def read_line(sock: socket.socket) -> str:
     return buf.decode(errors="replace").strip()
 
 
-def tcp_once(host: str, port: int, timeout: float) -> dict:
+def tcp_once(host: str, port: int, timeout: float, source: str | None = None) -> dict:
     start = time.monotonic()
     try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
+        bind = (source, 0) if source else None
+        with socket.create_connection((host, port), timeout=timeout, source_address=bind) as s:
             s.settimeout(timeout)
             answer = read_line(s) or "EMPTY"
     except Exception as exc:  # noqa: BLE001 - every failure is a result
@@ -57,11 +58,13 @@ def tcp_once(host: str, port: int, timeout: float) -> dict:
     return {"result": answer, "seconds": round(time.monotonic() - start, 3)}
 
 
-def udp_once(host: str, port: int, timeout: float) -> dict:
+def udp_once(host: str, port: int, timeout: float, source: str | None = None) -> dict:
     start = time.monotonic()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
+            if source:
+                s.bind((source, 0))
             s.connect((host, port))
             s.send(b"hello")
             answer = s.recv(4096).decode(errors="replace").strip() or "EMPTY"
@@ -105,10 +108,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1.0)
     ap.add_argument("--max-seconds", type=float, default=60)
     ap.add_argument("--stop-file", default="/nonexistent")
+    ap.add_argument("--source", help="local address to send from")
     args = ap.parse_args()
     if args.mode in ("tcp", "udp"):
         once = tcp_once if args.mode == "tcp" else udp_once
-        print(json.dumps([once(args.host, args.port, args.timeout) for _ in range(min(args.count, 500))]))
+        print(json.dumps([once(args.host, args.port, args.timeout, args.source) for _ in range(min(args.count, 500))]))
     elif args.mode == "hold":
         hold(args.host, args.port, args.timeout)
     else:

@@ -61,21 +61,26 @@ class Results:
         return f"pods={dict(self.pods)} sources={dict(self.sources)} failures={dict(self.failures)}"
 
 
-def probe(ns: str, proto: str, host: str, port: int, *, count: int = 1, timeout: float = 1.0) -> Results:
+def probe(ns: str, proto: str, host: str, port: int, *, count: int = 1, timeout: float = 1.0,
+          source: str | None = None) -> Results:
     cmd = ["ip", "netns", "exec", ns, sys.executable, str(PROBE), proto, host, str(port),
            "--count", str(count), "--timeout", str(timeout)]
+    if source:
+        cmd += ["--source", source]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=count * (timeout + 0.5) + 15)
     if proc.returncode != 0:
         raise RuntimeError(f"probe failed: {' '.join(cmd)}: {proc.stderr.strip()}")
     return Results(tuple(Answer(r["result"], r["seconds"]) for r in json.loads(proc.stdout)))
 
 
-def tcp(ns: str, host: str, port: int, *, count: int = 1, timeout: float = 1.0) -> Results:
-    return probe(ns, "tcp", host, port, count=count, timeout=timeout)
+def tcp(ns: str, host: str, port: int, *, count: int = 1, timeout: float = 1.0,
+        source: str | None = None) -> Results:
+    return probe(ns, "tcp", host, port, count=count, timeout=timeout, source=source)
 
 
-def udp(ns: str, host: str, port: int, *, count: int = 1, timeout: float = 1.0) -> Results:
-    return probe(ns, "udp", host, port, count=count, timeout=timeout)
+def udp(ns: str, host: str, port: int, *, count: int = 1, timeout: float = 1.0,
+        source: str | None = None) -> Results:
+    return probe(ns, "udp", host, port, count=count, timeout=timeout, source=source)
 
 
 def wait_until(

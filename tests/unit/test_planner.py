@@ -38,7 +38,7 @@ def plan(*objects: dict, node: NodeConfig = NODE) -> Plan:
 
 
 def targets(p: Plan, index: int = 0) -> list[str]:
-    return [str(t) for t in p.service_ports[index].cluster_targets]
+    return [str(t) for t in p.service_ports[index].internal_targets]
 
 
 def test_ready_endpoints_serve_and_unready_do_not():
@@ -60,7 +60,7 @@ def test_terminating_serving_endpoints_only_when_none_ready():
 
 def test_no_endpoints_gives_empty_targets_so_backends_reject():
     p = plan(service("web", cluster_ip="10.96.0.10"))
-    assert p.service_ports[0].cluster_targets == ()
+    assert p.service_ports[0].internal_targets == ()
     assert p.service_ports[0].external_targets == ()
     assert p.cluster_ips == (IPv4Address("10.96.0.10"),)
 
@@ -75,7 +75,7 @@ def test_slice_ports_match_service_ports_by_name_and_protocol():
             {"name": "metrics", "port": 9153, "protocol": "TCP"},
         ]),
     )
-    by_name = {str(sp.name): (sp.protocol.value, [str(t) for t in sp.cluster_targets]) for sp in p.service_ports}
+    by_name = {str(sp.name): (sp.protocol.value, [str(t) for t in sp.internal_targets]) for sp in p.service_ports}
     assert by_name == {
         "default/dns:dns": ("UDP", ["10.244.1.5:5353"]),
         "default/dns:dns-tcp": ("TCP", ["10.244.1.5:5354"]),
@@ -124,7 +124,7 @@ def test_lb_ip_mode_proxy_is_not_a_frontend():
 def test_local_endpoints_are_marked():
     p = plan(service("web"), endpoint_slice("web", [endpoint("10.244.1.2", node="node1"),
                                                      endpoint("10.244.2.2", node="node2")]))
-    assert [(str(t.ip), t.is_local) for t in p.service_ports[0].cluster_targets] == [
+    assert [(str(t.ip), t.is_local) for t in p.service_ports[0].internal_targets] == [
         ("10.244.1.2", True), ("10.244.2.2", False)]
 
 
@@ -172,7 +172,7 @@ def test_cache_gives_the_same_plan_and_sees_changes():
     changed = state(service("web"), endpoint_slice("web", ["10.244.1.3"]))
     changed.services.update(st.services)  # same Service object, new slice object
     p = compute_plan(NODE, changed, cache)
-    assert [str(t) for t in p.service_ports[0].cluster_targets] == ["10.244.1.3:80"]
+    assert [str(t) for t in p.service_ports[0].internal_targets] == ["10.244.1.3:80"]
     assert p == compute_plan(NODE, changed)
 
 
