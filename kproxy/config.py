@@ -197,7 +197,9 @@ def _field(key: str) -> Field:
 def _is_zero(value: object) -> bool:
     if isinstance(value, str) and _is_duration(value):
         return parse_go_duration(value) == 0
-    return value is None or value is False or value == 0 or value in ("", [], {})
+    if isinstance(value, dict):
+        return all(_is_zero(v) for v in value.values())
+    return value is None or value is False or value == 0 or value in ("", [])
 
 
 def _flatten(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:

@@ -1,0 +1,209 @@
+"""KubeProxyConfiguration files: upstream's schema, flags over the file, `config --print`."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+import yaml
+
+from kproxy.cli import build_parser, main
+from kproxy.config import apply_config_file, format_duration, parse_config, parse_go_duration
+
+# What `kubeadm init` writes into the kube-proxy ConfigMap: every field, zero values mean default.
+KUBEADM = """\
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+bindAddress: 0.0.0.0
+bindAddressHardFail: false
+clientConnection:
+  acceptContentTypes: ""
+  burst: 0
+  contentType: ""
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+  qps: 0
+clusterCIDR: 10.244.0.0/16
+configSyncPeriod: 0s
+conntrack:
+  maxPerCore: null
+  min: null
+  tcpBeLiberal: false
+  tcpCloseWaitTimeout: null
+  tcpEstablishedTimeout: null
+  udpStreamTimeout: 0s
+  udpTimeout: 0s
+detectLocal:
+  bridgeInterface: ""
+  interfaceNamePrefix: ""
+detectLocalMode: ""
+enableProfiling: false
+healthzBindAddress: ""
+hostnameOverride: ""
+iptables:
+  localhostNodePorts: null
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+ipvs:
+  excludeCIDRs: null
+  minSyncPeriod: 0s
+  scheduler: ""
+  strictARP: false
+  syncPeriod: 0s
+  tcpFinTimeout: 0s
+  tcpTimeout: 0s
+  udpTimeout: 0s
+kind: KubeProxyConfiguration
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: "0"
+    text:
+      infoBufferSize: "0"
+  verbosity: 0
+metricsBindAddress: ""
+mode: ""
+nftables:
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+nodePortAddresses: null
+oomScoreAdj: null
+portRange: ""
+showHiddenMetricsForVersion: ""
+winkernel:
+  enableDSR: false
+  forwardHealthCheckVip: false
+  networkName: ""
+  rootHnsEndpointName: ""
+  sourceVip: ""
+"""
+
+HEADER = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+
+
+def effective(tmp_path, text: str, *flags: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    argv = ["run", "--config", str(path), *flags]
+    args = build_parser().parse_args(argv)
+    return apply_config_file(args, argv, build_parser)
+
+
+def test_kubeadm_file_is_accepted_and_only_real_settings_apply(tmp_path):
+    args, ignored = effective(tmp_path, KUBEADM)
+    assert ignored == []  # zero values everywhere else: nothing to report
+    assert args.kubeconfig == "/var/lib/kube-proxy/kubeconfig.conf"
+    assert args.cluster_cidr == (IPv4Network("10.244.0.0/16"),)
+    assert args.proxy_mode == "nftables"
+    assert (args.sync_period, args.min_sync_period) == (30.0, 1.0)  # 0s: upstream's defaults
+    assert args.metrics_bind_address == "127.0.0.1:10249"
+    assert args.healthz_bind_address == "0.0.0.0:10256"
+    assert args.node_ip == []  # bindAddress 0.0.0.0: unset
+
+
+def test_implemented_fields_map_to_settings(tmp_path):
+    args, ignored = effective(tmp_path, HEADER + """\
+bindAddress: 192.168.1.10
+hostnameOverride: node-a
+metricsBindAddress: 0.0.0.0:9999
+healthzBindAddress: 127.0.0.1
+mode: nftables
+nftables: {masqueradeAll: true, syncPeriod: 1m0s, minSyncPeriod: 250ms}
+iptables: {syncPeriod: 5s}
+nodePortAddresses: [192.168.1.0/24, primary]
+detectLocalMode: ClusterCIDR
+logging: {format: json}
+conntrack: {maxPerCore: 32768}
+featureGates: {SomeGate: true}
+""")
+    assert args.node_ip == [IPv4Address("192.168.1.10")]
+    assert args.hostname_override == "node-a"
+    assert args.metrics_bind_address == "0.0.0.0:9999"
+    assert args.healthz_bind_address == "127.0.0.1:10256"
+    assert args.masquerade_all is True
+    assert (args.sync_period, args.min_sync_period) == (60.0, 0.25)  # the nftables section
+    assert args.nodeport_addresses == (IPv4Network("192.168.1.0/24"),)
+    assert args.log_format == "json"
+    assert sorted(ignored) == ["conntrack.maxPerCore", "featureGates"]
+
+
+def test_flags_override_the_file(tmp_path):
+    args, _ = effective(tmp_path, HEADER + """\
+hostnameOverride: from-file
+clusterCIDR: 10.0.0.0/8
+nftables: {syncPeriod: 10s, minSyncPeriod: 2s, masqueradeAll: true}
+metricsBindAddress: 0.0.0.0:10249
+""", "--hostname-override", "from-flag", "--min-sync-period", "1s", "--metrics-bind-address", "127.0.0.1:0")
+    assert args.hostname_override == "from-flag"
+    assert args.min_sync_period == 1.0  # given on the command line, even though it is the default
+    assert args.metrics_bind_address == "127.0.0.1:0"
+    assert args.sync_period == 10.0  # not given: the file's
+    assert args.cluster_cidr == (IPv4Network("10.0.0.0/8"),)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    (HEADER + "clusterCIRD: 10.0.0.0/8\n", "unknown field 'clusterCIRD'"),
+    (HEADER + "nftables: {syncPeriods: 5s}\n", "unknown field 'nftables.syncPeriods'"),
+    (HEADER + "nftables: {syncPeriod: 5}\n", "field 'nftables.syncPeriod': expected a duration"),
+    (HEADER + "nftables: {masqueradeAll: 'yes'}\n", "field 'nftables.masqueradeAll': expected true or false"),
+    (HEADER + "nodePortAddresses: 10.0.0.0/8\n", "field 'nodePortAddresses': expected a list of strings"),
+    (HEADER + "conntrack: 5\n", "field 'conntrack': expected a section"),
+    (HEADER + "mode: ipvs\n", "field 'mode': 'ipvs' is not implemented"),
+    (HEADER + "detectLocalMode: NodeCIDR\n", "field 'detectLocalMode'"),
+    (HEADER + "clusterCIDR: banana\n", "field 'clusterCIDR': 'banana' is not a CIDR"),
+    (HEADER + "metricsBindAddress: localhost:10249\n", "field 'metricsBindAddress'"),
+    ("apiVersion: v1\nkind: ConfigMap\n", "expected apiVersion kubeproxy.config.k8s.io/v1alpha1"),
+    ("mode: [\n", "not valid YAML"),
+])
+def test_bad_files_are_one_line_naming_the_field_and_exit_2(tmp_path, capsys, text, needle):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    code = main(["config", "--print", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"kproxy: error: {path}: ") and err.count("\n") == 1
+    assert needle in err
+
+
+def test_missing_file_exits_2(tmp_path, capsys):
+    assert main(["sync", "--once", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_ignored_fields_are_reported_once_at_start(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(HEADER + "conntrack: {maxPerCore: 1}\nipvs: {strictARP: true}\n")
+    assert main(["config", "--print", "--config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("config field not implemented") == 2
+    assert "conntrack.maxPerCore" in err and "ipvs.strictARP" in err
+
+
+def test_print_round_trips(tmp_path, capsys):
+    flags = ["--node-ip", "10.1.0.5", "--cluster-cidr", "10.244.0.0/16", "--masquerade-all",
+             "--sync-period", "45s", "--min-sync-period", "500ms", "--hostname-override", "n1",
+             "--nodeport-addresses", "10.1.0.0/16", "--metrics-bind-address", "0.0.0.0:10249"]
+    assert main(["config", "--print", *flags]) == 0
+    first = capsys.readouterr().out
+    doc = yaml.safe_load(first)
+    assert doc["kind"] == "KubeProxyConfiguration" and doc["mode"] == "nftables"
+    assert doc["nftables"] == {"masqueradeAll": True, "minSyncPeriod": "500ms", "syncPeriod": "45s"}
+    parse_config(first)  # our own output passes our own schema
+    path = tmp_path / "effective.yaml"
+    path.write_text(first)
+    assert main(["config", "--print", "--config", str(path)]) == 0
+    assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0s", 0), ("0", 0), ("1m0s", 60), ("2h22m", 8520),
+                                                ("500ms", 0.5), ("1.5s", 1.5)])
+def test_go_durations(text, seconds):
+    assert parse_go_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.25, 1.0, 30.0, 90.0, 3600.0, 3725.0])
+def test_durations_print_and_parse_back(seconds):
+    assert parse_go_duration(format_duration(seconds)) == pytest.approx(seconds)
