@@ -113,3 +113,16 @@ class IptablesBackend:
         if restore:
             self._kernel.restore(restore.text)
         return bool(restore)
+
+
+def cleanup_all_variants() -> bool:
+    """Remove kproxy's iptables rules from both variants (switching to nftables mode,
+    `kproxy cleanup`); True if there was something."""
+    from kproxy.backends.iptables.kernel import IptablesCommands, save_all
+    from kproxy.backends.iptables.variant import VARIANTS
+
+    removed = False
+    for variant in VARIANTS:
+        if save_all(variant) is not None:
+            removed = IptablesBackend(IptablesCommands(variant), route_localnet=lambda: None).cleanup() or removed
+    return removed

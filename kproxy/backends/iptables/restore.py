@@ -67,7 +67,8 @@ def full_restore(desired: Chains, existing: dict[str, Table], wanted_jumps: Iter
             present = any(options(rule).get("-j") == jump.target for rule in have.get(jump.chain, ()))
             if not present:
                 inserts.append(f"-I {jump.chain} {jump.rule()}")
-        lines, n = _table_block(table, desired[table], desired[table], stale, inserts)
+        # -I puts each at the top: insert in reverse to keep the listed order
+        lines, n = _table_block(table, desired[table], desired[table], stale, reversed(inserts))
         out += lines
         total += n
     return RestoreInput(text="\n".join(out) + "\n" if out else "", operations=total)
