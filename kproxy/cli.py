@@ -47,6 +47,14 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+def parse_bool(text: str) -> bool:
+    """Go's strconv.ParseBool spellings, as upstream's flags take them."""
+    value = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (true or false)")
+    return value
+
+
 def _cidr_list(flag: str) -> Callable[[str], tuple[IPv4Network, ...]]:
     def parse(text: str) -> tuple[IPv4Network, ...]:
         found = []
@@ -114,8 +122,12 @@ def build_parser() -> Parser:
     sources.add_argument("--nodeport-addresses", type=_cidr_list("--nodeport-addresses"), default=(),
                          metavar="CIDRS", help="NodePorts answer on local addresses in these CIDRs "
                          "(default: the node IPs; 0.0.0.0/0: every local address)")
-    sources.add_argument("--proxy-mode", default="nftables", choices=("nftables",),
-                         help="backend (iptables and ipvs are planned)")
+    sources.add_argument("--proxy-mode", default="nftables", choices=("nftables", "iptables"),
+                         help="backend (default nftables; ipvs is planned)")
+    sources.add_argument("--iptables-localhost-nodeports", type=parse_bool, default=True, metavar="BOOL",
+                         help="iptables mode: NodePorts also answer on 127.0.0.1 (default true)")
+    sources.add_argument("--iptables-variant", choices=("auto", "nft", "legacy"), default="auto",
+                         help="iptables mode: iptables-nft or iptables-legacy (default: detect, as upstream)")
     sources.add_argument("--min-sync-period", type=parse_duration, default=1.0, metavar="DURATION",
                          help="least time between two syncs (default 1s)")
     sources.add_argument("--sync-period", type=parse_duration, default=30.0, metavar="DURATION",
@@ -130,6 +142,8 @@ def build_parser() -> Parser:
     dump = sub.add_parser("dump", parents=[common], help="show what is programmed, read from the kernel")
     dump.add_argument("--json", action="store_true", help="machine-readable output")
     dump.add_argument("--raw", action="store_true", help="the kernel's own listing of kproxy's table")
+    dump.add_argument("--proxy-mode", choices=("auto", "nftables", "iptables"), default="auto",
+                      help="which backend's rules to read (default: whichever is programmed)")
     sub.add_parser("cleanup", parents=[common], help="remove everything kproxy programmed")
     config = sub.add_parser("config", parents=[common, sources],
                             help="show the effective configuration (--config file and flags) as YAML")

@@ -13,7 +13,8 @@ from typing import Any
 import structlog
 
 from kproxy.agent import Agent
-from kproxy.backends import make_backend
+from kproxy.backends import Backend, make_backend
+from kproxy.backends.iptables.kernel import IptablesError
 from kproxy.backends.nft.kernel import LibNftKernel, NftError
 from kproxy.cli import EXIT_FAILED, UsageError, install_stop_handlers, node_config, print_json
 from kproxy.config import dump_config
@@ -63,6 +64,24 @@ def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Ev
                          read_node=lambda name: read_node_json(client, name))
 
 
+def _backend(args: argparse.Namespace) -> Backend:
+    """The backend for --proxy-mode, after removing the other mode's rules (switching
+    modes must not leave two sets of rules fighting over the same packets)."""
+    if args.proxy_mode == "iptables":
+        removed = make_backend("nftables").cleanup()
+    else:
+        from kproxy.backends.iptables.backend import cleanup_all_variants
+
+        removed = cleanup_all_variants()
+    if removed:
+        log.info("removed the rules of the other proxy mode", proxy_mode=args.proxy_mode)
+    backend = make_backend(args.proxy_mode, localhost_nodeports=args.iptables_localhost_nodeports,
+                           iptables_variant=args.iptables_variant)
+    if args.proxy_mode == "iptables":
+        log.info("iptables backend", variant=getattr(backend, "variant", "?"))
+    return backend
+
+
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     runner: SyncRunner | None = None
@@ -77,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     tracker = Tracker(on_change=changed)
     source = _start_source(args, tracker, stop, watch=True)
     node = node_config(args, source.node_ips)
-    agent = Agent(node, make_backend(args.proxy_mode), tracker)
+    agent = Agent(node, _backend(args), tracker)
     obs = start_observability(args.proxy_mode, tracker, args.sync_period,
                               args.metrics_bind_address, args.healthz_bind_address)
     if source.read_node is not None:
@@ -108,9 +127,9 @@ def sync(args: argparse.Namespace) -> int:
         if not source.wait_synced(WAIT_FOR_API_S):
             sys.stderr.write(f"kproxy: error: no full list from the API within {WAIT_FOR_API_S:.0f}s\n")
             return EXIT_FAILED
-        agent = Agent(node_config(args, source.node_ips), make_backend(args.proxy_mode), tracker)
+        agent = Agent(node_config(args, source.node_ips), _backend(args), tracker)
         agent.sync()
-    except NftError as err:
+    except (NftError, IptablesError) as err:
         sys.stderr.write(f"kproxy: error: the kernel refused the rules: {err}\n")
         return EXIT_FAILED
     finally:
@@ -119,11 +138,25 @@ def sync(args: argparse.Namespace) -> int:
 
 
 def dump(args: argparse.Namespace) -> int:
+    mode = args.proxy_mode
+    if mode == "auto":  # whichever mode has programmed this node; nftables if neither
+        mode = "nftables" if LibNftKernel().list_table() is not None else "iptables"
+    if mode == "iptables":
+        view = make_backend("iptables").read_view()
+        if mode != args.proxy_mode and not view.present:
+            mode = "nftables"
     if args.raw:
+        if mode == "iptables":
+            from kproxy.backends.iptables.kernel import save_all
+            from kproxy.backends.iptables.variant import detect_variant
+
+            sys.stdout.write(save_all(detect_variant(save_all)) or "")
+            return 0
         kernel = LibNftKernel()
         sys.stdout.write(kernel.list_ruleset_text() if kernel.list_table() else "")
         return 0
-    view = make_backend("nftables").read_view()
+    if mode == "nftables":
+        view = make_backend("nftables").read_view()
     if args.json:
         print_json(view.to_json())
     else:
@@ -132,8 +165,11 @@ def dump(args: argparse.Namespace) -> int:
 
 
 def cleanup(_args: argparse.Namespace) -> int:
+    from kproxy.backends.iptables.backend import cleanup_all_variants
+
     removed = make_backend("nftables").cleanup()
-    log.info("cleanup", removed_table=removed)
+    removed_iptables = cleanup_all_variants()
+    log.info("cleanup", removed_table=removed, removed_iptables_rules=removed_iptables)
     return 0
 
 

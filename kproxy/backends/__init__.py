@@ -31,10 +31,17 @@ class Backend(Protocol):
         """Remove everything this backend programmed; True if there was something."""
 
 
-def make_backend(mode: str) -> Backend:
+def make_backend(mode: str, *, localhost_nodeports: bool = True, iptables_variant: str = "auto") -> Backend:
     if mode == "nftables":
         from kproxy.backends.nft.backend import NftBackend
         from kproxy.backends.nft.kernel import LibNftKernel
 
         return NftBackend(LibNftKernel())
+    if mode == "iptables":
+        from kproxy.backends.iptables.backend import IptablesBackend
+        from kproxy.backends.iptables.kernel import IptablesCommands, save_all
+        from kproxy.backends.iptables.variant import detect_variant
+
+        variant = detect_variant(save_all) if iptables_variant == "auto" else iptables_variant
+        return IptablesBackend(IptablesCommands(variant), localhost_nodeports=localhost_nodeports)
     raise ValueError(f"proxy mode {mode!r} is not implemented")
