@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from kproxy_lab import Kproxy  # noqa: E402
+from kproxy_lab import PROXY_MODES, Kproxy  # noqa: E402
 from topology import Cluster  # noqa: E402
 
 NOT_ROOT = os.geteuid() != 0
@@ -45,9 +45,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.destroy()
 
 
-@pytest.fixture
-def kproxy(cluster: Cluster, tmp_path: Path) -> Iterator[Kproxy]:
-    k = Kproxy(cluster, tmp_path)
+@pytest.fixture(params=PROXY_MODES)
+def kproxy(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Kproxy]:
+    """kproxy in node1, once per backend: every data-plane test runs for each."""
+    k = Kproxy(cluster, tmp_path, mode=request.param)
     k.reset()
     try:
         yield k

@@ -21,18 +21,24 @@ def kproxy_binary() -> str:
     return str(HERE.parent.parent / ".venv" / "bin" / "kproxy")
 
 
-NODE_FLAGS = (
+BASE_NODE_FLAGS = (
     "--hostname-override", "node1",
     "--node-ip", NODE1_IP,
     "--cluster-cidr", CLUSTER_CIDR,
     "--service-cluster-ip-range", SERVICE_CIDR,
 )
+# The flags of the backend under test follow the node flags; Kproxy(mode=...) sets them
+# in place, so tests that build their own command line from NODE_FLAGS get them too.
+NODE_FLAGS: list[str] = list(BASE_NODE_FLAGS)
+PROXY_MODES = ("nftables", "iptables")
 
 
 class Kproxy:
     """kproxy in node1: one-shot syncs, a background agent, dump, cleanup."""
 
-    def __init__(self, cluster: Cluster, workdir: Path) -> None:
+    def __init__(self, cluster: Cluster, workdir: Path, mode: str = "nftables") -> None:
+        self.mode = mode
+        NODE_FLAGS[:] = [*BASE_NODE_FLAGS, "--proxy-mode", mode]
         self.cluster = cluster
         self.workdir = workdir
         self.manifests = workdir / "manifests.yaml"
@@ -89,14 +95,28 @@ class Kproxy:
         return self.cluster.run("node1", "nft", "list", "ruleset", check=False).stdout
 
     def tables(self) -> str:
-        return self.cluster.run("node1", "nft", "list", "tables", check=False).stdout
+        """nft's table list; in iptables mode, plus a line "iptables: kproxy chains" while
+        kproxy's chains are in node1's nat table (either variant)."""
+        out = self.cluster.run("node1", "nft", "list", "tables", check=False).stdout
+        if self.mode == "iptables" and "KUBE-SERVICES" in self.iptables_save():
+            out += "iptables: kproxy chains\n"
+        return out
+
+    def iptables_save(self, variant: str | None = None) -> str:
+        variants = (variant,) if variant else ("nft", "legacy")
+        return "".join(self.cluster.run("node1", f"iptables-{v}-save", check=False).stdout for v in variants)
 
     def reset(self) -> None:
         for proc, _log in self.agents:
             self.cluster.stop(proc)
         self.cli("cleanup", check=False)
         # Our own namespace: leave nothing for the next test, whatever cleanup did.
-        self.cluster.run("node1", "nft", "flush", "ruleset", check=False)
+        self.cluster.run("node1", "nft", "flush", "ruleset", check=False)  # iptables-nft's too
+        if "*" in self.cluster.run("node1", "iptables-legacy-save", check=False).stdout:
+            for table in ("nat", "filter", "mangle"):
+                self.cluster.run("node1", "iptables-legacy", "-t", table, "-F", check=False)
+                self.cluster.run("node1", "iptables-legacy", "-t", table, "-X", check=False)
+        self.cluster.run("node1", "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0", check=False)
         self.cluster.run("node1", "conntrack", "-F", check=False)
 
     def report(self) -> None:
@@ -105,6 +125,9 @@ class Kproxy:
             print(log.read_text(errors="replace") if log.exists() else "(no log)")
         print("---- nft list ruleset (node1)")
         print(self.ruleset())
+        if self.mode == "iptables":
+            print("---- iptables-save (node1, nft and legacy)")
+            print(self.iptables_save())
         if self.manifests.exists():
             print("---- manifests")
             print(self.manifests.read_text())
