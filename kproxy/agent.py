@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
 from kproxy.backends import Backend
-from kproxy.model import NodeConfig
+from kproxy.model import ClusterState, NodeConfig
 from kproxy.planner import PlanCache, compute_plan
 from kproxy.tracker import Tracker
 
@@ -47,10 +47,17 @@ class Agent:
         self._clock = clock
         self._last_full: float | None = None
 
+    def _node_now(self, state: ClusterState) -> NodeConfig:
+        """The node config with this node's zone as its Node object says now."""
+        info = state.nodes.get(self.node.hostname)
+        zone = info.zone if info else None
+        return self.node if zone == self.node.zone else replace(self.node, zone=zone)
+
     def sync(self, full: bool = False) -> SyncReport:
         with self._lock:
             started = time.perf_counter()
-            plan = compute_plan(self.node, self.tracker.snapshot(), self._cache)
+            state = self.tracker.snapshot()
+            plan = compute_plan(self._node_now(state), state, self._cache)
             planned = time.perf_counter()
             now = self._clock()
             full = full or self._last_full is None or now - self._last_full >= FULL_SYNC_PERIOD_S

@@ -116,6 +116,14 @@ class EndpointSlice:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NodeInfo:
+    """What kproxy reads from a Node object: its zone, for topology hints."""
+
+    name: str
+    zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterState:
     """A snapshot of what the sources know: Services and EndpointSlices by key."""
 
@@ -124,6 +132,7 @@ class ClusterState:
     # The same slices grouped by Service, sorted by name, when the producer keeps such an
     # index (the tracker does, with stable tuples for unchanged groups); None: group anew.
     slices_by_service: dict[ServiceName, tuple[EndpointSlice, ...]] | None = None
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,14 +14,16 @@ from typing import Any
 
 import structlog
 
-from kproxy.model import ClusterState, EndpointSlice, Service, ServiceName
-from kproxy.sources.parse import InvalidObject, object_key, parse_endpoint_slice, parse_service
+from kproxy.model import ClusterState, EndpointSlice, NodeInfo, Service, ServiceName
+from kproxy.sources.parse import InvalidObject, object_key, parse_endpoint_slice, parse_node, parse_service
 
 log = structlog.get_logger(__name__)
 
 SERVICE = "Service"
 ENDPOINT_SLICE = "EndpointSlice"
-KINDS = (SERVICE, ENDPOINT_SLICE)
+KINDS = (SERVICE, ENDPOINT_SLICE)  # what the change metrics count
+NODE = "Node"  # only this node's zone matters (topology hints)
+SOURCE_KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +42,7 @@ class Tracker:
         self._services: dict[ServiceName, Service] = {}
         self._slices: dict[tuple[str, str], EndpointSlice] = {}
         self._by_service = SliceIndex()
+        self._nodes: dict[str, NodeInfo] = {}
         # Last error logged per invalid object: a relist or reload that brings the same
         # broken object again does not log it again.
         self._invalid: dict[tuple[str, str, str], tuple[str, str]] = {}
@@ -130,7 +133,7 @@ class Tracker:
         # Shallow copies: the values are frozen, so sharing them is safe and cheap.
         with self._lock:
             return ClusterState(services=dict(self._services), slices=dict(self._slices),
-                                slices_by_service=self._by_service.grouped())
+                                slices_by_service=self._by_service.grouped(), nodes=dict(self._nodes))
 
     def change_counts(self) -> ChangeCounts:
         with self._lock:
@@ -147,6 +150,8 @@ class Tracker:
         return triggers
 
     def _count(self, kind: str, obj: Any, after: Any) -> None:  # under the lock
+        if kind not in self._changes_total:
+            return
         self._changes_total[kind] += 1
         key = obj.name if kind == SERVICE else (obj.namespace, obj.name)
         self._pending[kind].add(key)
@@ -159,17 +164,21 @@ class Tracker:
             return self._services
         if kind == ENDPOINT_SLICE:
             return self._slices
-        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+        if kind == NODE:
+            return self._nodes
+        raise ValueError(f"unknown kind {kind!r}; expected one of {SOURCE_KINDS}")
 
     @staticmethod
     def _key(kind: str, obj: dict[str, Any]) -> Any:
         namespace, name = object_key(obj)
+        if kind == NODE:
+            return name
         return ServiceName(namespace, name) if kind == SERVICE else (namespace, name)
 
     def _parse(self, kind: str, obj: dict[str, Any]) -> tuple[Any, Any, tuple[str, str] | None]:
         """(key, parsed value or None, (field, message) or None)."""
         self._store(kind)  # rejects unknown kinds before anything is parsed
-        parse = parse_service if kind == SERVICE else parse_endpoint_slice
+        parse = {SERVICE: parse_service, ENDPOINT_SLICE: parse_endpoint_slice, NODE: parse_node}[kind]
         key = self._key(kind, obj)
         try:
             return key, parse(obj), None

@@ -28,7 +28,7 @@ from yaml.events import (
     StreamStartEvent,
 )
 
-from kproxy.tracker import ENDPOINT_SLICE, KINDS, SERVICE, Tracker
+from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, SOURCE_KINDS, Tracker
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +60,7 @@ def load_manifests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for file in manifest_files(path):
         for doc in _documents(file):
-            objects.extend(obj for obj in _flatten(doc, file) if obj.get("kind") in KINDS)
+            objects.extend(obj for obj in _flatten(doc, file) if obj.get("kind") in SOURCE_KINDS)
     return objects
 
 
@@ -214,6 +214,7 @@ class ManifestSource:
         objects = load_manifests(self.path)
         self._tracker.replace(SERVICE, [o for o in objects if o.get("kind") == SERVICE])
         self._tracker.replace(ENDPOINT_SLICE, [o for o in objects if o.get("kind") == ENDPOINT_SLICE])
+        self._tracker.replace(NODE, [o for o in objects if o.get("kind") == NODE])
         self._fingerprint = fingerprint
         log.debug("manifests loaded", path=str(self.path), objects=len(objects))
 

@@ -13,6 +13,7 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Network, IPv6Address, 
 from typing import Any
 
 from kproxy.model import (
+    NodeInfo,
     EndpointSlice,
     Protocol,
     Service,
@@ -316,3 +317,13 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
         endpoints=tuple(endpoints),
         trigger_time=_trigger_time(obj),
     )
+
+
+LABEL_ZONE = "topology.kubernetes.io/zone"
+
+
+def parse_node(obj: dict[str, Any]) -> NodeInfo | None:
+    name = (obj.get("metadata") or {}).get("name")
+    if not name:
+        raise InvalidObject("Node", "/", "metadata.name", "missing name")
+    return NodeInfo(name=name, zone=_labels(obj).get(LABEL_ZONE) or None)

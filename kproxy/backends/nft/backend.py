@@ -13,12 +13,15 @@ import time
 import structlog
 
 from kproxy.backends import SyncResult
+from kproxy.backends.nft.affinity import stale_entries
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
-from kproxy.backends.nft.kernel import NftKernel
+from kproxy.backends.nft.kernel import NftError, NftKernel
+from kproxy.backends.nft.objects import TABLE
 from kproxy.backends.nft.objects import Skeleton
 from kproxy.backends.nft.readback import read_view
 from kproxy.backends.nft.render import (
     Contribution,
+    affinity_names,
     affinity_timeouts,
     counts_in_use,
     render_node,
@@ -48,6 +51,8 @@ class NftBackend:
         self._contribs: dict[ServicePortName, Contribution] = {}
         self._node: Contribution = {}
         self._skeleton: Skeleton | None = None
+        # changed Service ports that had affinity: (old plan, new plan or None)
+        self._affinity_changes: list[tuple[ServicePortPlan, ServicePortPlan | None]] = []
 
     def sync(self, plan: Plan, full: bool = False) -> SyncResult:
         started = time.perf_counter()
@@ -80,6 +85,9 @@ class NftBackend:
                 self._skeleton = None
                 raise
         self._skeleton = skeleton
+        if not full:
+            self._forget_stale_affinity()
+        self._affinity_changes = []
         done = time.perf_counter()
         return SyncResult(full=full, operations=tx.operations,
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
@@ -92,15 +100,34 @@ class NftBackend:
         wanted = {sp.name: sp for sp in plan.service_ports}
         for name in [n for n in self._plans if n not in wanted]:
             self._table.replace(str(name), self._contribs.pop(name), None, delta)
-            del self._plans[name]
+            self._note_affinity(self._plans.pop(name), None)
         for name, sp in wanted.items():
             old = self._plans.get(name)
             if old is sp or old == sp:
                 continue
+            if old is not None:
+                self._note_affinity(old, sp)
             contrib = render_service_port(sp)
             self._table.replace(str(name), self._contribs.get(name), contrib, delta)
             self._plans[name] = sp
             self._contribs[name] = contrib
+
+    def _note_affinity(self, old: ServicePortPlan, new: ServicePortPlan | None) -> None:
+        if old.affinity_timeout:
+            self._affinity_changes.append((old, new))
+
+    def _forget_stale_affinity(self) -> None:
+        changes, self._affinity_changes = self._affinity_changes, []
+        if not changes:
+            return
+        tables = {affinity_names(old.affinity_timeout)[0] for old, _ in changes if old.affinity_timeout}
+        try:
+            stale = stale_entries(changes, {t: self._kernel.list_map(t) for t in tables})
+            for table, keys in stale.items():
+                self._kernel.apply(f"delete element {TABLE} {table} {{ {', '.join(keys)} }}\n")
+        except NftError as err:
+            # an entry may time out between listing and deleting; the rest expire anyway
+            log.info("could not forget stale affinity", error=str(err))
 
     def _render_skeleton(self, plan: Plan) -> Skeleton:
         in_use = self._table.set_names()

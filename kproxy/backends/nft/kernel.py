@@ -20,6 +20,8 @@ class NftKernel(Protocol):
 
     def delete_table(self) -> bool: ...
 
+    def list_map(self, name: str) -> dict[str, Any] | None: ...
+
 
 class LibNftKernel:
     """NftKernel over libnftables (python3-nftables). One batch per apply() call."""
@@ -42,6 +44,14 @@ class LibNftKernel:
 
     def list_table(self) -> dict[str, Any] | None:
         rc, out, err = self._json.cmd(f"list table {TABLE}")
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError(_first_error(err))
+        return json.loads(out)
+
+    def list_map(self, name: str) -> dict[str, Any] | None:
+        rc, out, err = self._json.cmd(f"list map {TABLE} {name}")
         if rc != 0:
             if "No such file or directory" in err:
                 return None
@@ -91,6 +101,7 @@ class RecordingKernel:
         self.scripts: list[str] = []
         self.fail_next: str | None = None
         self.table_present = False
+        self.maps: dict[str, dict[str, Any]] = {}  # listings list_map returns
 
     def apply(self, script: str) -> None:
         if self.fail_next is not None:
@@ -105,3 +116,6 @@ class RecordingKernel:
     def delete_table(self) -> bool:
         present, self.table_present = self.table_present, False
         return present
+
+    def list_map(self, name: str) -> dict[str, Any] | None:
+        return self.maps.get(name)
