@@ -1,0 +1,139 @@
+"""The agent image: built from the Dockerfile with podman (no Docker engine here) and run in
+a throw-away network namespace, as DESIGN.md §7 describes.
+
+The Dockerfile's `FROM debian:bookworm-slim` is replaced by a local base made with
+debootstrap (no registry is contacted). That base, localhost/debian:bookworm-min, is kept
+between runs on purpose (~30 s to make); everything else the test creates is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parents[2]
+BASE = "localhost/debian:bookworm-min"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+"""
+
+pytestmark = pytest.mark.image
+
+
+def sh(*argv: str, env: dict[str, str] | None = None, timeout: float = 120,
+       check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=input is None, env=env, timeout=timeout,
+                            input=input)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def podman_env(tmp_path_factory) -> dict[str, str]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, rootful podman)")
+    missing = [t for t in ("podman", "runc", "debootstrap") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run scripts/setup-env")
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    return {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+
+def ensure_base(env: dict[str, str], tmp: Path) -> None:
+    if sh("podman", "image", "exists", BASE, env=env, check=False).returncode == 0:
+        return
+    rootfs = tmp / "rootfs"
+    sh("debootstrap", "--variant=minbase", "bookworm", str(rootfs), timeout=600)
+    tar = subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], capture_output=True,
+                         check=True, timeout=300).stdout
+    sh("podman", "import", "-", BASE, env=env, input=tar, timeout=300)
+    shutil.rmtree(rootfs, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def image(podman_env, tmp_path_factory):
+    tag = f"localhost/kproxy:test-{uuid.uuid4().hex[:8]}"
+    ensure_base(podman_env, tmp_path_factory.mktemp("base"))
+    # --network=host for the build only: the default bridge would change the host's NAT
+    # tables and ip_forward. --layers=false leaves no cached intermediate images behind.
+    build = ["podman", "build", "--pull=never", "--from", BASE, "--layers=false", "--network=host",
+             "-t", tag, str(TOP)]
+    if Path(CA_BUNDLE).exists():
+        build[2:2] = ["-v", f"{CA_BUNDLE}:/etc/pip-ca.crt:ro", "--build-arg", "PIP_CERT=/etc/pip-ca.crt"]
+    try:
+        sh(*build, env=podman_env, timeout=900)
+        yield tag
+    finally:
+        sh("podman", "rmi", "-f", tag, env=podman_env, check=False)
+
+
+@pytest.fixture
+def netns():
+    name = f"kp-img-{uuid.uuid4().hex[:8]}"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        sh("ip", "-n", name, "addr", "add", "10.77.0.2/32", "dev", "lo")
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", ns, *argv, check=check, timeout=30)
+
+
+def run_args(ns: str) -> list[str]:
+    return ["podman", "run", "--network", f"ns:/run/netns/{ns}", "--cap-drop", "ALL",
+            "--cap-add", "NET_ADMIN,NET_RAW", "--read-only",
+            "-v", f"{TOP / 'examples' / 'demo'}:/manifests:ro"]
+
+
+def test_image_programs_the_namespace_and_serves_health_and_metrics(podman_env, image, netns):
+    host_tables = sh("nft", "list", "tables").stdout
+
+    # one-shot sync, with the capabilities the DaemonSet grants and a read-only root
+    sh(*run_args(netns), "--rm", image, "sync", "--once", "--manifests", "/manifests",
+       "--node-ip", "10.77.0.2", env=podman_env)
+    assert "table ip kproxy" in in_ns(netns, "nft", "list", "tables").stdout
+    assert sh("nft", "list", "tables").stdout == host_tables  # the host is untouched
+
+    # the agent: metrics and health answer inside the namespace; SIGTERM exits 0
+    name = f"kproxy-{netns}"
+    try:
+        sh(*run_args(netns), "-d", "--name", name, image, "run", "--manifests", "/manifests",
+           "--node-ip", "10.77.0.2", "--log-format", "json", env=podman_env)
+        deadline = time.monotonic() + 30
+        healthz = None
+        while time.monotonic() < deadline:
+            healthz = in_ns(netns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            "http://127.0.0.1:10256/healthz", check=False)
+            if healthz.stdout == "200":
+                break
+            time.sleep(0.5)
+        assert healthz is not None and healthz.stdout == "200", healthz
+        assert in_ns(netns, "curl", "-s", "http://127.0.0.1:10249/proxyMode").stdout == "nftables"
+        metrics = in_ns(netns, "curl", "-s", "http://127.0.0.1:10249/metrics").stdout
+        assert 'kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1.0' in metrics
+        sh("podman", "stop", "-t", "20", name, env=podman_env)
+        exit_code = sh("podman", "inspect", "-f", "{{.State.ExitCode}}", name, env=podman_env).stdout.strip()
+        assert exit_code == "0"
+        logs = sh("podman", "logs", name, env=podman_env).stderr.splitlines()
+        events = [json.loads(line)["event"] for line in logs if line.startswith("{")]
+        assert "synced" in events and events[-1].startswith("stopped")
+    finally:
+        sh("podman", "rm", "-f", name, env=podman_env, check=False)
+    assert "table ip kproxy" in in_ns(netns, "nft", "list", "tables").stdout  # rules stay
