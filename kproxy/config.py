@@ -146,7 +146,7 @@ SCHEMA: dict[str, Any] = {
     "enableProfiling": BOOL,
     "showHiddenMetricsForVersion": STR,
     "mode": _used(STR),
-    "iptables": {**_PER_MODE, "localhostNodePorts": BOOL, "snatNodeInternalIP": BOOL},
+    "iptables": {**_PER_MODE, "localhostNodePorts": _used(BOOL), "snatNodeInternalIP": BOOL},
     "ipvs": {
         "syncPeriod": DURATION, "minSyncPeriod": DURATION, "scheduler": STR, "excludeCIDRs": STR_LIST,
         "strictARP": BOOL, "tcpTimeout": DURATION, "tcpFinTimeout": DURATION, "udpTimeout": DURATION,
@@ -327,6 +327,8 @@ def file_settings(cfg: ProxyConfigFile, mode_choices: tuple[str, ...], flag_mode
             raise ConfigError(f"field 'detectLocalMode': {local_mode!r} is not implemented (only ClusterCIDR)")
         if addresses := v.get("nodePortAddresses"):
             out["nodeport_addresses"] = _node_port_addresses(addresses)
+        if (localhost := v.get("iptables.localhostNodePorts")) is not None:
+            out["iptables_localhost_nodeports"] = localhost
         if v.get(f"{section}.masqueradeAll"):
             out["masquerade_all"] = True
         for name, dest in (("syncPeriod", "sync_period"), ("minSyncPeriod", "min_sync_period")):
@@ -359,6 +361,13 @@ def merge(args: argparse.Namespace, cfg: ProxyConfigFile, explicit: set[str],
 def effective_config(args: argparse.Namespace) -> dict[str, Any]:
     mode = section = args.proxy_mode
     node_ips = getattr(args, "node_ip", None) or []
+    per_mode: dict[str, Any] = {
+        "masqueradeAll": bool(args.masquerade_all),
+        "minSyncPeriod": format_duration(args.min_sync_period),
+        "syncPeriod": format_duration(args.sync_period),
+    }
+    if mode == "iptables" and hasattr(args, "iptables_localhost_nodeports"):
+        per_mode["localhostNodePorts"] = bool(args.iptables_localhost_nodeports)
     nodeports: list[str] = [str(n) for n in args.nodeport_addresses] or ["primary"]
     if nodeports == ["0.0.0.0/0"]:
         nodeports = ["all"]
@@ -375,11 +384,7 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
                     "verbosity": 4 if getattr(args, "verbose", False) else 0},
         "metricsBindAddress": args.metrics_bind_address,
         "mode": mode,
-        section: {
-            "masqueradeAll": bool(args.masquerade_all),
-            "minSyncPeriod": format_duration(args.min_sync_period),
-            "syncPeriod": format_duration(args.sync_period),
-        },
+        section: per_mode,
         "nodePortAddresses": nodeports,
     }
 

@@ -207,3 +207,25 @@ def test_go_durations(text, seconds):
 @pytest.mark.parametrize("seconds", [0.0, 0.25, 1.0, 30.0, 90.0, 3600.0, 3725.0])
 def test_durations_print_and_parse_back(seconds):
     assert parse_go_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+def test_iptables_mode_reads_the_iptables_section(tmp_path, capsys):
+    text = HEADER + """\
+mode: iptables
+iptables: {syncPeriod: 20s, masqueradeAll: true, localhostNodePorts: false}
+nftables: {syncPeriod: 5s}
+"""
+    args, ignored = effective(tmp_path, text)
+    assert args.proxy_mode == "iptables" and args.sync_period == 20.0 and args.masquerade_all is True
+    assert args.iptables_localhost_nodeports is False and ignored == []
+    # --proxy-mode on the command line picks the section too
+    args, _ = effective(tmp_path, text, "--proxy-mode", "nftables")
+    assert args.sync_period == 5.0 and args.masquerade_all is False
+    # and the printed configuration round-trips in iptables mode as well
+    path = tmp_path / "config.yaml"
+    assert main(["config", "--print", "--config", str(path)]) == 0
+    first = capsys.readouterr().out
+    assert "localhostNodePorts: false" in first
+    path.write_text(first)
+    assert main(["config", "--print", "--config", str(path)]) == 0
+    assert capsys.readouterr().out == first
