@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import structlog
@@ -55,7 +56,7 @@ class IptablesBackend:
         self._route_localnet = route_localnet
         self._applied: Chains | None = None  # None: the next sync is a full one
         self._rules: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
-        self._render_key: tuple[bool, bool] | None = None
+        self._render_key: tuple[bool, tuple[IPv4Network, ...]] | None = None
 
     @property
     def variant(self) -> str:
@@ -90,7 +91,7 @@ class IptablesBackend:
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
 
     def _render(self, plan: Plan) -> Chains:
-        key = (plan.masquerade_all, bool(plan.cluster_cidrs) and not plan.masquerade_all)
+        key = (plan.masquerade_all, plan.cluster_cidrs)
         if key != self._render_key:
             self._rules, self._render_key = {}, key
         old = self._rules

@@ -27,7 +27,7 @@ import base64
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from kproxy.plan import Frontend, FrontendKind, Plan, ServicePortPlan, Target
 
@@ -49,8 +49,10 @@ CLUSTER_IPS = "KUBE-CLUSTER-IPS"
 # Shared with kubelet, which keeps an identical rule: never deleted by kproxy.
 FIREWALL = "KUBE-FIREWALL"
 
-# Per-Service-port chain prefixes; KUBE-SEP/FW/SVL are upstream's, removed when found.
-SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-EXT-", "KUBE-SEP-", "KUBE-FW-", "KUBE-SVL-")
+# Per-Service-port chains: SVC (ClusterIP), EXT (external frontends), FW (LB source
+# ranges), SCT (short-circuit targets, when they differ from the ClusterIP's); upstream's
+# KUBE-SEP/SVL are removed when found.
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SCT-", "KUBE-SEP-", "KUBE-SVL-")
 STATIC_CHAINS = {
     NAT: (NAT_SERVICES, NAT_NODEPORTS, POSTROUTING, MARK_MASQ, MASQ_OFF_CLUSTER, HAIRPIN),
     FILTER: (FILTER_SERVICES, EXTERNAL_SERVICES, FILTER_NODEPORTS, CLUSTER_IPS),
@@ -128,80 +130,105 @@ class ServicePortRules:
         self.shared.setdefault((table, chain), []).append(f"-A {chain} {rule}")
 
 
-def _empty_verdict(sp: ServicePortPlan) -> str:
-    verdict = getattr(sp, "empty_verdict", None)
-    return "DROP" if verdict is not None and verdict() == "drop" else "REJECT"
-
-
 def _dispatch(chain: str, targets: tuple[Target, ...], proto: str, affinity: int | None) -> list[str]:
-    """Pick one of `targets` at random, each with equal chance; DNAT to it."""
+    """Pick one of `targets` at random, each with equal chance; DNAT to it. With ClientIP
+    affinity a client seen within the timeout goes where it went before (one xt_recent
+    list per endpoint, as upstream; an endpoint removed takes its list's rule with it)."""
     rules = []
     n = len(targets)
+    recent = [f"{chain}-{ip_text(t.ip)}-{t.port}" for t in targets]
     if affinity:
-        # ClientIP affinity: a client seen within the timeout goes where it went before.
-        for t in targets:
-            rules.append(f"-A {chain} -m recent --name {chain}-{ip_text(t.ip)}-{t.port} --rcheck "
+        for t, name in zip(targets, recent):
+            rules.append(f"-A {chain} -m recent --name {name} --mask 255.255.255.255 --rsource --rcheck "
                          f"--seconds {affinity} --reap -p {proto} -j DNAT --to-destination {ip_text(t.ip)}:{t.port}")
-    for i, t in enumerate(targets):
+    for i, (t, name) in enumerate(zip(targets, recent)):
         pick = f"-m statistic --mode random --probability {1.0 / (n - i):.10f} " if i < n - 1 else ""
-        remember = f"-m recent --name {chain}-{ip_text(t.ip)}-{t.port} --set " if affinity else ""
+        remember = f"-m recent --name {name} --mask 255.255.255.255 --rsource --set " if affinity else ""
         rules.append(f"-A {chain} {pick}{remember}-p {proto} -j DNAT --to-destination {ip_text(t.ip)}:{t.port}")
     return rules
 
 
-def render_service_port(sp: ServicePortPlan, masquerade_all: bool, masquerade_off_cluster: bool) -> ServicePortRules:
+def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
+                        cluster_cidrs: tuple[IPv4Network, ...] = ()) -> ServicePortRules:
     out = ServicePortRules()
     proto = sp.protocol.nft
     name = str(sp.name)
-    svc, ext = svc_chain(sp), ext_chain(sp)
-    affinity = getattr(sp, "affinity_timeout", None)
-    cluster_targets: tuple[Target, ...] = ()
-    external_targets: tuple[Target, ...] | None = None
-    empty = _empty_verdict(sp)
+    svc, ext, fw = svc_chain(sp), ext_chain(sp), "KUBE-FW-" + svc_chain(sp)[9:]
+    affinity = sp.affinity_timeout
+    empty = "DROP" if sp.empty_verdict() == "drop" else "REJECT"
+    internal = sp.internal_targets
+    short_circuit = sp.short_circuit_targets if sp.external_policy_local else ()
+    uses_ext = False
+    uses_fw = False
     for fe in sp.frontends:
         targets = sp.targets_for(fe)
         label = comment(f"{name} {fe.kind}")
+        match = f"{label} {port_match(proto, fe.port)}"
         if fe.kind is FrontendKind.CLUSTER_IP:
-            cluster_targets = targets
             where = f"-d {ip_text(fe.ip)}/32"
             if targets:
-                out.add(NAT, NAT_SERVICES, f"{where} {label} {port_match(proto, fe.port)} -j {svc}")
+                out.add(NAT, NAT_SERVICES, f"{where} {match} -j {svc}")
             else:
-                out.add(FILTER, FILTER_SERVICES, f"{where} {label} {port_match(proto, fe.port)} -j {empty}")
+                out.add(FILTER, FILTER_SERVICES, f"{where} {match} -j {empty}")
             continue
-        external_targets = targets
         nodeport = fe.ip is None
         where = "" if nodeport else f"-d {ip_text(fe.ip)}/32 "
-        if targets:
-            chain = NAT_NODEPORTS if nodeport else NAT_SERVICES
-            out.add(NAT, chain, f"{where}{label} {port_match(proto, fe.port)} -j {ext}")
-        else:
-            chain = FILTER_NODEPORTS if nodeport else FILTER_SERVICES
-            out.add(FILTER, chain, f"{where}{label} {port_match(proto, fe.port)} -j {empty}")
-    if cluster_targets:
+        if targets or short_circuit:
+            uses_ext = True
+            jump = ext
+            if fe.kind is FrontendKind.LOAD_BALANCER and sp.source_ranges:
+                # loadBalancerSourceRanges: DNAT only the allowed sources; the filter
+                # table drops what stayed addressed to the LB IP.
+                jump, uses_fw = fw, True
+                out.add(FILTER, FILTER_SERVICES,
+                        f"{where}{comment(f'{name} LoadBalancer source ranges')} "
+                        f"{port_match(proto, fe.port)} -j DROP")
+            out.add(NAT, NAT_NODEPORTS if nodeport else NAT_SERVICES, f"{where}{match} -j {jump}")
+        if not targets:
+            # also what short-circuit rules leave: traffic from outside the node
+            out.add(FILTER, FILTER_NODEPORTS if nodeport else FILTER_SERVICES, f"{where}{match} -j {empty}")
+    if internal:
         rules = []
         cluster_ip = next(fe for fe in sp.frontends if fe.kind is FrontendKind.CLUSTER_IP)
         dest = f"-d {ip_text(cluster_ip.ip)}/32 {port_match(proto, cluster_ip.port)}"
         if masquerade_all:
             rules.append(f"-A {svc} {dest} -j {MARK_MASQ}")
-        elif masquerade_off_cluster:
+        elif cluster_cidrs:
             rules.append(f"-A {svc} {dest} -j {MASQ_OFF_CLUSTER}")
-        rules += _dispatch(svc, cluster_targets, proto, affinity)
+        rules += _dispatch(svc, internal, proto, affinity)
         out.chains[(NAT, svc)] = tuple(rules)
-    if external_targets:
+    if uses_fw:
+        out.chains[(NAT, fw)] = tuple(f"-A {fw} -s {cidr} -j {ext}" for cidr in sp.source_ranges)
+    if uses_ext:
         rules = []
         if sp.masquerade_external:
             rules.append(f"-A {ext} {comment(f'masquerade traffic for {name} external destinations')} "
                          f"-j {MARK_MASQ}")
-        if external_targets == cluster_targets:
+        if short_circuit:
+            # externalTrafficPolicy Local: pods and the node itself reach every endpoint
+            # (upstream's short-circuit); the node's own traffic is masqueraded.
+            if short_circuit == internal:
+                to = svc
+            else:
+                to = "KUBE-SCT-" + svc[9:]
+                out.chains[(NAT, to)] = tuple(_dispatch(to, short_circuit, proto, affinity))
+            rules += [f"-A {ext} -s {cidr} {comment(f'pod traffic for {name} external destinations')} -j {to}"
+                      for cidr in cluster_cidrs]
+            rules += [
+                f"-A {ext} -m addrtype --src-type LOCAL {comment(f'masquerade LOCAL traffic for {name}')} "
+                f"-j {MARK_MASQ}",
+                f"-A {ext} -m addrtype --src-type LOCAL {comment(f'route LOCAL traffic for {name}')} -j {to}",
+            ]
+        external = sp.external_targets
+        if external and external == internal:
             rules.append(f"-A {ext} -j {svc}")
-        else:
-            rules += _dispatch(ext, external_targets, proto, affinity)
+        elif external:
+            rules += _dispatch(ext, external, proto, affinity)
         out.chains[(NAT, ext)] = tuple(rules)
     # A pod reaching its own Service and landing on itself must be masqueraded, or it
     # would answer itself directly; only pods on this node can (nft backend: same rule).
-    local = sorted({t.ip for fe in sp.frontends for t in sp.targets_for(fe) if t.is_local}, key=int)
-    for ip in local:
+    local = {t.ip for t in (*internal, *sp.external_targets, *short_circuit) if t.is_local}
+    for ip in sorted(local, key=int):
         text = ip_text(ip)
         out.add(NAT, HAIRPIN, f"-s {text}/32 -d {text}/32 -j {MARK_MASQ}")
     return out
@@ -224,6 +251,9 @@ def render_node(plan: Plan, localhost_nodeports: bool) -> dict[tuple[str, str], 
     addresses = nodeport_address_rules(plan, localhost_nodeports)
     out[(NAT, "tail:" + NAT_SERVICES)] = tuple(
         f"-A {NAT_SERVICES} {a} {comment('kubernetes service nodeports')} -j {NAT_NODEPORTS}" for a in addresses)
+    out[(FILTER, "head:" + FILTER_NODEPORTS)] = tuple(
+        f"-A {FILTER_NODEPORTS} {comment(f'{hc.service} health check node port')} "
+        f"{port_match('tcp', hc.node_port)} -j ACCEPT" for hc in plan.health_checks)
     out[(NAT, MARK_MASQ)] = (f"-A {MARK_MASQ} -j MARK --or-mark {MASQUERADE_MARK}",)
     out[(NAT, MASQ_OFF_CLUSTER)] = (
         *(f"-A {MASQ_OFF_CLUSTER} -s {c} -j RETURN" for c in plan.cluster_cidrs),
@@ -270,6 +300,9 @@ def assemble(node: dict[tuple[str, str], tuple[str, ...]], ports: Iterable[Servi
         if chain.startswith("tail:"):
             chain = chain[5:]
             chains[table][chain] = chains[table][chain] + lines
+        elif chain.startswith("head:"):
+            chain = chain[5:]
+            chains[table][chain] = lines + chains[table][chain]
         else:
             chains[table][chain] = lines
     return chains
@@ -277,6 +310,5 @@ def assemble(node: dict[tuple[str, str], tuple[str, ...]], ports: Iterable[Servi
 
 def render(plan: Plan, localhost_nodeports: bool = True) -> Chains:
     """The whole desired ruleset, uncached (the backend caches per Service port)."""
-    off_cluster = bool(plan.cluster_cidrs) and not plan.masquerade_all
     return assemble(render_node(plan, localhost_nodeports),
-                    (render_service_port(sp, plan.masquerade_all, off_cluster) for sp in plan.service_ports))
+                    (render_service_port(sp, plan.masquerade_all, plan.cluster_cidrs) for sp in plan.service_ports))

@@ -78,7 +78,9 @@ def _endpoints(nat: Table, chain: str, seen: frozenset[str] = frozenset()) -> li
         target = opts.get("-j", "")
         if target == "DNAT" and "--to-destination" in opts and "--rcheck" not in rule:
             out.append(opts["--to-destination"])
-        elif target.startswith("KUBE-SVC-") and target not in seen:
+        elif target.startswith(("KUBE-SVC-", "KUBE-EXT-")) and target not in seen \
+                and ("-s" not in opts or chain.startswith("KUBE-FW-")) and "--src-type" not in opts:
+            # (a jump on a source match in EXT is a short-circuit, not the frontend's own)
             out += _endpoints(nat, target, seen | {chain})
     return out
 
@@ -113,7 +115,7 @@ def read_view(tables: dict[str, Table]) -> ProgrammedView:
 
     by_port: dict[str, list[FrontendView]] = defaultdict(list)
     protocols: dict[str, str] = {}
-    for table, chain in ((nat, NAT_SERVICES), (nat, NAT_NODEPORTS),
+    for table, chain in ((nat, NAT_SERVICES), (nat, NAT_NODEPORTS),  # filter: no endpoints
                          (filt, FILTER_SERVICES), (filt, FILTER_NODEPORTS)):
         for rule in table.get(chain, ()):
             opts = options(rule)
@@ -125,8 +127,10 @@ def read_view(tables: dict[str, Table]) -> ProgrammedView:
             if target in ("REJECT", "DROP"):
                 fe = FrontendView(kind=kind, address=address(opts), endpoints=(), verdict=target.lower())
             else:
-                fe = FrontendView(kind=kind, address=address(opts),
-                                  endpoints=tuple(_endpoints(nat, target)), verdict="dnat")
+                endpoints = tuple(_endpoints(nat, target))
+                if not endpoints:  # only short-circuits: the filter rule has its verdict
+                    continue
+                fe = FrontendView(kind=kind, address=address(opts), endpoints=endpoints, verdict="dnat")
             by_port[name].append(fe)
             protocols[name] = opts.get("-p", "?").upper()
     ports = tuple(
