@@ -48,7 +48,6 @@ class NftBackend:
     def _reset(self) -> None:
         self._table = ElementTable()
         self._plans: dict[ServicePortName, ServicePortPlan] = {}
-        self._contribs: dict[ServicePortName, Contribution] = {}
         self._node: Contribution = {}
         self._skeleton: Skeleton | None = None
         # changed Service ports that had affinity: (old plan, new plan or None)
@@ -99,18 +98,19 @@ class NftBackend:
             self._node = node
         wanted = {sp.name: sp for sp in plan.service_ports}
         for name in [n for n in self._plans if n not in wanted]:
-            self._table.replace(str(name), self._contribs.pop(name), None, delta)
-            self._note_affinity(self._plans.pop(name), None)
+            old = self._plans.pop(name)
+            # render is pure, so what `old` contributed is rendered again rather than kept
+            self._table.replace(str(name), render_service_port(old), None, delta)
+            self._note_affinity(old, None)
         for name, sp in wanted.items():
             old = self._plans.get(name)
             if old is sp or old == sp:
                 continue
             if old is not None:
                 self._note_affinity(old, sp)
-            contrib = render_service_port(sp)
-            self._table.replace(str(name), self._contribs.get(name), contrib, delta)
+            before = render_service_port(old) if old is not None else None
+            self._table.replace(str(name), before, render_service_port(sp), delta)
             self._plans[name] = sp
-            self._contribs[name] = contrib
 
     def _note_affinity(self, old: ServicePortPlan, new: ServicePortPlan | None) -> None:
         if old.affinity_timeout:

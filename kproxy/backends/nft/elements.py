@@ -33,14 +33,20 @@ class ElementDelta:
 
 
 class ElementTable:
+    # key -> (owner, element) while it has one owner, as nearly all do (a tuple is a
+    # quarter of a dict's size at 200,000 elements); {owner: element} once shared
     def __init__(self) -> None:
-        self._owners: dict[str, dict[str, dict[Owner, Element]]] = {}
+        self._owners: dict[str, dict[str, tuple[Owner, Element] | dict[Owner, Element]]] = {}
+
+    @staticmethod
+    def _winner(held: tuple[Owner, Element] | dict[Owner, Element]) -> Element:
+        if type(held) is tuple:
+            return held[1]
+        return held[min(held)]  # type: ignore[index,call-overload]
 
     def effective(self, set_name: str, key: str) -> Element | None:
-        owners = self._owners.get(set_name, {}).get(key)
-        if not owners:
-            return None
-        return owners[min(owners)] if len(owners) > 1 else next(iter(owners.values()))
+        held = self._owners.get(set_name, {}).get(key)
+        return None if held is None else self._winner(held)
 
     def count(self, set_name: str) -> int:
         return len(self._owners.get(set_name, ()))
@@ -49,8 +55,8 @@ class ElementTable:
         return [name for name, keys in self._owners.items() if keys]
 
     def elements(self, set_name: str) -> Iterator[tuple[str, Element]]:
-        for key, owners in self._owners.get(set_name, {}).items():
-            yield key, owners[min(owners)] if len(owners) > 1 else next(iter(owners.values()))
+        for key, held in self._owners.get(set_name, {}).items():
+            yield key, self._winner(held)
 
     def replace(self, owner: Owner, old: Contribution | None, new: Contribution | None,
                 delta: ElementDelta | None = None) -> None:
@@ -75,15 +81,25 @@ class ElementTable:
     def _drop(self, owner: Owner, set_name: str, key: str, delta: ElementDelta | None) -> None:
         self._note(delta, set_name, key)
         keys = self._owners[set_name]
-        owners = keys[key]
-        del owners[owner]
-        if not owners:
+        held = keys[key]
+        if type(held) is tuple:
             del keys[key]
+        else:
+            del held[owner]  # type: ignore[union-attr]
+            if len(held) == 1:
+                keys[key] = next(iter(held.items()))  # type: ignore[union-attr]
         if delta is not None:
             delta.after[(set_name, key)] = self.effective(set_name, key)
 
     def _put(self, owner: Owner, set_name: str, key: str, element: Element, delta: ElementDelta | None) -> None:
         self._note(delta, set_name, key)
-        self._owners.setdefault(set_name, {}).setdefault(key, {})[owner] = element
+        keys = self._owners.setdefault(set_name, {})
+        held = keys.get(key)
+        if held is None or (type(held) is tuple and held[0] == owner):
+            keys[key] = (owner, element)
+        elif type(held) is tuple:
+            keys[key] = {held[0]: held[1], owner: element}
+        else:
+            held[owner] = element  # type: ignore[index]
         if delta is not None:
             delta.after[(set_name, key)] = self.effective(set_name, key)
