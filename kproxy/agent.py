@@ -11,6 +11,7 @@ import structlog
 
 from kproxy.backends import Backend
 from kproxy.model import ClusterState, NodeConfig
+from kproxy.plan import Plan
 from kproxy.planner import PlanCache, compute_plan
 from kproxy.tracker import Tracker
 
@@ -46,6 +47,8 @@ class Agent:
         self.last_sync: SyncReport | None = None
         self._clock = clock
         self._last_full: float | None = None
+        # called after each successful sync, outside the lock (health checks, metrics)
+        self.on_synced: list[Callable[[Plan, SyncReport], None]] = []
 
     def _node_now(self, state: ClusterState) -> NodeConfig:
         """The node config with this node's zone as its Node object says now."""
@@ -79,4 +82,6 @@ class Agent:
         log.info("synced", service_ports=report.service_ports, endpoints=report.endpoints,
                  operations=report.operations, full=report.full, plan_ms=report.plan_ms,
                  render_ms=report.render_ms, apply_ms=report.apply_ms, total_ms=report.total_ms)
+        for callback in self.on_synced:
+            callback(plan, report)
         return report

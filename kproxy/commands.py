@@ -16,6 +16,7 @@ from kproxy.agent import Agent
 from kproxy.backends import Backend, make_backend
 from kproxy.backends.iptables.kernel import IptablesError
 from kproxy.backends.nft.kernel import LibNftKernel, NftError
+from kproxy.healthcheck import ServiceHealthServer
 from kproxy.cli import EXIT_FAILED, UsageError, install_stop_handlers, node_config, print_json
 from kproxy.config import dump_config
 from kproxy.health import watch_node_deletion
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     source = _start_source(args, tracker, stop, watch=True)
     node = node_config(args, source.node_ips)
     agent = Agent(node, _backend(args), tracker)
+    health_checks = ServiceHealthServer()
+    agent.on_synced.append(lambda plan, _report: health_checks.sync(plan.health_checks))
     obs = start_observability(args.proxy_mode, tracker, args.sync_period,
                               args.metrics_bind_address, args.healthz_bind_address)
     if source.read_node is not None:
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         log.info("waiting for the first full list from the API")
     runner.run(stop)
+    health_checks.close()
     obs.close()
     log.info("stopped; programmed rules stay in place")
     return 0

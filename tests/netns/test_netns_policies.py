@@ -155,3 +155,33 @@ def test_zone_hints_use_the_zone_of_this_nodes_node_object(cluster, kproxy):
     kproxy.sync(objects)  # no Node object: zone unknown, hints ignored
     r = traffic.tcp(cluster.ns("pod1"), "10.96.0.33", 80, count=CONNECTS)
     assert set(r.pods) == {"pod2", "pod4", "pod5"}, r
+
+
+def health_check(cluster: Cluster, node_port: int = 32100) -> dict:
+    """GET the healthCheckNodePort from the client: (status, weight header, body)."""
+    script = (
+        "import json, urllib.request, urllib.error\n"
+        f"url = 'http://{NODE1_IP}:{node_port}/'\n"
+        "try:\n"
+        "    r = urllib.request.urlopen(url, timeout=3); status, headers, body = r.status, r.headers, r.read()\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    status, headers, body = e.code, e.headers, e.read()\n"
+        "print(json.dumps({'status': status, 'weight': headers.get('X-Load-Balancing-Endpoint-Weight'),"
+        " 'body': json.loads(body)}))\n"
+    )
+    out = cluster.run("client", "python3", "-c", script).stdout
+    return json.loads(out)
+
+
+def test_health_check_node_port_reports_local_endpoints(cluster, kproxy):
+    def objects(pods: list[str]) -> list[dict]:
+        return lb_service(cluster, pods, externalTrafficPolicy="Local", healthCheckNodePort=32100)
+
+    agent = kproxy.start(objects(["pod2", "pod3", "pod4"]))
+    kproxy.wait_synced(agent)
+    assert health_check(cluster) == {"status": 200, "weight": "2", "body": {
+        "service": {"namespace": "default", "name": "lb"}, "localEndpoints": 2, "serviceProxyHealthy": True}}
+    kproxy.write(objects(["pod4"]))
+    kproxy.wait_synced(agent, count=2)
+    answer = health_check(cluster)
+    assert (answer["status"], answer["weight"], answer["body"]["localEndpoints"]) == (503, "0", 0)
