@@ -79,9 +79,9 @@ class Agent:
                 total_ms=round((done - started) * 1000, 2),
             )
             self.last_sync = report
+        for callback in self.on_synced:
+            callback(plan, report)
         log.info("synced", service_ports=report.service_ports, endpoints=report.endpoints,
                  operations=report.operations, full=report.full, plan_ms=report.plan_ms,
                  render_ms=report.render_ms, apply_ms=report.apply_ms, total_ms=report.total_ms)
-        for callback in self.on_synced:
-            callback(plan, report)
         return report
