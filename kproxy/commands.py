@@ -16,6 +16,7 @@ from kproxy.agent import Agent
 from kproxy.backends import Backend, make_backend
 from kproxy.backends.iptables.kernel import IptablesError
 from kproxy.backends.nft.kernel import LibNftKernel, NftError
+from kproxy.conntrack import ConntrackCleaner
 from kproxy.healthcheck import ServiceHealthServer
 from kproxy.cli import EXIT_FAILED, UsageError, install_stop_handlers, node_config, print_json
 from kproxy.config import dump_config
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(node, _backend(args), tracker)
     health_checks = ServiceHealthServer()
     agent.on_synced.append(lambda plan, _report: health_checks.sync(plan.health_checks))
+    conntrack = ConntrackCleaner()
+    agent.on_synced.append(lambda plan, _report: conntrack.after_sync(plan))
     obs = start_observability(args.proxy_mode, tracker, args.sync_period,
                               args.metrics_bind_address, args.healthz_bind_address)
     if source.read_node is not None:

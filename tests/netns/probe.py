@@ -3,6 +3,8 @@
 Modes (every socket operation has a timeout; every loop is bounded):
   tcp HOST PORT --count N --timeout T   N fresh connections; JSON list of results
   udp HOST PORT --count N --timeout T   N datagrams from fresh sockets; JSON list
+  udp-hold HOST PORT --timeout T        one UDP socket: a datagram per stdin line, answers
+                                        printed (after a first line READY)
   hold HOST PORT --timeout T            one connection: print the greeting, then send
                                         each stdin line and print the answer
   loop HOST PORT --timeout T --max-seconds S --stop-file F
@@ -85,6 +87,20 @@ def hold(host: str, port: int, timeout: float) -> None:
                 print(classify(exc), flush=True)
 
 
+def udp_hold(host: str, port: int, timeout: float) -> None:
+    """One UDP socket (one source port, so one conntrack entry) for every stdin line."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        print("READY", flush=True)
+        for _line in sys.stdin:
+            try:
+                s.send(b"hello")
+                print(s.recv(4096).decode(errors="replace").strip() or "EMPTY", flush=True)
+            except Exception as exc:  # noqa: BLE001
+                print(classify(exc), flush=True)
+
+
 def loop(host: str, port: int, timeout: float, max_seconds: float, stop_file: str) -> None:
     ok, failures = 0, []
     deadline = time.monotonic() + max_seconds
@@ -101,7 +117,7 @@ def loop(host: str, port: int, timeout: float, max_seconds: float, stop_file: st
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["tcp", "udp", "hold", "loop"])
+    ap.add_argument("mode", choices=["tcp", "udp", "hold", "udp-hold", "loop"])
     ap.add_argument("host")
     ap.add_argument("port", type=int)
     ap.add_argument("--count", type=int, default=1)
@@ -115,6 +131,8 @@ def main() -> None:
         print(json.dumps([once(args.host, args.port, args.timeout, args.source) for _ in range(min(args.count, 500))]))
     elif args.mode == "hold":
         hold(args.host, args.port, args.timeout)
+    elif args.mode == "udp-hold":
+        udp_hold(args.host, args.port, args.timeout)
     else:
         loop(args.host, args.port, args.timeout, min(args.max_seconds, 120), args.stop_file)
 

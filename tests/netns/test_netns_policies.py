@@ -185,3 +185,36 @@ def test_health_check_node_port_reports_local_endpoints(cluster, kproxy):
     kproxy.wait_synced(agent, count=2)
     answer = health_check(cluster)
     assert (answer["status"], answer["weight"], answer["body"]["localEndpoints"]) == (503, "0", 0)
+
+
+def udp_service(cluster: Cluster, pods: list[str]) -> list[dict]:
+    return [service("dns", "10.96.0.53", [port(53, 8080, protocol="UDP")]),
+            endpoint_slice("dns", [endpoint(cluster.pods[p]) for p in pods], [slice_port(8080, protocol="UDP")])]
+
+
+def test_udp_flow_recovers_at_once_when_its_endpoint_is_replaced(cluster, kproxy):
+    """One client socket keeps sending from the same port (so the same conntrack entry);
+    after its endpoint is replaced the very next datagram reaches the new one."""
+    agent = kproxy.start(udp_service(cluster, ["pod2"]))
+    kproxy.wait_synced(agent)
+    sender = traffic.UdpSender(cluster.ns("pod1"), "10.96.0.53", 53)
+    try:
+        assert sender.send().startswith("pod2"), "first answer from pod2"
+        kproxy.write(udp_service(cluster, ["pod4"]))
+        kproxy.wait_synced(agent, count=2)
+        assert sender.send().startswith("pod4")
+    finally:
+        sender.close()
+
+
+def test_udp_flow_started_without_endpoints_works_once_they_appear(cluster, kproxy):
+    agent = kproxy.start(udp_service(cluster, []))
+    kproxy.wait_synced(agent)
+    sender = traffic.UdpSender(cluster.ns("pod1"), "10.96.0.53", 53)
+    try:
+        assert sender.send() in ("REFUSED", "TIMEOUT")
+        kproxy.write(udp_service(cluster, ["pod2"]))
+        kproxy.wait_synced(agent, count=2)
+        assert sender.send().startswith("pod2")
+    finally:
+        sender.close()

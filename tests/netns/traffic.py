@@ -100,9 +100,11 @@ def wait_until(
 class Holder:
     """A long-lived TCP connection from a namespace (probe.py hold)."""
 
+    mode = "hold"
+
     def __init__(self, ns: str, host: str, port: int, timeout: float = 2.0) -> None:
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(PROBE), "hold", host, str(port),
+            ["ip", "netns", "exec", ns, sys.executable, str(PROBE), self.mode, host, str(port),
              "--timeout", str(timeout)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True,
@@ -131,6 +133,20 @@ class Holder:
             except ProcessLookupError:
                 pass
         self.proc.wait(timeout=5)
+
+
+class UdpSender(Holder):
+    """One UDP socket in a namespace, kept open: `send()` sends a datagram and returns the
+    answer ("pod2 10.244.1.2") or TIMEOUT / REFUSED."""
+
+    mode = "udp-hold"
+
+    def __init__(self, ns: str, host: str, port: int, timeout: float = 1.0) -> None:
+        super().__init__(ns, host, port, timeout)
+        assert self.greeting == "READY", self.greeting
+
+    def send(self, text: str = "x") -> str:  # type: ignore[override]
+        return super().send(text)
 
 
 class Loop:
