@@ -1,4 +1,4 @@
-"""Benchmark kproxy's nftables backend at scale, in throwaway network namespaces.
+"""Benchmark kproxy's nftables or iptables backend at scale, in throwaway network namespaces.
 
 Run as root with the venv's Python:
 
@@ -232,7 +232,26 @@ class Agent:
 # ---------------------------------------------------------------- measurements
 
 
+def iptables_ruleset_size(ns: Netns) -> dict[str, Any]:
+    """Chains and rules kproxy left, from iptables-save of the variant holding them."""
+    counts: dict[str, Any] = {}
+    for variant in ("nft", "legacy"):
+        started = time.monotonic()
+        text = ns.run(f"iptables-{variant}-save").stdout
+        if ":KUBE-SERVICES" not in text:
+            continue
+        counts["variant"] = variant
+        counts["save_ms"] = round((time.monotonic() - started) * 1000)
+        lines = text.splitlines()
+        counts["chains"] = sum(1 for line in lines if line.startswith(":KUBE-"))
+        counts["rules"] = sum(1 for line in lines if line.startswith("-A "))
+        counts["ruleset_lines"] = len(lines)
+    return counts
+
+
 def ruleset_size(ns: Netns) -> dict[str, Any]:
+    if "--proxy-mode" in NODE_FLAGS and NODE_FLAGS[NODE_FLAGS.index("--proxy-mode") + 1] == "iptables":
+        return iptables_ruleset_size(ns)
     counts: dict[str, int] = {}
     terse = json.loads(ns.run("nft", "-j", "-t", "list", "ruleset").stdout)["nftables"]
     for obj in terse:
@@ -321,7 +340,10 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=5, help="one-endpoint changes per size")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per sync")
     parser.add_argument("--kproxy", default=str(TOP / ".venv/bin/kproxy"))
+    parser.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables",
+                        help="backend to measure (iptables: the variant kproxy detects, nft in a fresh namespace)")
     args = parser.parse_args()
+    NODE_FLAGS.extend(["--proxy-mode", args.proxy_mode])
     if os.geteuid() != 0:
         print("bench: must run as root (creates network namespaces)", file=sys.stderr)
         return 1
@@ -334,6 +356,7 @@ def main() -> int:
                            capture_output=True, text=True).stdout.strip() != ""  # fmt: skip
     report: dict[str, Any] = {
         "commit": commit,
+        "proxy_mode": args.proxy_mode,
         "kproxy_uncommitted_changes": dirty,
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
