@@ -132,6 +132,20 @@ def build_parser() -> Parser:
                          help="least time between two syncs (default 1s)")
     sources.add_argument("--sync-period", type=parse_duration, default=30.0, metavar="DURATION",
                          help="sync at least this often, even without changes (default 30s)")
+    # conntrack sysctls: left alone unless a flag asks (see kproxy/sysctls.py)
+    sources.add_argument("--conntrack-max-per-core", type=int, metavar="N",
+                         help="set nf_conntrack_max to N per CPU (at least --conntrack-min)")
+    sources.add_argument("--conntrack-min", type=int, metavar="N", help="lower bound for nf_conntrack_max")
+    sources.add_argument("--conntrack-tcp-timeout-established", type=parse_duration, metavar="DURATION",
+                         help="idle timeout of established TCP connections")
+    sources.add_argument("--conntrack-tcp-timeout-close-wait", type=parse_duration, metavar="DURATION",
+                         help="timeout of TCP connections in CLOSE_WAIT")
+    sources.add_argument("--conntrack-tcp-be-liberal", action="store_true",
+                         help="mark out-of-window TCP packets INVALID no more (nf_conntrack_tcp_be_liberal=1)")
+    sources.add_argument("--conntrack-udp-timeout", type=parse_duration, metavar="DURATION",
+                         help="timeout of UDP flows in UNREPLIED state")
+    sources.add_argument("--conntrack-udp-timeout-stream", type=parse_duration, metavar="DURATION",
+                         help="timeout of UDP flows in ASSURED state")
 
     parser = Parser(prog="kproxy", parents=[common],
                     description="kube-proxy replacement: Services and EndpointSlices to nftables")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from kproxy.backends import Backend, make_backend
 from kproxy.backends.iptables.kernel import IptablesError
 from kproxy.backends.nft.kernel import LibNftKernel, NftError
 from kproxy.conntrack import ConntrackCleaner
+from kproxy.sysctls import ConntrackSettings, apply_sysctls, desired_sysctls
 from kproxy.healthcheck import ServiceHealthServer
 from kproxy.cli import EXIT_FAILED, UsageError, install_stop_handlers, node_config, print_json
 from kproxy.config import dump_config
@@ -84,6 +86,17 @@ def _backend(args: argparse.Namespace) -> Backend:
     return backend
 
 
+def apply_conntrack_sysctls(args: argparse.Namespace) -> None:
+    settings = ConntrackSettings(
+        max_per_core=args.conntrack_max_per_core, min=args.conntrack_min,
+        tcp_timeout_established=args.conntrack_tcp_timeout_established,
+        tcp_timeout_close_wait=args.conntrack_tcp_timeout_close_wait,
+        tcp_be_liberal=args.conntrack_tcp_be_liberal,
+        udp_timeout=args.conntrack_udp_timeout, udp_timeout_stream=args.conntrack_udp_timeout_stream,
+    )
+    apply_sysctls(desired_sysctls(settings, os.cpu_count() or 1))
+
+
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     runner: SyncRunner | None = None
@@ -97,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     tracker = Tracker(on_change=changed)
     source = _start_source(args, tracker, stop, watch=True)
+    apply_conntrack_sysctls(args)
     node = node_config(args, source.node_ips)
     agent = Agent(node, _backend(args), tracker)
     health_checks = ServiceHealthServer()
@@ -131,6 +145,7 @@ def sync(args: argparse.Namespace) -> int:
     tracker = Tracker(on_change=lambda: None)
     try:
         source = _start_source(args, tracker, stop, watch=False)
+        apply_conntrack_sysctls(args)
         if not source.wait_synced(WAIT_FOR_API_S):
             sys.stderr.write(f"kproxy: error: no full list from the API within {WAIT_FOR_API_S:.0f}s\n")
             return EXIT_FAILED

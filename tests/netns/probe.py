@@ -48,11 +48,15 @@ def read_line(sock: socket.socket) -> str:
     return buf.decode(errors="replace").strip()
 
 
-def tcp_once(host: str, port: int, timeout: float, source: str | None = None) -> dict:
+def tcp_once(host: str, port: int, timeout: float, source: str | None = None,
+             proto: int = socket.IPPROTO_TCP) -> dict:
     start = time.monotonic()
     try:
-        bind = (source, 0) if source else None
-        with socket.create_connection((host, port), timeout=timeout, source_address=bind) as s:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto) as s:
+            s.settimeout(timeout)
+            if source:
+                s.bind((source, 0))
+            s.connect((host, port))
             s.settimeout(timeout)
             answer = read_line(s) or "EMPTY"
     except Exception as exc:  # noqa: BLE001 - every failure is a result
@@ -117,7 +121,7 @@ def loop(host: str, port: int, timeout: float, max_seconds: float, stop_file: st
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["tcp", "udp", "hold", "udp-hold", "loop"])
+    ap.add_argument("mode", choices=["tcp", "udp", "sctp", "hold", "udp-hold", "loop"])
     ap.add_argument("host")
     ap.add_argument("port", type=int)
     ap.add_argument("--count", type=int, default=1)
@@ -126,8 +130,9 @@ def main() -> None:
     ap.add_argument("--stop-file", default="/nonexistent")
     ap.add_argument("--source", help="local address to send from")
     args = ap.parse_args()
-    if args.mode in ("tcp", "udp"):
-        once = tcp_once if args.mode == "tcp" else udp_once
+    if args.mode in ("tcp", "udp", "sctp"):
+        once = {"tcp": tcp_once, "udp": udp_once,
+                "sctp": lambda *a: tcp_once(*a, proto=socket.IPPROTO_SCTP)}[args.mode]
         print(json.dumps([once(args.host, args.port, args.timeout, args.source) for _ in range(min(args.count, 500))]))
     elif args.mode == "hold":
         hold(args.host, args.port, args.timeout)

@@ -54,8 +54,15 @@ def main() -> None:
     args = ap.parse_args()
 
     threads = []
-    for port in args.tcp:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # SCTP (one-to-one style) behaves like TCP here; kernels without it skip those ports
+    streams = [(p, socket.IPPROTO_TCP) for p in args.tcp]
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+        streams += [(p, socket.IPPROTO_SCTP) for p in args.tcp]
+    except OSError:
+        pass
+    for port, proto in streams:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", port))
         s.listen(128)

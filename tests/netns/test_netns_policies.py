@@ -218,3 +218,36 @@ def test_udp_flow_started_without_endpoints_works_once_they_appear(cluster, kpro
         assert sender.send().startswith("pod2")
     finally:
         sender.close()
+
+
+def test_conntrack_sysctls_are_set_in_the_nodes_namespace_only_when_asked(cluster, kproxy):
+    key = "net.netfilter.nf_conntrack_tcp_timeout_established"
+    before_host = open("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established").read().strip()
+    read = lambda: cluster.run("node1", "sysctl", "-n", key).stdout.strip()  # noqa: E731
+    cluster.run("node1", "sysctl", "-w", f"{key}=432000")
+    kproxy.sync(udp_service(cluster, ["pod2"]))
+    assert read() == "432000"  # not asked: untouched
+    kproxy.sync(udp_service(cluster, ["pod2"]), "--conntrack-tcp-timeout-established", "7200s",
+                "--conntrack-tcp-be-liberal")
+    assert read() == "7200"
+    assert cluster.run("node1", "sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal").stdout.strip() == "1"
+    assert open("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established").read().strip() == before_host
+    cluster.run("node1", "sysctl", "-w", f"{key}=432000", "net.netfilter.nf_conntrack_tcp_be_liberal=0")
+
+
+def test_sctp_services_are_programmed(cluster, kproxy):
+    """The rules for SCTP are real kernel objects; packets need the kernel's SCTP support."""
+    svc = service("assoc", "10.96.0.70", [port(7000, 8080, protocol="SCTP", node_port=30700)], type="NodePort")
+    sl = endpoint_slice("assoc", [endpoint(cluster.pods["pod2"])], [slice_port(8080, protocol="SCTP")])
+    kproxy.sync([svc, sl])
+    view = json.loads(kproxy.cli("dump", "--json").stdout)
+    (sp,) = [p for p in view["service_ports"] if p["name"] == "default/assoc"]
+    assert sp["protocol"] == "SCTP"
+    assert {fe["kind"]: fe["endpoints"] for fe in sp["frontends"]} == {
+        "ClusterIP": ["10.244.1.3:8080"], "NodePort": ["10.244.1.3:8080"]}
+    probe = cluster.run("pod1", "python3", "-c",
+                        "import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)", check=False)
+    if probe.returncode != 0:
+        pytest.skip("this kernel has no SCTP support: SCTP rules checked, SCTP packets not sent")
+    r = traffic.probe(cluster.ns("pod1"), "sctp", "10.96.0.70", 7000, count=5)
+    assert set(r.pods) == {"pod2"}, r
