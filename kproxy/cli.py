@@ -166,12 +166,16 @@ def build_parser() -> Parser:
     return parser
 
 
+def node_name(args: argparse.Namespace) -> str:
+    return (args.hostname_override or os.environ.get("NODE_NAME") or socket.gethostname()).lower()
+
+
 def node_config(args: argparse.Namespace,
                 source_node_ips: Callable[[str], tuple[IPv4Address, ...]] = lambda _name: ()) -> NodeConfig:
     """Upstream's order for node IPs: --node-ip, else the Node object, else the default route."""
     from kproxy import node
 
-    hostname = (args.hostname_override or os.environ.get("NODE_NAME") or socket.gethostname()).lower()
+    hostname = node_name(args)
     node_ips = tuple(args.node_ip) or source_node_ips(hostname) or node.detect_node_ips()
     if not node_ips:
         log.warning("no node IP found; NodePorts will not answer", hint="pass --node-ip")

@@ -20,7 +20,7 @@ from kproxy.backends.nft.kernel import LibNftKernel, NftError
 from kproxy.conntrack import ConntrackCleaner
 from kproxy.sysctls import ConntrackSettings, apply_sysctls, desired_sysctls
 from kproxy.healthcheck import ServiceHealthServer
-from kproxy.cli import EXIT_FAILED, UsageError, install_stop_handlers, node_config, print_json
+from kproxy.cli import EXIT_FAILED, UsageError, install_stop_handlers, node_config, node_name, print_json
 from kproxy.config import dump_config
 from kproxy.health import watch_node_deletion
 from kproxy.observability import Observability, start_observability
@@ -62,7 +62,7 @@ def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Ev
         client = load_api_client(args.kubeconfig)
     except Exception as err:  # noqa: BLE001 - any config problem is one line for the user
         raise UsageError(f"kubeconfig: {err}") from None
-    api = ApiSource(client, tracker, stop)
+    api = ApiSource(client, tracker, stop, node_name=node_name(args))
     api.run()
     return StartedSource(wait_synced=api.wait_synced, node_ips=lambda name: node_ips_from_api(client, name),
                          read_node=lambda name: read_node_json(client, name))

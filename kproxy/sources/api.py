@@ -10,6 +10,7 @@ programmed from the last known state keep traffic flowing.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -24,7 +25,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kproxy.sources.parse import UPSTREAM_LABEL_SELECTOR
-from kproxy.tracker import ENDPOINT_SLICE, SERVICE, Tracker
+from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, Tracker
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +84,7 @@ class ApiSource:
         connect_timeout: float = 5.0,
         list_read_timeout: float = 60.0,
         label_selector: str = UPSTREAM_LABEL_SELECTOR,
+        node_name: str | None = None,
     ) -> None:
         self._tracker = tracker
         self._stop = stop_event
@@ -99,6 +101,10 @@ class ApiSource:
                 client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces,
             ),
         )
+        if node_name:
+            # only this node's Node object: its zone label drives topology hints
+            self._resources += (_Resource(NODE, functools.partial(
+                client.CoreV1Api(api_client).list_node, field_selector=f"metadata.name={node_name}")),)
         self._synced = {r.kind: threading.Event() for r in self._resources}
         self._threads: list[threading.Thread] = []
         # Responses being read, so a stop can shut their sockets down: a blocked read
