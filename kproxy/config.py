@@ -162,12 +162,26 @@ SCHEMA: dict[str, Any] = {
     "nodePortAddresses": _used(STR_LIST),
     "oomScoreAdj": INT,
     "conntrack": {
-        "maxPerCore": INT, "min": INT, "tcpEstablishedTimeout": DURATION, "tcpCloseWaitTimeout": DURATION,
-        "tcpBeLiberal": BOOL, "udpTimeout": DURATION, "udpStreamTimeout": DURATION,
+        "maxPerCore": _used(INT), "min": _used(INT), "tcpEstablishedTimeout": _used(DURATION),
+        "tcpCloseWaitTimeout": _used(DURATION), "tcpBeLiberal": _used(BOOL), "udpTimeout": _used(DURATION),
+        "udpStreamTimeout": _used(DURATION),
     },
     "configSyncPeriod": DURATION,
     "portRange": STR,
     "windowsRunAsService": BOOL,
+}
+
+
+# conntrack fields -> the --conntrack-* flags' destinations. As with those flags, a field left
+# unset (or zero) leaves the kernel's value alone; upstream would apply its own defaults.
+CONNTRACK_FIELDS = {
+    "maxPerCore": "conntrack_max_per_core",
+    "min": "conntrack_min",
+    "tcpEstablishedTimeout": "conntrack_tcp_timeout_established",
+    "tcpCloseWaitTimeout": "conntrack_tcp_timeout_close_wait",
+    "tcpBeLiberal": "conntrack_tcp_be_liberal",
+    "udpTimeout": "conntrack_udp_timeout",
+    "udpStreamTimeout": "conntrack_udp_timeout_stream",
 }
 
 
@@ -335,6 +349,12 @@ def file_settings(cfg: ProxyConfigFile, mode_choices: tuple[str, ...], flag_mode
             seconds = parse_go_duration(v.get(f"{section}.{name}", "0"))
             if seconds:  # 0s: upstream's default
                 out[dest] = seconds
+        for name, dest in CONNTRACK_FIELDS.items():
+            value = v.get(f"conntrack.{name}")
+            if isinstance(value, str):
+                value = parse_go_duration(value)
+            if value:
+                out[dest] = value
         if fmt := v.get("logging.format"):
             if fmt not in ("text", "json"):
                 raise ConfigError(f"field 'logging.format': {fmt!r} is not text or json")
@@ -368,6 +388,13 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
     }
     if mode == "iptables" and hasattr(args, "iptables_localhost_nodeports"):
         per_mode["localhostNodePorts"] = bool(args.iptables_localhost_nodeports)
+    conntrack: dict[str, Any] = {}
+    for name, dest in CONNTRACK_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value and isinstance(value, float):
+            conntrack[name] = format_duration(value)
+        elif value:
+            conntrack[name] = value
     nodeports: list[str] = [str(n) for n in args.nodeport_addresses] or ["primary"]
     if nodeports == ["0.0.0.0/0"]:
         nodeports = ["all"]
@@ -386,6 +413,7 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
         "mode": mode,
         section: per_mode,
         "nodePortAddresses": nodeports,
+        **({"conntrack": conntrack} if conntrack else {}),
     }
 
 

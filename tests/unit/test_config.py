@@ -127,7 +127,8 @@ featureGates: {SomeGate: true}
     assert (args.sync_period, args.min_sync_period) == (60.0, 0.25)  # the nftables section
     assert args.nodeport_addresses == (IPv4Network("192.168.1.0/24"),)
     assert args.log_format == "json"
-    assert sorted(ignored) == ["conntrack.maxPerCore", "featureGates"]
+    assert sorted(ignored) == ["featureGates"]
+    assert args.conntrack_max_per_core == 32768
 
 
 def test_flags_override_the_file(tmp_path):
@@ -175,22 +176,24 @@ def test_missing_file_exits_2(tmp_path, capsys):
 
 def test_ignored_fields_are_reported_once_at_start(tmp_path, capsys):
     path = tmp_path / "config.yaml"
-    path.write_text(HEADER + "conntrack: {maxPerCore: 1}\nipvs: {strictARP: true}\n")
+    path.write_text(HEADER + "oomScoreAdj: -999\nipvs: {strictARP: true}\n")
     assert main(["config", "--print", "--config", str(path)]) == 0
     err = capsys.readouterr().err
     assert err.count("config field not implemented") == 2
-    assert "conntrack.maxPerCore" in err and "ipvs.strictARP" in err
+    assert "oomScoreAdj" in err and "ipvs.strictARP" in err
 
 
 def test_print_round_trips(tmp_path, capsys):
     flags = ["--node-ip", "10.1.0.5", "--cluster-cidr", "10.244.0.0/16", "--masquerade-all",
              "--sync-period", "45s", "--min-sync-period", "500ms", "--hostname-override", "n1",
-             "--nodeport-addresses", "10.1.0.0/16", "--metrics-bind-address", "0.0.0.0:10249"]
+             "--nodeport-addresses", "10.1.0.0/16", "--metrics-bind-address", "0.0.0.0:10249",
+             "--conntrack-max-per-core", "65536", "--conntrack-tcp-timeout-close-wait", "1h"]
     assert main(["config", "--print", *flags]) == 0
     first = capsys.readouterr().out
     doc = yaml.safe_load(first)
     assert doc["kind"] == "KubeProxyConfiguration" and doc["mode"] == "nftables"
     assert doc["nftables"] == {"masqueradeAll": True, "minSyncPeriod": "500ms", "syncPeriod": "45s"}
+    assert doc["conntrack"] == {"maxPerCore": 65536, "tcpCloseWaitTimeout": "1h0m0s"}
     parse_config(first)  # our own output passes our own schema
     path = tmp_path / "effective.yaml"
     path.write_text(first)
