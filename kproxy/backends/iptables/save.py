@@ -76,9 +76,11 @@ def _endpoints(nat: Table, chain: str, seen: frozenset[str] = frozenset()) -> li
     for rule in nat.get(chain, ()):
         opts = options(rule)
         target = opts.get("-j", "")
-        if target == "DNAT" and "--to-destination" in opts and "--rcheck" not in rule:
+        if "--rcheck" in rule:  # affinity: the same endpoint again, listed once
+            continue
+        if target == "DNAT" and "--to-destination" in opts:
             out.append(opts["--to-destination"])
-        elif target.startswith(("KUBE-SVC-", "KUBE-EXT-")) and target not in seen \
+        elif target.startswith(("KUBE-SVC-", "KUBE-EXT-", "KUBE-SEP-", "KUBE-SCT-")) and target not in seen \
                 and ("-s" not in opts or chain.startswith("KUBE-FW-")) and "--src-type" not in opts:
             # (a jump on a source match in EXT is a short-circuit, not the frontend's own)
             out += _endpoints(nat, target, seen | {chain})
