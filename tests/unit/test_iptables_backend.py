@@ -293,3 +293,14 @@ def test_only_local_endpoints_get_a_sep_chain_that_masquerades_hairpin():
     assert backend_.read_view().service_ports[0].frontends[0].endpoints == ("10.244.1.2:80", "10.244.2.2:80")
     backend_.sync(make(WEB, endpoint_slice("web", [endpoint("10.244.2.2", node="node2")])))
     assert sep not in kernel.save_all() and f"-X {sep}" in kernel.inputs[-1]
+
+
+def test_cleanup_touches_only_builtin_chains_and_ours():
+    backend_, kernel = backend()
+    backend_.sync(make(WEB, endpoint_slice("web", ["10.244.1.2"])))
+    kernel.restore("*nat\n:CNI-HOSTPORT - [0:0]\n-A CNI-HOSTPORT -j KUBE-MARK-MASQ\nCOMMIT\n")
+    with pytest.raises(IptablesError):  # someone else's rule still needs KUBE-MARK-MASQ
+        backend_.cleanup()
+    nat = parse_save_all(kernel.save_all())["nat"]
+    assert nat["CNI-HOSTPORT"] == ["-A CNI-HOSTPORT -j KUBE-MARK-MASQ"] and SVC in nat  # nat untouched
+    assert "KUBE-SERVICES" not in parse_save_all(kernel.save_all())["filter"]  # filter done

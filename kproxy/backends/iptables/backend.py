@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from kproxy.backends import SyncResult
-from kproxy.backends.iptables.kernel import IptablesKernel
+from kproxy.backends.iptables.kernel import IptablesError, IptablesKernel
 from kproxy.backends.iptables.render import (
     Chains,
     ServicePortRules,
@@ -124,6 +124,10 @@ def cleanup_all_variants() -> bool:
 
     removed = False
     for variant in VARIANTS:
-        if save_all(variant) is not None:
+        if save_all(variant) is None:
+            continue
+        try:
             removed = IptablesBackend(IptablesCommands(variant), route_localnet=lambda: None).cleanup() or removed
+        except IptablesError as err:  # best effort: never a reason not to program the other mode
+            log.warning("could not remove kproxy's iptables rules", variant=variant, error=str(err))
     return removed

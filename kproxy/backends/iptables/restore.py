@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kproxy.backends.iptables.kernel import BUILTIN
 from kproxy.backends.iptables.render import (
     FIREWALL,
     SERVICE_CHAIN_PREFIXES,
@@ -89,8 +90,10 @@ def partial_restore(applied: Chains, desired: Chains) -> RestoreInput:
 
 
 def cleanup_restore(existing: dict[str, Table]) -> RestoreInput:
-    """Remove every jump into kproxy's chains, then the chains (KUBE-FIREWALL stays:
-    route_localnet stays set, and kubelet keeps the same rule)."""
+    """Remove every jump from the built-in chains into kproxy's chains, then the chains
+    (KUBE-FIREWALL stays: route_localnet stays set, and kubelet keeps the same rule).
+    Rules in other parties' chains are theirs: if one still jumps to ours, the table's
+    transaction fails and nothing in it is removed."""
     out: list[str] = []
     total = 0
     for table in TABLES:
@@ -100,7 +103,7 @@ def cleanup_restore(existing: dict[str, Table]) -> RestoreInput:
             continue
         removals = [
             "-D" + rule[2:]
-            for chain, rules in have.items() if not chain.startswith("KUBE-")
+            for chain, rules in have.items() if chain in BUILTIN.get(table, ())
             for rule in rules if is_ours(table, options(rule).get("-j", ""))
         ]
         lines, n = _table_block(table, (), {}, ours, removals)
