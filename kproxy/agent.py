@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import structlog
@@ -35,14 +35,15 @@ class SyncReport:
 
 
 class Agent:
-    """One sync = snapshot -> plan -> backend.sync, serialised by a lock."""
+    """One sync = snapshot -> a plan per IP family -> each family's backend, serialised
+    by a lock (upstream runs one proxier per family the same way)."""
 
-    def __init__(self, node: NodeConfig, backend: Backend, tracker: Tracker,
+    def __init__(self, node: NodeConfig, backends: Mapping[int, Backend], tracker: Tracker,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
-        self.backend = backend
+        self.backends = dict(backends)
         self.tracker = tracker
-        self._cache = PlanCache()
+        self._caches = {family: PlanCache() for family in self.backends}
         self._lock = threading.Lock()
         self.last_sync: SyncReport | None = None
         self._clock = clock
@@ -60,27 +61,29 @@ class Agent:
         with self._lock:
             started = time.perf_counter()
             state = self.tracker.snapshot()
-            plan = compute_plan(self._node_now(state), state, self._cache)
+            node = self._node_now(state)
+            plans = [compute_plan(node, state, self._caches[f], family=f) for f in self.backends]
             planned = time.perf_counter()
             now = self._clock()
             full = full or self._last_full is None or now - self._last_full >= FULL_SYNC_PERIOD_S
-            result = self.backend.sync(plan, full=full)
-            if result.full:
+            results = [self.backends[plan.family].sync(plan, full=full) for plan in plans]
+            if all(r.full for r in results):
                 self._last_full = now
             done = time.perf_counter()
             report = SyncReport(
-                service_ports=len(plan.service_ports),
-                endpoints=sum(len(sp.internal_targets) for sp in plan.service_ports),
-                operations=result.operations,
-                full=result.full,
+                service_ports=sum(len(p.service_ports) for p in plans),
+                endpoints=sum(len(sp.internal_targets) for p in plans for sp in p.service_ports),
+                operations=sum(r.operations for r in results),
+                full=all(r.full for r in results),
                 plan_ms=round((planned - started) * 1000, 2),
-                render_ms=round(result.render_ms, 2),
-                apply_ms=round(result.apply_ms, 2),
+                render_ms=round(sum(r.render_ms for r in results), 2),
+                apply_ms=round(sum(r.apply_ms for r in results), 2),
                 total_ms=round((done - started) * 1000, 2),
             )
             self.last_sync = report
-        for callback in self.on_synced:
-            callback(plan, report)
+        for plan in plans:
+            for callback in self.on_synced:
+                callback(plan, report)
         log.info("synced", service_ports=report.service_ports, endpoints=report.endpoints,
                  operations=report.operations, full=report.full, plan_ms=report.plan_ms,
                  render_ms=report.render_ms, apply_ms=report.apply_ms, total_ms=report.total_ms)

@@ -14,13 +14,13 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 from typing import NoReturn
 
 import structlog
 
 from kproxy.logs import configure_logging
-from kproxy.model import NodeConfig
+from kproxy.model import IPAddress, IPNetwork, NodeConfig
 
 log = structlog.get_logger("kproxy")
 
@@ -55,31 +55,24 @@ def parse_bool(text: str) -> bool:
     return value
 
 
-def _cidr_list(flag: str) -> Callable[[str], tuple[IPv4Network, ...]]:
-    def parse(text: str) -> tuple[IPv4Network, ...]:
+def _cidr_list(flag: str) -> Callable[[str], tuple[IPNetwork, ...]]:
+    def parse(text: str) -> tuple[IPNetwork, ...]:
         found = []
         for item in (t.strip() for t in text.split(",") if t.strip()):
             try:
-                net = ip_network(item, strict=False)
+                found.append(ip_network(item, strict=False))
             except ValueError:
                 raise argparse.ArgumentTypeError(f"{item!r} is not a CIDR") from None
-            if isinstance(net, IPv4Network):
-                found.append(net)
-            else:
-                log.warning("ignoring IPv6 value: only IPv4 is supported so far", flag=flag, value=item)
         return tuple(found)
     parse.__name__ = "CIDR list"
     return parse
 
 
-def _ipv4(text: str) -> IPv4Address:
+def _ip(text: str) -> IPAddress:
     try:
-        ip = ip_address(text)
+        return ip_address(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
-    if not isinstance(ip, IPv4Address):
-        raise argparse.ArgumentTypeError(f"{text!r}: only IPv4 node IPs are supported so far")
-    return ip
 
 
 def _bind_address(default_port: int) -> Callable[[str], str]:
@@ -112,8 +105,9 @@ def build_parser() -> Parser:
     sources.add_argument("--manifests", metavar="PATH",
                          help="a YAML/JSON file or folder of Services and EndpointSlices, instead of the API")
     sources.add_argument("--hostname-override", metavar="NAME", help="this node's name (default: hostname)")
-    sources.add_argument("--node-ip", type=_ipv4, action="append", default=[], metavar="IP",
-                         help="this node's primary IP (repeatable; default: the default route's source)")
+    sources.add_argument("--node-ip", type=_ip, action="append", default=[], metavar="IP",
+                         help="this node's primary IP, one per family for dual-stack (repeatable; "
+                         "default: the Node object's, else the default route's source)")
     sources.add_argument("--cluster-cidr", type=_cidr_list("--cluster-cidr"), default=(), metavar="CIDRS",
                          help="pod CIDRs; traffic to ClusterIPs from outside them is masqueraded")
     sources.add_argument("--service-cluster-ip-range", type=_cidr_list("--service-cluster-ip-range"),
@@ -171,7 +165,7 @@ def node_name(args: argparse.Namespace) -> str:
 
 
 def node_config(args: argparse.Namespace,
-                source_node_ips: Callable[[str], tuple[IPv4Address, ...]] = lambda _name: ()) -> NodeConfig:
+                source_node_ips: Callable[[str], tuple[IPAddress, ...]] = lambda _name: ()) -> NodeConfig:
     """Upstream's order for node IPs: --node-ip, else the Node object, else the default route."""
     from kproxy import node
 
@@ -179,7 +173,7 @@ def node_config(args: argparse.Namespace,
     node_ips = tuple(args.node_ip) or source_node_ips(hostname) or node.detect_node_ips()
     if not node_ips:
         log.warning("no node IP found; NodePorts will not answer", hint="pass --node-ip")
-    local_ips = node.local_ipv4_addresses() if args.nodeport_addresses else ()
+    local_ips = node.local_addresses() if args.nodeport_addresses else ()
     return NodeConfig(
         hostname=hostname,
         node_ips=node_ips,

@@ -14,9 +14,11 @@ from typing import Any
 import structlog
 
 from kproxy.agent import Agent
-from kproxy.backends import Backend, make_backend
+from kproxy.backends import Backend, cleanup_nftables, make_backend
 from kproxy.backends.iptables.kernel import IptablesError
 from kproxy.backends.nft.kernel import LibNftKernel, NftError
+from kproxy.backends.nft.objects import table_of
+from kproxy.model import NodeConfig
 from kproxy.conntrack import ConntrackCleaner
 from kproxy.sysctls import ConntrackSettings, apply_sysctls, desired_sysctls
 from kproxy.healthcheck import ServiceHealthServer
@@ -26,7 +28,7 @@ from kproxy.health import watch_node_deletion
 from kproxy.observability import Observability, start_observability
 from kproxy.runner import SyncRunner
 from kproxy.tracker import Tracker
-from kproxy.view import format_view
+from kproxy.view import format_view, merge_views
 
 log = structlog.get_logger("kproxy")
 
@@ -68,22 +70,27 @@ def _start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Ev
                          read_node=lambda name: read_node_json(client, name))
 
 
-def _backend(args: argparse.Namespace) -> Backend:
-    """The backend for --proxy-mode, after removing the other mode's rules (switching
-    modes must not leave two sets of rules fighting over the same packets)."""
+def _backends(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backend]:
+    """A backend per IP family for --proxy-mode, after removing the other mode's rules
+    (switching modes must not leave two sets of rules fighting over the same packets)."""
     if args.proxy_mode == "iptables":
-        removed = make_backend("nftables").cleanup()
+        removed = cleanup_nftables()
     else:
         from kproxy.backends.iptables.backend import cleanup_all_variants
 
         removed = cleanup_all_variants()
     if removed:
         log.info("removed the rules of the other proxy mode", proxy_mode=args.proxy_mode)
-    backend = make_backend(args.proxy_mode, localhost_nodeports=args.iptables_localhost_nodeports,
-                           iptables_variant=args.iptables_variant)
+    families = node.families()
+    if args.proxy_mode != "nftables" and 6 in families:
+        log.warning("IPv6 is programmed in nftables mode only; this mode serves IPv4", proxy_mode=args.proxy_mode)
+        families = (4,)
+    backends = {family: make_backend(args.proxy_mode, localhost_nodeports=args.iptables_localhost_nodeports,
+                                     iptables_variant=args.iptables_variant, family=family)
+                for family in families}
     if args.proxy_mode == "iptables":
-        log.info("iptables backend", variant=getattr(backend, "variant", "?"))
-    return backend
+        log.info("iptables backend", variant=getattr(backends[4], "variant", "?"))
+    return backends
 
 
 def apply_conntrack_sysctls(args: argparse.Namespace) -> None:
@@ -112,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
     source = _start_source(args, tracker, stop, watch=True)
     apply_conntrack_sysctls(args)
     node = node_config(args, source.node_ips)
-    agent = Agent(node, _backend(args), tracker)
+    agent = Agent(node, _backends(args, node), tracker)
     health_checks = ServiceHealthServer()
-    agent.on_synced.append(lambda plan, _report: health_checks.sync(plan.health_checks))
+    agent.on_synced.append(lambda plan, _report: health_checks.sync(plan.health_checks, plan.family))
     conntrack = ConntrackCleaner()
     agent.on_synced.append(lambda plan, _report: conntrack.after_sync(plan))
     obs = start_observability(args.proxy_mode, tracker, args.sync_period,
@@ -149,7 +156,8 @@ def sync(args: argparse.Namespace) -> int:
         if not source.wait_synced(WAIT_FOR_API_S):
             sys.stderr.write(f"kproxy: error: no full list from the API within {WAIT_FOR_API_S:.0f}s\n")
             return EXIT_FAILED
-        agent = Agent(node_config(args, source.node_ips), _backend(args), tracker)
+        node = node_config(args, source.node_ips)
+        agent = Agent(node, _backends(args, node), tracker)
         agent.sync()
     except (NftError, IptablesError) as err:
         sys.stderr.write(f"kproxy: error: the kernel refused the rules: {err}\n")
@@ -162,7 +170,8 @@ def sync(args: argparse.Namespace) -> int:
 def dump(args: argparse.Namespace) -> int:
     mode = args.proxy_mode
     if mode == "auto":  # whichever mode has programmed this node; nftables if neither
-        mode = "nftables" if LibNftKernel().list_table() is not None else "iptables"
+        programmed = any(LibNftKernel(table_of(f)).list_table() is not None for f in (4, 6))
+        mode = "nftables" if programmed else "iptables"
     if mode == "iptables":
         view = make_backend("iptables").read_view()
         if mode != args.proxy_mode and not view.present:
@@ -174,11 +183,12 @@ def dump(args: argparse.Namespace) -> int:
 
             sys.stdout.write(save_all(detect_variant(save_all)) or "")
             return 0
-        kernel = LibNftKernel()
-        sys.stdout.write(kernel.list_ruleset_text() if kernel.list_table() else "")
+        for family in (4, 6):
+            kernel = LibNftKernel(table_of(family))
+            sys.stdout.write(kernel.list_ruleset_text() if kernel.list_table() else "")
         return 0
     if mode == "nftables":
-        view = make_backend("nftables").read_view()
+        view = merge_views([make_backend("nftables", family=family).read_view() for family in (4, 6)])
     if args.json:
         print_json(view.to_json())
     else:
@@ -189,7 +199,7 @@ def dump(args: argparse.Namespace) -> int:
 def cleanup(_args: argparse.Namespace) -> int:
     from kproxy.backends.iptables.backend import cleanup_all_variants
 
-    removed = make_backend("nftables").cleanup()
+    removed = cleanup_nftables()
     removed_iptables = cleanup_all_variants()
     log.info("cleanup", removed_table=removed, removed_iptables_rules=removed_iptables)
     return 0

@@ -12,11 +12,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 import structlog
 
-from kproxy.model import Protocol, ServicePortName
+from kproxy.model import IPAddress, Protocol, ServicePortName
 from kproxy.plan import Plan, ServicePortPlan
 
 log = structlog.get_logger(__name__)
@@ -26,16 +26,16 @@ log = structlog.get_logger(__name__)
 class Flow:
     """The parts of a UDP conntrack entry that matter here."""
 
-    orig_dst: IPv4Address
+    orig_dst: IPAddress
     orig_dport: int
-    reply_src: IPv4Address
+    reply_src: IPAddress
     reply_sport: int
 
 
 def stale_flows(plan: Plan, changed: Iterable[ServicePortPlan], flows: Iterable[Flow]) -> list[Flow]:
     """Flows to changed UDP Service ports that no current endpoint answers. Pure."""
-    by_frontend: dict[tuple[IPv4Address, int], set[tuple[IPv4Address, int]]] = {}
-    by_nodeport: dict[int, set[tuple[IPv4Address, int]]] = {}
+    by_frontend: dict[tuple[IPAddress, int], set[tuple[IPAddress, int]]] = {}
+    by_nodeport: dict[int, set[tuple[IPAddress, int]]] = {}
     for sp in changed:
         if sp.protocol is not Protocol.UDP:
             continue
@@ -68,11 +68,11 @@ class ConntrackCleaner:
     """After each sync, removes stale UDP entries of the UDP Service ports that changed."""
 
     def __init__(self) -> None:
-        self._before: dict[ServicePortName, ServicePortPlan] = {}
+        self._before: dict[int, dict[ServicePortName, ServicePortPlan]] = {}  # per IP family
 
     def after_sync(self, plan: Plan) -> int:
-        changed = changed_udp_ports(self._before, plan)
-        self._before = {sp.name: sp for sp in plan.service_ports if sp.protocol is Protocol.UDP}
+        changed = changed_udp_ports(self._before.get(plan.family, {}), plan)
+        self._before[plan.family] = {sp.name: sp for sp in plan.service_ports if sp.protocol is Protocol.UDP}
         if not changed:
             return 0
         try:
@@ -87,14 +87,15 @@ class ConntrackCleaner:
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
         removed = 0
+        family = socket.AF_INET if plan.family == 4 else socket.AF_INET6
         with Conntrack() as ct:
-            entries = list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP)))
+            entries = list(ct.dump_entries(tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP)))
             flows = {}
             for entry in entries:
                 orig, reply = entry.tuple_orig, entry.tuple_reply
-                if orig.family != socket.AF_INET:
+                if orig.family != family:
                     continue
-                flow = Flow(IPv4Address(orig.daddr), orig.dport, IPv4Address(reply.saddr), reply.sport)
+                flow = Flow(ip_address(orig.daddr), orig.dport, ip_address(reply.saddr), reply.sport)
                 flows.setdefault(flow, []).append(entry)
             for flow in stale_flows(plan, changed, flows):
                 for entry in flows[flow]:

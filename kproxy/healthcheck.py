@@ -74,9 +74,16 @@ class ServiceHealthServer:
         self._address = address
         self._proxy_healthy = proxy_healthy
         self._listeners: dict[int, _Listener] = {}
+        self._by_family: dict[int, tuple[HealthCheck, ...]] = {}
 
-    def sync(self, checks: Iterable[HealthCheck]) -> None:
-        wanted = {c.node_port: c for c in checks}
+    def sync(self, checks: Iterable[HealthCheck], family: int = 4) -> None:
+        """The checks of one IP family's plan; a dual-stack Service's pods count once."""
+        self._by_family[family] = tuple(checks)
+        wanted: dict[int, HealthCheck] = {}
+        for check in (c for family_checks in self._by_family.values() for c in family_checks):
+            known = wanted.get(check.node_port)
+            if known is None or known.local_endpoints < check.local_endpoints:
+                wanted[check.node_port] = check
         for port in [p for p, lis in self._listeners.items() if wanted.get(p, None) is None
                      or wanted[p].service != lis.check.service]:
             self._listeners.pop(port).close()

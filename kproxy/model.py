@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import NamedTuple
+
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
 
 
 class Protocol(StrEnum):
@@ -55,10 +59,10 @@ class ServicePort:
     name: ServicePortName
     protocol: Protocol
     port: int
-    cluster_ip: IPv4Address
+    cluster_ip: IPAddress  # one family per ServicePort: a dual-stack Service has one of each
     node_port: int | None = None
-    external_ips: tuple[IPv4Address, ...] = ()
-    load_balancer_ips: tuple[IPv4Address, ...] = ()
+    external_ips: tuple[IPAddress, ...] = ()
+    load_balancer_ips: tuple[IPAddress, ...] = ()
     # sessionAffinity ClientIP: seconds a client sticks to its endpoint; None: no affinity
     affinity_timeout: int | None = None
     # externalTrafficPolicy / internalTrafficPolicy Local
@@ -66,7 +70,11 @@ class ServicePort:
     internal_policy_local: bool = False
     health_check_node_port: int | None = None
     # loadBalancerSourceRanges: only these sources reach the LB IPs (empty: everyone)
-    source_ranges: tuple[IPv4Network, ...] = ()
+    source_ranges: tuple[IPNetwork, ...] = ()
+
+    @property
+    def family(self) -> int:
+        return self.cluster_ip.version
 
     @property
     def externally_accessible(self) -> bool:
@@ -77,8 +85,8 @@ class ServicePort:
 class Service:
     name: ServiceName
     type: ServiceType
-    cluster_ip: IPv4Address
-    ports: tuple[ServicePort, ...]
+    cluster_ip: IPAddress  # the primary one
+    ports: tuple[ServicePort, ...]  # per port and per IP family
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,7 +100,7 @@ class SlicePort:
 class SliceEndpoint:
     """One address of an EndpointSlice with its conditions, as upstream reads them."""
 
-    ip: IPv4Address
+    ip: IPAddress
     ready: bool = True
     serving: bool = True
     terminating: bool = False
@@ -110,6 +118,7 @@ class EndpointSlice:
     service: ServiceName
     ports: tuple[SlicePort, ...]
     endpoints: tuple[SliceEndpoint, ...]
+    family: int = 4  # addressType IPv4 or IPv6
     # endpoints.kubernetes.io/last-change-trigger-time, epoch seconds, for the network
     # programming latency metric. Not compared: a new trigger time alone needs no sync.
     trigger_time: float | None = field(default=None, compare=False)
@@ -145,11 +154,26 @@ class NodeConfig:
     """
 
     hostname: str
-    node_ips: tuple[IPv4Address, ...] = ()
-    local_ips: tuple[IPv4Address, ...] = ()
-    cluster_cidrs: tuple[IPv4Network, ...] = ()
-    service_cidrs: tuple[IPv4Network, ...] = ()
-    nodeport_cidrs: tuple[IPv4Network, ...] = ()
+    node_ips: tuple[IPAddress, ...] = ()
+    local_ips: tuple[IPAddress, ...] = ()
+    cluster_cidrs: tuple[IPNetwork, ...] = ()
+    service_cidrs: tuple[IPNetwork, ...] = ()
+    nodeport_cidrs: tuple[IPNetwork, ...] = ()
     masquerade_all: bool = False
     # topology.kubernetes.io/zone of this node's Node object, for zone hints
     zone: str | None = None
+
+    def families(self) -> tuple[int, ...]:
+        """IP families to program: IPv4, and IPv6 once the node has an IPv6 address or
+        CIDR (upstream runs one proxier per family the node has)."""
+        v6 = any(a.version == 6 for a in (*self.node_ips, *self.cluster_cidrs, *self.service_cidrs))
+        return (4, 6) if v6 else (4,)
+
+    def for_family(self, family: int) -> NodeConfig:
+        """This node's settings of one IP family only."""
+        def pick(items: tuple) -> tuple:  # type: ignore[type-arg]
+            return tuple(i for i in items if i.version == family)
+        return NodeConfig(hostname=self.hostname, node_ips=pick(self.node_ips), local_ips=pick(self.local_ips),
+                          cluster_cidrs=pick(self.cluster_cidrs), service_cidrs=pick(self.service_cidrs),
+                          nodeport_cidrs=pick(self.nodeport_cidrs), masquerade_all=self.masquerade_all,
+                          zone=self.zone)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 
 from pyroute2 import IPRoute
 
+from kproxy.model import IPAddress
 
-def local_ipv4_addresses() -> tuple[IPv4Address, ...]:
-    """Every IPv4 address on an interface of this network namespace, loopback excluded."""
+
+def local_addresses() -> tuple[IPAddress, ...]:
+    """Every address on an interface of this network namespace, loopback and IPv6
+    link-local excluded (NodePorts never answer there)."""
     with IPRoute() as ipr:
-        found = {IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
-    return tuple(sorted(ip for ip in found if not ip.is_loopback))
+        found = {ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}
+    usable = [ip for ip in found if not ip.is_loopback and not ip.is_link_local]
+    return tuple(sorted(usable, key=lambda ip: (ip.version, int(ip))))
 
 
 def default_route_ipv4() -> IPv4Address | None:
@@ -32,4 +36,4 @@ def detect_node_ips() -> tuple[IPv4Address, ...]:
     ip = default_route_ipv4()
     if ip is not None:
         return (ip,)
-    return local_ipv4_addresses()[:1]
+    return tuple(ip for ip in local_addresses() if ip.version == 4)[:1]

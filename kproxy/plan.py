@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
+
+
+from kproxy.model import IPAddress, IPNetwork
 
 from kproxy.model import Protocol, ServiceName, ServicePortName
 
@@ -32,7 +34,7 @@ class Frontend:
     they answer on every NodePort address of the node (Plan.nodeport_ips)."""
 
     kind: FrontendKind
-    ip: IPv4Address | None
+    ip: IPAddress | None
     port: int
 
     def __str__(self) -> str:
@@ -44,7 +46,7 @@ class Frontend:
 class Target:
     """An endpoint a connection may be DNATed to."""
 
-    ip: IPv4Address
+    ip: IPAddress
     port: int
     node_name: str | None = None
     is_local: bool = False
@@ -72,7 +74,7 @@ class ServicePortPlan:
     local_ready_endpoints: int = 0  # what the healthCheckNodePort reports
     affinity_timeout: int | None = None  # sessionAffinity ClientIP, seconds
     # loadBalancerSourceRanges (plus the LB IPs themselves when a range holds the node IP)
-    source_ranges: tuple[IPv4Network, ...] = ()
+    source_ranges: tuple[IPNetwork, ...] = ()
 
     def targets_for(self, frontend: Frontend) -> tuple[Target, ...]:
         return self.external_targets if frontend.kind.is_external else self.internal_targets
@@ -97,13 +99,16 @@ class HealthCheck:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
+    """The desired state of one IP family (a dual-stack node has two Plans)."""
+
+    family: int = 4
     service_ports: tuple[ServicePortPlan, ...] = ()
     # Addresses NodePorts answer on; nodeport_all_local means every local address but loopback.
-    nodeport_ips: tuple[IPv4Address, ...] = ()
+    nodeport_ips: tuple[IPAddress, ...] = ()
     nodeport_all_local: bool = False
-    cluster_ips: tuple[IPv4Address, ...] = ()
-    service_cidrs: tuple[IPv4Network, ...] = ()
+    cluster_ips: tuple[IPAddress, ...] = ()
+    service_cidrs: tuple[IPNetwork, ...] = ()
     # Masquerade ClusterIP traffic: all of it, or only from outside these CIDRs (none: never).
     masquerade_all: bool = False
-    cluster_cidrs: tuple[IPv4Network, ...] = ()
+    cluster_cidrs: tuple[IPNetwork, ...] = ()
     health_checks: tuple[HealthCheck, ...] = ()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_network
 
 from kproxy.model import (
+    IPAddress,
+    IPNetwork,
     ClusterState,
     EndpointSlice,
     NodeConfig,
@@ -23,7 +25,7 @@ from kproxy.model import (
 from kproxy.plan import Frontend, FrontendKind, HealthCheck, Plan, ServicePortPlan, Target
 from kproxy.topology import categorize_endpoints
 
-ALL_ADDRESSES = IPv4Network("0.0.0.0/0")
+ALL_ADDRESSES = (ip_network("0.0.0.0/0"), ip_network("::/0"))
 
 
 class PlanCache:
@@ -36,10 +38,14 @@ class PlanCache:
         self.node: NodeConfig | None = None
         self.entries: dict[ServiceName, tuple[Service, tuple[EndpointSlice, ...], tuple[ServicePortPlan, ...]]] = {}
         self.order: tuple[ServiceName, ...] = ()  # Service names, sorted
-        self.cluster_ips: tuple[IPv4Address, ...] | None = None
+        self.cluster_ips: tuple[IPAddress, ...] | None = None
 
 
-def compute_plan(node: NodeConfig, state: ClusterState, cache: PlanCache | None = None) -> Plan:
+def compute_plan(node: NodeConfig, state: ClusterState, cache: PlanCache | None = None,
+                 family: int = 4) -> Plan:
+    """The Plan of one IP family; a dual-stack node computes one per family (and keeps
+    one PlanCache per family)."""
+    node = node.for_family(family)
     cache = cache or PlanCache()
     if cache.node != node:
         cache.node, cache.entries, cache.order = node, {}, ()
@@ -62,14 +68,16 @@ def compute_plan(node: NodeConfig, state: ClusterState, cache: PlanCache | None 
             service_ports.extend(hit[2])
             continue
         same_services = same_services and hit is not None and hit[0] is service
-        plans = plan_service(node, service, slices)
+        plans = plan_service(node, service, slices, family)
         entries[name] = (service, slices, plans)
         service_ports.extend(plans)
     if not same_services or len(entries) != len(old_entries) or cache.cluster_ips is None:
-        cache.cluster_ips = tuple(sorted({s.cluster_ip for s in services.values()}, key=int))
+        cache.cluster_ips = tuple(sorted(
+            {p.cluster_ip for s in services.values() for p in s.ports if p.family == family}, key=int))
     cache.entries = entries
     nodeport_all_local, nodeport_ips = nodeport_addresses(node)
     return Plan(
+        family=family,
         service_ports=tuple(service_ports),
         nodeport_ips=nodeport_ips,
         nodeport_all_local=nodeport_all_local,
@@ -81,11 +89,12 @@ def compute_plan(node: NodeConfig, state: ClusterState, cache: PlanCache | None 
     )
 
 
-def plan_service(node: NodeConfig, service: Service, slices: Iterable[EndpointSlice]) -> tuple[ServicePortPlan, ...]:
-    endpoints = endpoints_by_port(slices, node.hostname)
+def plan_service(node: NodeConfig, service: Service, slices: Iterable[EndpointSlice],
+                 family: int = 4) -> tuple[ServicePortPlan, ...]:
+    endpoints = endpoints_by_port((s for s in slices if s.family == family), node.hostname)
     return tuple(
         plan_service_port(node, port, endpoints.get((port.name.port, port.protocol), {}))
-        for port in service.ports
+        for port in service.ports if port.family == family
     )
 
 
@@ -114,14 +123,14 @@ def plan_service_port(
     )
 
 
-def source_ranges(node: NodeConfig, port: ServicePort) -> tuple[IPv4Network, ...]:
+def source_ranges(node: NodeConfig, port: ServicePort) -> tuple[IPNetwork, ...]:
     """loadBalancerSourceRanges; when one holds a node IP, the LB IPs are allowed too:
     a node reaching an LB IP that is local to it loops back with the LB IP as source."""
     if not port.source_ranges or not port.load_balancer_ips:
         return ()
     ranges = list(port.source_ranges)
     if any(ip in cidr for cidr in port.source_ranges for ip in node.node_ips):
-        ranges += [IPv4Network(ip) for ip in port.load_balancer_ips]
+        ranges += [ip_network(ip) for ip in port.load_balancer_ips]
     return tuple(dict.fromkeys(ranges))
 
 
@@ -179,7 +188,7 @@ def endpoints_by_port(
     return found
 
 
-def nodeport_addresses(node: NodeConfig) -> tuple[bool, tuple[IPv4Address, ...]]:
+def nodeport_addresses(node: NodeConfig) -> tuple[bool, tuple[IPAddress, ...]]:
     """(all local addresses?, the addresses) NodePorts answer on.
 
     Upstream nftables mode: no --nodeport-addresses means the node's primary IPs; a CIDR
@@ -187,7 +196,7 @@ def nodeport_addresses(node: NodeConfig) -> tuple[bool, tuple[IPv4Address, ...]]
     """
     if not node.nodeport_cidrs:
         return False, tuple(sorted(set(node.node_ips)))
-    if ALL_ADDRESSES in node.nodeport_cidrs:
+    if any(cidr in ALL_ADDRESSES for cidr in node.nodeport_cidrs):
         return True, ()
     inside = {ip for ip in node.local_ips if any(ip in cidr for cidr in node.nodeport_cidrs)}
     return False, tuple(sorted(inside))

@@ -38,6 +38,20 @@ class ProgrammedView:
         return asdict(self)
 
 
+def merge_views(views: list[ProgrammedView]) -> ProgrammedView:
+    """One view of several tables (IPv4 and IPv6): a Service port's frontends together."""
+    ports: dict[tuple[str, str], list[FrontendView]] = {}
+    for view in views:
+        for sp in view.service_ports:
+            ports.setdefault((sp.name, sp.protocol), []).extend(sp.frontends)
+    return ProgrammedView(
+        present=any(v.present for v in views),
+        service_ports=tuple(ServicePortView(name=name, protocol=proto, frontends=tuple(sorted(fes)))
+                            for (name, proto), fes in sorted(ports.items())),
+        nodeport_ips=tuple(ip for v in views for ip in v.nodeport_ips),
+    )
+
+
 def format_view(view: ProgrammedView) -> str:
     if not view.present:
         return "kproxy has programmed nothing on this node (no kproxy table)\n"

@@ -31,12 +31,16 @@ class Backend(Protocol):
         """Remove everything this backend programmed; True if there was something."""
 
 
-def make_backend(mode: str, *, localhost_nodeports: bool = True, iptables_variant: str = "auto") -> Backend:
+def make_backend(mode: str, *, localhost_nodeports: bool = True, iptables_variant: str = "auto",
+                 family: int = 4) -> Backend:
     if mode == "nftables":
         from kproxy.backends.nft.backend import NftBackend
         from kproxy.backends.nft.kernel import LibNftKernel
+        from kproxy.backends.nft.objects import table_of
 
-        return NftBackend(LibNftKernel())
+        return NftBackend(LibNftKernel(table_of(family)), family)
+    if family != 4:
+        raise ValueError(f"proxy mode {mode!r} does not support IPv6 yet")
     if mode == "iptables":
         from kproxy.backends.iptables.backend import IptablesBackend
         from kproxy.backends.iptables.kernel import IptablesCommands, save_all
@@ -45,3 +49,9 @@ def make_backend(mode: str, *, localhost_nodeports: bool = True, iptables_varian
         variant = detect_variant(save_all) if iptables_variant == "auto" else iptables_variant
         return IptablesBackend(IptablesCommands(variant), localhost_nodeports=localhost_nodeports)
     raise ValueError(f"proxy mode {mode!r} is not implemented")
+
+
+def cleanup_nftables() -> bool:
+    """Remove kproxy's nftables tables of both families; True if there was one."""
+    removed = [make_backend("nftables", family=family).cleanup() for family in (4, 6)]
+    return any(removed)

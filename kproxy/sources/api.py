@@ -126,7 +126,8 @@ class ApiSource:
     def wait_synced(self, timeout: float | None = None) -> bool:
         """True once the first list of both kinds has reached the tracker."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for event in self._synced.values():
+        # the Node (zone only) is not waited for: rules need not wait for topology
+        for event in (self._synced[SERVICE], self._synced[ENDPOINT_SLICE]):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not event.wait(remaining):
                 return False

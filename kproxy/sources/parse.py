@@ -9,10 +9,12 @@ from __future__ import annotations
 import socket
 
 from dataclasses import replace
-from ipaddress import AddressValueError, IPv4Address, IPv4Network, IPv6Address, ip_address, ip_network
+from ipaddress import AddressValueError, IPv4Address, ip_address, ip_network
 from typing import Any
 
 from kproxy.model import (
+    IPAddress,
+    IPNetwork,
     NodeInfo,
     EndpointSlice,
     Protocol,
@@ -32,6 +34,7 @@ LABEL_HEADLESS = "service.kubernetes.io/headless"
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 ANNOTATION_TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
 ANNOTATION_SOURCE_RANGES = "service.beta.kubernetes.io/load-balancer-source-ranges"
+ADDRESS_FAMILIES = {"IPv4": 4, "IPv6": 6}  # slice addressType; FQDN slices are not proxied
 DEFAULT_AFFINITY_TIMEOUT = 10800  # upstream's default sessionAffinityConfig.clientIP.timeoutSeconds
 # Label selector for list/watch calls that mirrors upstream's informer filter.
 UPSTREAM_LABEL_SELECTOR = f"!{LABEL_SERVICE_PROXY_NAME},!{LABEL_HEADLESS}"
@@ -69,7 +72,7 @@ class _Ctx:
     def error(self, field: str, message: str) -> InvalidObject:
         return InvalidObject(self.kind, self.key, field, message)
 
-    def ip(self, value: Any, field: str) -> IPv4Address | IPv6Address:
+    def ip(self, value: Any, field: str) -> IPAddress:
         if not isinstance(value, str):
             raise self.error(field, f"not an IP address: {value!r}")
         try:
@@ -124,16 +127,12 @@ def parse_service(obj: dict[str, Any]) -> Service | None:
         service_type = ServiceType(type_name)
     except ValueError:
         raise ctx.error("spec.type", f"unknown Service type {type_name!r}") from None
-    cluster_ip = _cluster_ip(ctx, spec)
-    if cluster_ip is None:
+    cluster_ips = _cluster_ips(ctx, spec)
+    if not cluster_ips:
         return None
     namespace, name = object_key(obj)
     service_name = ServiceName(namespace, name)
-    external_ips = tuple(
-        ip
-        for i, raw in enumerate(spec.get("externalIPs") or ())
-        if isinstance(ip := ctx.ip(raw, f"spec.externalIPs[{i}]"), IPv4Address)
-    )
+    external_ips = tuple(ctx.ip(raw, f"spec.externalIPs[{i}]") for i, raw in enumerate(spec.get("externalIPs") or ()))
     lb_ips = _load_balancer_ips(ctx, obj) if service_type is ServiceType.LOAD_BALANCER else ()
     policies = _policies(ctx, obj, service_type)
     raw_ports = ctx.entries(spec.get("ports"), "spec.ports")
@@ -152,21 +151,26 @@ def parse_service(obj: dict[str, Any]) -> Service | None:
             node_port = None  # upstream ignores a stale nodePort on a ClusterIP Service
         else:
             node_port = ctx.port(node_port, f"{field}.nodePort")
-        port = ServicePort(
-            name=ServicePortName(service_name, port_name),
-            protocol=ctx.protocol(raw.get("protocol"), f"{field}.protocol"),
-            port=ctx.port(raw.get("port"), f"{field}.port"),
-            cluster_ip=cluster_ip,
-            node_port=node_port,
-            external_ips=external_ips,
-            load_balancer_ips=lb_ips,
-            **policies,
-        )
-        # upstream: externalTrafficPolicy applies only to externally reachable ports
-        if port.external_policy_local and not port.externally_accessible:
-            port = replace(port, external_policy_local=False)
-        ports.append(port)
-    return Service(name=service_name, type=service_type, cluster_ip=cluster_ip, ports=tuple(ports))
+        protocol = ctx.protocol(raw.get("protocol"), f"{field}.protocol")
+        number = ctx.port(raw.get("port"), f"{field}.port")
+        for cluster_ip in cluster_ips:  # one ServicePort per IP family
+            family = cluster_ip.version
+            port = ServicePort(
+                name=ServicePortName(service_name, port_name),
+                protocol=protocol,
+                port=number,
+                cluster_ip=cluster_ip,
+                node_port=node_port,
+                external_ips=tuple(ip for ip in external_ips if ip.version == family),
+                load_balancer_ips=tuple(ip for ip in lb_ips if ip.version == family),
+                **policies,
+            )
+            port = replace(port, source_ranges=tuple(r for r in port.source_ranges if r.version == family))
+            # upstream: externalTrafficPolicy applies only to externally reachable ports
+            if port.external_policy_local and not port.externally_accessible:
+                port = replace(port, external_policy_local=False)
+            ports.append(port)
+    return Service(name=service_name, type=service_type, cluster_ip=cluster_ips[0], ports=tuple(ports))
 
 
 def _policies(ctx: _Ctx, obj: dict[str, Any], service_type: ServiceType) -> dict[str, Any]:
@@ -191,7 +195,7 @@ def _policies(ctx: _Ctx, obj: dict[str, Any], service_type: ServiceType) -> dict
     return found
 
 
-def _source_ranges(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPv4Network, ...]:
+def _source_ranges(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPNetwork, ...]:
     # spec.loadBalancerSourceRanges wins; the older annotation is read when it is empty (upstream)
     raw = (obj.get("spec") or {}).get("loadBalancerSourceRanges") or []
     field = "spec.loadBalancerSourceRanges"
@@ -201,35 +205,34 @@ def _source_ranges(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPv4Network, ...]:
         field = f"metadata.annotations[{ANNOTATION_SOURCE_RANGES}]"
     if not isinstance(raw, list):
         raise ctx.error(field, "must be a list of CIDRs")
-    ranges: list[IPv4Network] = []
+    ranges: list[IPNetwork] = []
     for i, cidr in enumerate(raw):
         try:
             net = ip_network(str(cidr).strip(), strict=False)
         except ValueError:
             raise ctx.error(f"{field}[{i}]", f"not a CIDR: {cidr!r}") from None
-        if isinstance(net, IPv4Network):
-            ranges.append(net)
+        ranges.append(net)
     return tuple(ranges)
 
 
-def _cluster_ip(ctx: _Ctx, spec: dict[str, Any]) -> IPv4Address | None:
-    """The Service's IPv4 ClusterIP; None for headless or IPv6-only Services (ignored)."""
+def _cluster_ips(ctx: _Ctx, spec: dict[str, Any]) -> tuple[IPAddress, ...]:
+    """The Service's ClusterIPs, at most one per family, primary first; () when headless."""
     cluster_ips = spec.get("clusterIPs") or []
     primary = spec.get("clusterIP") or (cluster_ips[0] if cluster_ips else None)
     if not primary or primary == "None":
-        return None  # headless
+        return ()  # headless
     candidates = [("spec.clusterIP" if spec.get("clusterIP") else "spec.clusterIPs[0]", primary)]
     candidates += [(f"spec.clusterIPs[{i}]", raw) for i, raw in enumerate(cluster_ips)]
+    found: dict[int, IPAddress] = {}
     for field, raw in candidates:
         ip = ctx.ip(raw, field)
-        if isinstance(ip, IPv4Address):
-            return ip  # first IPv4 family: dual-stack IPv6-primary Services still work
-    return None
+        found.setdefault(ip.version, ip)
+    return tuple(found.values())
 
 
-def _load_balancer_ips(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPv4Address, ...]:
+def _load_balancer_ips(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPAddress, ...]:
     ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress")
-    ips: list[IPv4Address] = []
+    ips: list[IPAddress] = []
     for field, entry in ctx.entries(ingress, "status.loadBalancer.ingress"):
         raw = entry.get("ip")
         # ipMode Proxy: the balancer proxies to the node, so traffic to this IP must not
@@ -237,9 +240,7 @@ def _load_balancer_ips(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPv4Address, ...
         # not addresses.
         if not raw or entry.get("ipMode") == "Proxy":
             continue
-        ip = ctx.ip(raw, f"{field}.ip")
-        if isinstance(ip, IPv4Address):
-            ips.append(ip)
+        ips.append(ctx.ip(raw, f"{field}.ip"))
     return tuple(ips)
 
 
@@ -262,13 +263,14 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
     labels = _labels(obj)
     service = labels.get(LABEL_SERVICE_NAME)
     if (
-        obj.get("addressType") != "IPv4"
+        obj.get("addressType") not in ADDRESS_FAMILIES
         or not service
         or LABEL_SERVICE_PROXY_NAME in labels
         or LABEL_HEADLESS in labels
     ):
         return None
     namespace, name = object_key(obj)
+    family = ADDRESS_FAMILIES[obj["addressType"]]
     ports: list[SlicePort] = []
     for field, raw in ctx.entries(obj.get("ports"), "ports"):
         if raw.get("port") is None:
@@ -295,8 +297,8 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
 
         for j, address in enumerate(raw.get("addresses") or ()):
             ip = ctx.ip(address, f"{field}.addresses[{j}]")
-            if not isinstance(ip, IPv4Address):
-                raise ctx.error(f"{field}.addresses[{j}]", f"not an IPv4 address: {address!r}")
+            if ip.version != family:
+                raise ctx.error(f"{field}.addresses[{j}]", f"not an {obj['addressType']} address: {address!r}")
             endpoints.append(
                 SliceEndpoint(
                     ip=ip,
@@ -315,6 +317,7 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
         service=ServiceName(namespace, service),
         ports=tuple(ports),
         endpoints=tuple(endpoints),
+        family=family,
         trigger_time=_trigger_time(obj),
     )
 

@@ -28,8 +28,9 @@ from urllib.parse import parse_qs, urlparse
 PATHS = {
     "/api/v1/services": ("services", "Service", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": ("endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
+    "/api/v1/nodes": ("nodes", "Node", "v1"),
 }
-RESOURCE_OF_KIND = {"Service": "services", "EndpointSlice": "endpointslices"}
+RESOURCE_OF_KIND = {"Service": "services", "EndpointSlice": "endpointslices", "Node": "nodes"}
 
 
 class Store:

@@ -150,3 +150,22 @@ def test_rules_stay_while_the_api_is_away_and_follow_when_it_returns(cluster, kp
     port = servers[0].port
     servers.append(in_netns(cluster.node1, lambda: FakeApiServer(store, port=port)))
     wait_for(kproxy, agent, {"default/web": ["10.244.1.3:8080"]}, seconds=40)
+
+
+def test_this_nodes_zone_comes_from_its_node_object(cluster, kproxy, api):
+    store, _servers, kubeconfig = api
+    store.apply(service("web", cluster_ip="10.96.0.10"))
+    eps = []
+    for ip, zone in (("10.244.1.2", "zone-a"), ("10.244.1.3", "zone-b")):
+        e = endpoint(ip, node="node1")
+        e["hints"] = {"forZones": [{"name": zone}]}
+        eps.append(e)
+    store.apply(endpoint_slice("web", eps, port=8080))
+    node = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node1", "labels": {"topology.kubernetes.io/zone": "zone-b"}}}
+    store.apply(node)
+    agent = start_agent(cluster, kproxy, kubeconfig)
+    wait_for(kproxy, agent, {"default/web": ["10.244.1.3:8080"]})
+    node["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a"
+    store.apply(node)
+    wait_for(kproxy, agent, {"default/web": ["10.244.1.2:8080"]})

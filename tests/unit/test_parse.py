@@ -57,17 +57,23 @@ def test_cluster_ips_used_when_cluster_ip_missing() -> None:
     assert svc is not None and svc.cluster_ip == IP("10.96.5.5")
 
 
-def test_dual_stack_ipv6_primary_uses_ipv4_family() -> None:
-    obj = service("a", cluster_ip="fd00::10")
+def test_dual_stack_service_has_a_port_per_family() -> None:
+    obj = service("a", cluster_ip="fd00::10", external_ips=["192.0.2.1", "2001:db8::1"])
     obj["spec"]["clusterIPs"] = ["fd00::10", "10.96.0.7"]
     svc = parse_service(obj)
-    assert svc is not None and svc.cluster_ip == IP("10.96.0.7")
+    assert svc is not None and str(svc.cluster_ip) == "fd00::10"  # the primary
+    assert [(str(p.cluster_ip), [str(i) for i in p.external_ips]) for p in svc.ports] == [
+        ("fd00::10", ["2001:db8::1"]), ("10.96.0.7", ["192.0.2.1"])]
 
 
-def test_external_ips_skip_ipv6() -> None:
-    svc = parse_service(service("a", external_ips=["192.0.2.1", "2001:db8::1", "192.0.2.2"]))
-    assert svc is not None
-    assert svc.ports[0].external_ips == (IP("192.0.2.1"), IP("192.0.2.2"))
+def test_ipv6_only_service() -> None:
+    svc = parse_service(service("a", cluster_ip="fd00::1"))
+    assert svc is not None and [p.family for p in svc.ports] == [6]
+
+
+def test_ipv6_slice() -> None:
+    sl = parse_endpoint_slice(endpoint_slice("web", ["fd00::1"], address_type="IPv6"))
+    assert sl is not None and str(sl.endpoints[0].ip) == "fd00::1"
 
 
 def test_lb_ips_from_status_only_for_loadbalancer() -> None:
@@ -104,7 +110,6 @@ def test_missing_namespace_defaults_to_default() -> None:
         pytest.param(service("a", cluster_ip="None"), id="headless-None"),
         pytest.param(service("a", cluster_ip=""), id="headless-empty"),
         pytest.param(service("a", cluster_ip=None), id="no-cluster-ip"),
-        pytest.param(service("a", cluster_ip="fd00::1"), id="ipv6-only"),
         pytest.param(
             service("a", labels={"service.kubernetes.io/service-proxy-name": "other"}),
             id="service-proxy-name",
@@ -232,7 +237,6 @@ def test_slice_null_endpoints_and_ports() -> None:
 @pytest.mark.parametrize(
     "obj",
     [
-        pytest.param(endpoint_slice("web", ["fd00::1"], address_type="IPv6"), id="ipv6"),
         pytest.param(endpoint_slice("web", ["a.example"], address_type="FQDN"), id="fqdn"),
         pytest.param(
             endpoint_slice("web", ["10.1.0.1"], labels={"service.kubernetes.io/service-proxy-name": "x"}),

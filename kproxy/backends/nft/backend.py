@@ -16,7 +16,7 @@ from kproxy.backends import SyncResult
 from kproxy.backends.nft.affinity import stale_entries
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.kernel import NftError, NftKernel
-from kproxy.backends.nft.objects import TABLE
+from kproxy.backends.nft.objects import table_of
 from kproxy.backends.nft.objects import Skeleton
 from kproxy.backends.nft.readback import read_view
 from kproxy.backends.nft.render import (
@@ -41,8 +41,9 @@ NODE_OWNER = ""  # owner of node-wide elements; sorts before every Service port
 class NftBackend:
     mode = "nftables"
 
-    def __init__(self, kernel: NftKernel) -> None:
+    def __init__(self, kernel: NftKernel, family: int = 4) -> None:
         self._kernel = kernel
+        self.family = family
         self._reset()
 
     def _reset(self) -> None:
@@ -124,7 +125,7 @@ class NftBackend:
         try:
             stale = stale_entries(changes, {t: self._kernel.list_map(t) for t in tables})
             for table, keys in stale.items():
-                self._kernel.apply(f"delete element {TABLE} {table} {{ {', '.join(keys)} }}\n")
+                self._kernel.apply(f"delete element {table_of(self.family)} {table} {{ {', '.join(keys)} }}\n")
         except NftError as err:
             # an entry may time out between listing and deleting; the rest expire anyway
             log.info("could not forget stale affinity", error=str(err))

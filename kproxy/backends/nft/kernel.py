@@ -26,9 +26,10 @@ class NftKernel(Protocol):
 class LibNftKernel:
     """NftKernel over libnftables (python3-nftables). One batch per apply() call."""
 
-    def __init__(self) -> None:
+    def __init__(self, table: str = TABLE) -> None:
         import nftables  # imported here: the pure parts of kproxy must not need it
 
+        self.table = table
         self._nft = nftables.Nftables()
         self._nft.set_handle_output(False)
         self._json = nftables.Nftables()
@@ -43,7 +44,7 @@ class LibNftKernel:
         return None
 
     def list_table(self) -> dict[str, Any] | None:
-        rc, out, err = self._json.cmd(f"list table {TABLE}")
+        rc, out, err = self._json.cmd(f"list table {self.table}")
         if rc != 0:
             if "No such file or directory" in err:
                 return None
@@ -51,7 +52,7 @@ class LibNftKernel:
         return json.loads(out)
 
     def list_map(self, name: str) -> dict[str, Any] | None:
-        rc, out, err = self._json.cmd(f"list map {TABLE} {name}")
+        rc, out, err = self._json.cmd(f"list map {self.table} {name}")
         if rc != 0:
             if "No such file or directory" in err:
                 return None
@@ -62,11 +63,11 @@ class LibNftKernel:
         if self.list_table() is None:
             return False
         # add first, so that delete cannot fail on a table removed meanwhile
-        self.apply(f"add table {TABLE}\ndelete table {TABLE}\n")
+        self.apply(f"add table {self.table}\ndelete table {self.table}\n")
         return True
 
     def list_ruleset_text(self) -> str:
-        rc, out, err = self._nft.cmd(f"list table {TABLE}")
+        rc, out, err = self._nft.cmd(f"list table {self.table}")
         if rc != 0:
             raise NftError(_first_error(err))
         return out

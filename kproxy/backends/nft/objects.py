@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TABLE_FAMILY = "ip"
 TABLE_NAME = "kproxy"
-TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
+TABLE = f"ip {TABLE_NAME}"  # the IPv4 table; IPv6 rules live in "ip6 kproxy"
+
+
+def table_of(family: int) -> str:
+    return f"ip {TABLE_NAME}" if family == 4 else f"ip6 {TABLE_NAME}"
 COMMENT_MAX = 128  # the kernel's limit for element comments (NFT_USERDATA_MAXLEN is larger; nft's is 128)
 
 
@@ -17,8 +20,8 @@ class Chain:
     # "type nat hook prerouting priority dstnat; policy accept;" for a base chain
     hook: str | None = None
 
-    def definition(self) -> str:
-        return f"add chain {TABLE} {self.name}" + (f" {{ {self.hook} }}" if self.hook else "")
+    def definition(self, table: str) -> str:
+        return f"add chain {table} {self.name}" + (f" {{ {self.hook} }}" if self.hook else "")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,9 +32,9 @@ class SetSpec:
     spec: str
     is_map: bool = False
 
-    def definition(self) -> str:
+    def definition(self, table: str) -> str:
         kind = "map" if self.is_map else "set"
-        return f"add {kind} {TABLE} {self.name} {{ {self.spec} }}"
+        return f"add {kind} {table} {self.name} {{ {self.spec} }}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ class Skeleton:
 
     chains: tuple[Chain, ...]
     sets: tuple[SetSpec, ...]
+    table: str = TABLE  # "ip kproxy" or "ip6 kproxy"
 
     def chain_map(self) -> dict[str, Chain]:
         return {c.name: c for c in self.chains}

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
-from kproxy.backends.nft.objects import Chain, Element, SetSpec, Skeleton
+from kproxy.backends.nft.objects import Chain, Element, SetSpec, Skeleton, table_of
+from kproxy.model import IPAddress
 from kproxy.plan import Frontend, Plan, ServicePortPlan, Target
 
 MASQUERADE_MARK = "0x4000"  # upstream's default --iptables-masquerade-bit 14
@@ -26,7 +26,8 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 # element tables: set name -> key -> element
 Contribution = dict[str, dict[str, Element]]
 
-FRONTEND_KEY = "ip daddr . meta l4proto . th dport"
+# "{ip}" is "ip" or "ip6": the IPv4 and IPv6 tables differ only in such words
+FRONTEND_KEY = "{ip} daddr . meta l4proto . th dport"
 NODEPORT_KEY = "meta l4proto . th dport"
 VERDICT_MAP = ": verdict;"
 PRESENT = Element()  # a plain set's element: shared, there are 100,000s of them
@@ -57,22 +58,27 @@ SC_IPS = Dispatch("sc-frontends", "sc-dnat", "sc-endpoints", FRONTEND_KEY)
 SC_NODEPORTS = Dispatch("sc-nodeport-frontends", "sc-dnat-nodeport", "sc-nodeport-endpoints", NODEPORT_KEY)
 DISPATCHES = (IPS, NODEPORTS, SC_IPS, SC_NODEPORTS)
 
-STATIC_SETS = (
-    SetSpec(name="cluster-ips", spec="type ipv4_addr;"),
-    SetSpec(name="nodeport-ips", spec="type ipv4_addr;"),
-    SetSpec(name="cluster-frontends", spec=f"typeof {FRONTEND_KEY};"),
-    SetSpec(name="masq-frontends", spec=f"typeof {FRONTEND_KEY};"),
-    SetSpec(name="masq-nodeports", spec=f"typeof {NODEPORT_KEY};"),
-    SetSpec(name="hairpin", spec="typeof ip saddr . ip daddr;"),
-    SetSpec(name="firewall-frontends", spec=f"typeof {FRONTEND_KEY};"),
-    SetSpec(name="firewall-allow", spec=f"typeof {FRONTEND_KEY} . ip saddr; flags interval;"),
-    SetSpec(name="no-endpoint-frontends", spec=f"typeof {FRONTEND_KEY} {VERDICT_MAP}", is_map=True),
-    SetSpec(name="no-endpoint-nodeports", spec=f"typeof {NODEPORT_KEY} {VERDICT_MAP}", is_map=True),
-    *(SetSpec(name=d.vmap, spec=f"typeof {d.key} {VERDICT_MAP}", is_map=True) for d in DISPATCHES),
-)
+def static_sets(ip: str, addr: str) -> list[SetSpec]:
+    frontend = FRONTEND_KEY.format(ip=ip)
+    return [
+        SetSpec(name="cluster-ips", spec=f"type {addr};"),
+        SetSpec(name="nodeport-ips", spec=f"type {addr};"),
+        SetSpec(name="cluster-frontends", spec=f"typeof {frontend};"),
+        SetSpec(name="masq-frontends", spec=f"typeof {frontend};"),
+        SetSpec(name="masq-nodeports", spec=f"typeof {NODEPORT_KEY};"),
+        SetSpec(name="hairpin", spec=f"typeof {ip} saddr . {ip} daddr;"),
+        SetSpec(name="firewall-frontends", spec=f"typeof {frontend};"),
+        SetSpec(name="firewall-allow", spec=f"typeof {frontend} . {ip} saddr; flags interval;"),
+        SetSpec(name="no-endpoint-frontends", spec=f"typeof {frontend} {VERDICT_MAP}", is_map=True),
+        SetSpec(name="no-endpoint-nodeports", spec=f"typeof {NODEPORT_KEY} {VERDICT_MAP}", is_map=True),
+        *(SetSpec(name=d.vmap, spec=f"typeof {d.key.format(ip=ip)} {VERDICT_MAP}", is_map=True)
+          for d in DISPATCHES),
+    ]
 
 
-def ip_text(ip: IPv4Address) -> str:
+def ip_text(ip: IPAddress) -> str:
+    if ip.version == 6:
+        return str(ip)
     # str(IPv4Address) is pure-Python and slow; this is 5x faster over 100,000 endpoints
     n = int(ip)
     return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
@@ -144,7 +150,7 @@ def render_node(plan: Plan) -> Contribution:
     """Elements that come from node settings rather than from a Service."""
     if plan.nodeport_all_local or not plan.nodeport_ips:
         return {}
-    return {"nodeport-ips": {str(ip): PRESENT for ip in plan.nodeport_ips}}
+    return {"nodeport-ips": {ip_text(ip): PRESENT for ip in plan.nodeport_ips}}
 
 
 def counts_in_use(set_names: Iterable[str]) -> dict[Dispatch, list[int]]:
@@ -169,44 +175,46 @@ def affinity_timeouts(set_names: Iterable[str]) -> list[int]:
 
 
 def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeouts: Iterable[int]) -> Skeleton:
+    ip, addr, loopback = ("ip", "ipv4_addr", "127.0.0.0/8") if plan.family == 4 else ("ip6", "ipv6_addr", "::1")
+    frontend = FRONTEND_KEY.format(ip=ip)
     nodeport_match = (
-        "fib daddr type local ip daddr != 127.0.0.0/8" if plan.nodeport_all_local else "ip daddr @nodeport-ips"
+        f"fib daddr type local {ip} daddr != {loopback}" if plan.nodeport_all_local else f"{ip} daddr @nodeport-ips"
     )
     masq = "jump mark-for-masquerade"
     pods = ", ".join(str(c) for c in plan.cluster_cidrs)
     timeouts = sorted(set(timeouts))
     services = []
     if plan.masquerade_all:
-        services.append(f"{FRONTEND_KEY} @cluster-frontends {masq}")
+        services.append(f"{frontend} @cluster-frontends {masq}")
     elif plan.cluster_cidrs:
-        services.append(f"{FRONTEND_KEY} @cluster-frontends ip saddr != {{ {pods} }} {masq}")
+        services.append(f"{frontend} @cluster-frontends {ip} saddr != {{ {pods} }} {masq}")
     services += [
-        f"{FRONTEND_KEY} @masq-frontends {masq}",
+        f"{frontend} @masq-frontends {masq}",
         f"{nodeport_match} {NODEPORT_KEY} @masq-nodeports {masq}",
         # externalTrafficPolicy Local: the node's own traffic keeps no source worth
         # preserving (its source is a local address), so it is masqueraded
-        f"fib saddr type local {FRONTEND_KEY} @sc-frontends {masq}",
+        f"fib saddr type local {frontend} @sc-frontends {masq}",
         f"fib saddr type local {nodeport_match} {NODEPORT_KEY} @sc-nodeport-frontends {masq}",
     ]
     # sessionAffinity: a client seen within the timeout goes to the endpoint it had
-    services += [f"dnat ip to ip saddr . {FRONTEND_KEY} map @{affinity_names(t)[0]}" for t in timeouts]
-    services.append(f"fib saddr type local {FRONTEND_KEY} vmap @sc-frontends")
+    services += [f"dnat {ip} to {ip} saddr . {frontend} map @{affinity_names(t)[0]}" for t in timeouts]
+    services.append(f"fib saddr type local {frontend} vmap @sc-frontends")
     if plan.cluster_cidrs:
-        services.append(f"ip saddr {{ {pods} }} {FRONTEND_KEY} vmap @sc-frontends")
+        services.append(f"{ip} saddr {{ {pods} }} {frontend} vmap @sc-frontends")
     services.append(f"fib saddr type local {nodeport_match} {NODEPORT_KEY} vmap @sc-nodeport-frontends")
     if plan.cluster_cidrs:
-        services.append(f"ip saddr {{ {pods} }} {nodeport_match} {NODEPORT_KEY} vmap @sc-nodeport-frontends")
+        services.append(f"{ip} saddr {{ {pods} }} {nodeport_match} {NODEPORT_KEY} vmap @sc-nodeport-frontends")
     services += [
-        f"{FRONTEND_KEY} vmap @frontends",
+        f"{frontend} vmap @frontends",
         f"{nodeport_match} {NODEPORT_KEY} vmap @nodeport-frontends",
     ]
-    postrouting = [f"ct status dnat ip saddr . ip daddr @hairpin {masq}"]
-    postrouting += _affinity_recording(timeouts, plan.nodeport_all_local)
+    postrouting = [f"ct status dnat {ip} saddr . {ip} daddr @hairpin {masq}"]
+    postrouting += _affinity_recording(ip, timeouts, plan.nodeport_all_local)
     postrouting.append("jump masquerading")
-    cluster_ips_check = ["ip daddr @cluster-ips reject"]
+    cluster_ips_check = [f"{ip} daddr @cluster-ips reject"]
     if plan.service_cidrs:
         cidrs = ", ".join(str(c) for c in plan.service_cidrs)
-        cluster_ips_check.append(f"ip daddr {{ {cidrs} }} drop")
+        cluster_ips_check.append(f"{ip} daddr {{ {cidrs} }} drop")
     new = "ct state new"
     chains = [
         Chain(name="filter-prerouting", hook="type filter hook prerouting priority -110; policy accept;",
@@ -225,11 +233,11 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
               rules=("jump services",)),
         Chain(name="nat-postrouting", hook="type nat hook postrouting priority srcnat; policy accept;",
               rules=tuple(postrouting)),
-        Chain(name="service-endpoints-check", rules=(f"{FRONTEND_KEY} vmap @no-endpoint-frontends",)),
+        Chain(name="service-endpoints-check", rules=(f"{frontend} vmap @no-endpoint-frontends",)),
         Chain(name="nodeport-endpoints-check",
               rules=(f"{nodeport_match} {NODEPORT_KEY} vmap @no-endpoint-nodeports",)),
         Chain(name="firewall-check", rules=(
-            f"{FRONTEND_KEY} @firewall-frontends {FRONTEND_KEY} . ip saddr != @firewall-allow drop",)),
+            f"{frontend} @firewall-frontends {frontend} . {ip} saddr != @firewall-allow drop",)),
         Chain(name="cluster-ips-check", rules=tuple(cluster_ips_check)),
         Chain(name="reject-chain", rules=("reject",)),
         Chain(name="mark-for-masquerade", rules=(f"meta mark set meta mark | {MASQUERADE_MARK}",)),
@@ -240,35 +248,36 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
         )),
         Chain(name="services", rules=tuple(services)),
     ]
-    sets = list(STATIC_SETS)
+    sets = static_sets(ip, addr)
     for how in DISPATCHES:
+        key = how.key.format(ip=ip)
         for n in sorted(set(counts.get(how, ()))):
             chains.append(Chain(name=how.chain_name(n), rules=(
-                f"dnat ip to {how.key} . numgen random mod {n} map @{how.map_name(n)}",)))
+                f"dnat {ip} to {key} . numgen random mod {n} map @{how.map_name(n)}",)))
             sets.append(SetSpec(name=how.map_name(n), is_map=True,
-                                spec=f"typeof {how.key} . numgen random mod {n} : ip daddr . th dport;"))
+                                spec=f"typeof {key} . numgen random mod {n} : {ip} daddr . th dport;"))
     for t in timeouts:
         table, ips_set, nodeports_set = affinity_names(t)
         sets += [
             SetSpec(name=table, is_map=True, spec=(
-                "type ipv4_addr . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; "
+                f"type {addr} . {addr} . inet_proto . inet_service : {addr} . inet_service; "
                 f"flags dynamic,timeout; timeout {t}s;")),
-            SetSpec(name=ips_set, spec=f"typeof {FRONTEND_KEY};"),
+            SetSpec(name=ips_set, spec=f"typeof {frontend};"),
             SetSpec(name=nodeports_set, spec=f"typeof {NODEPORT_KEY};"),
         ]
-    return Skeleton(chains=tuple(chains), sets=tuple(sets))
+    return Skeleton(chains=tuple(chains), sets=tuple(sets), table=table_of(plan.family))
 
 
-def _affinity_recording(timeouts: Iterable[int], nodeport_all_local: bool) -> list[str]:
+def _affinity_recording(ip: str, timeouts: Iterable[int], nodeport_all_local: bool) -> list[str]:
     """Rules that remember, after DNAT, which endpoint a client got, keyed by client and
     original destination. One per protocol: nft can type `ct original proto-dst` only
     with the protocol known."""
-    original = "ct original ip daddr . meta l4proto . ct original proto-dst"
-    nodeport_ips = "" if nodeport_all_local else "ct original ip daddr @nodeport-ips "
+    original = f"ct original {ip} daddr . meta l4proto . ct original proto-dst"
+    nodeport_ips = "" if nodeport_all_local else f"ct original {ip} daddr @nodeport-ips "
     rules = []
     for t in timeouts:
         table, ips_set, nodeports_set = affinity_names(t)
-        remember = f"update @{table} {{ ip saddr . {original} : ip daddr . th dport }}"
+        remember = f"update @{table} {{ {ip} saddr . {original} : {ip} daddr . th dport }}"
         for proto in PROTOCOLS:
             rules.append(f"meta l4proto {proto} ct status dnat {original} @{ips_set} {remember}")
             rules.append(f"meta l4proto {proto} ct status dnat {nodeport_ips}"

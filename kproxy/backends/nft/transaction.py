@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
-from kproxy.backends.nft.objects import TABLE, Skeleton, element_text
+from kproxy.backends.nft.objects import Skeleton, element_text
 
 CHUNK = 5000  # elements per add/delete command; keeps single commands a sane size
 
@@ -30,34 +30,35 @@ class NftTransaction:
         return bool(self.commands)
 
 
-def _element_commands(tx: NftTransaction, verb: str, set_name: str, items: list[str]) -> None:
+def _element_commands(tx: NftTransaction, verb: str, table: str, set_name: str, items: list[str]) -> None:
     for i in range(0, len(items), CHUNK):
         chunk = items[i:i + CHUNK]
-        tx.add(f"{verb} element {TABLE} {set_name} {{ {', '.join(chunk)} }}", len(chunk))
+        tx.add(f"{verb} element {table} {set_name} {{ {', '.join(chunk)} }}", len(chunk))
 
 
 def _add_chain_rules(tx: NftTransaction, skeleton: Skeleton, names: Iterable[str]) -> None:
     chains = skeleton.chain_map()
     for name in names:
         for rule in chains[name].rules:
-            tx.add(f"add rule {TABLE} {name} {rule}")
+            tx.add(f"add rule {skeleton.table} {name} {rule}")
 
 
 def full_transaction(skeleton: Skeleton, table: ElementTable) -> NftTransaction:
     """Replace the whole table in one batch: `add` makes `delete` safe when it is absent,
     and the kernel swaps old for new atomically, so packets never see an empty table."""
     tx = NftTransaction()
-    tx.add(f"add table {TABLE}", 0)
-    tx.add(f"delete table {TABLE}", 0)
-    tx.add(f'add table {TABLE} {{ comment "programmed by kproxy; do not edit"; }}', 0)
+    name = skeleton.table
+    tx.add(f"add table {name}", 0)
+    tx.add(f"delete table {name}", 0)
+    tx.add(f'add table {name} {{ comment "programmed by kproxy; do not edit"; }}', 0)
     for chain in skeleton.chains:
-        tx.add(chain.definition(), 0)
+        tx.add(chain.definition(name), 0)
     for spec in skeleton.sets:
-        tx.add(spec.definition(), 0)
+        tx.add(spec.definition(name), 0)
     _add_chain_rules(tx, skeleton, [c.name for c in skeleton.chains])
     for spec in skeleton.sets:
         items = [element_text(k, e) for k, e in table.elements(spec.name)]
-        _element_commands(tx, "add", spec.name, items)
+        _element_commands(tx, "add", name, spec.name, items)
     return tx
 
 
@@ -67,6 +68,7 @@ class NeedsFullSync(Exception):
 
 def incremental_transaction(old: Skeleton, new: Skeleton, delta: ElementDelta) -> NftTransaction:
     tx = NftTransaction()
+    table = new.table
     old_chains, new_chains = old.chain_map(), new.chain_map()
     old_sets, new_sets = old.set_map(), new.set_map()
     for name, spec in new_sets.items():
@@ -77,9 +79,9 @@ def incremental_transaction(old: Skeleton, new: Skeleton, delta: ElementDelta) -
             raise NeedsFullSync(f"chain {name} changed hook")
     # 1. new containers, so later elements and rules can refer to them
     for name in new_chains.keys() - old_chains.keys():
-        tx.add(new_chains[name].definition(), 0)
+        tx.add(new_chains[name].definition(table), 0)
     for name in new_sets.keys() - old_sets.keys():
-        tx.add(new_sets[name].definition(), 0)
+        tx.add(new_sets[name].definition(table), 0)
     # 2. elements: deletions first, so a changed map value is delete + add
     deletes: dict[str, list[str]] = defaultdict(list)
     adds: dict[str, list[str]] = defaultdict(list)
@@ -90,19 +92,19 @@ def incremental_transaction(old: Skeleton, new: Skeleton, delta: ElementDelta) -
         if after is not None:
             adds[set_name].append(element_text(key, after))
     for set_name in sorted(deletes):
-        _element_commands(tx, "delete", set_name, deletes[set_name])
+        _element_commands(tx, "delete", table, set_name, deletes[set_name])
     for set_name in sorted(adds):
-        _element_commands(tx, "add", set_name, adds[set_name])
+        _element_commands(tx, "add", table, set_name, adds[set_name])
     # 3. chains whose rules changed are rewritten whole
     changed = [n for n, c in new_chains.items() if n not in old_chains or old_chains[n].rules != c.rules]
     for name in changed:
         if name in old_chains:
-            tx.add(f"flush chain {TABLE} {name}", 0)
+            tx.add(f"flush chain {table} {name}", 0)
     _add_chain_rules(tx, new, changed)
     # 4. containers no longer used; chains first, since their rules refer to the maps
     for name in sorted(old_chains.keys() - new_chains.keys()):
-        tx.add(f"delete chain {TABLE} {name}", 0)
+        tx.add(f"delete chain {table} {name}", 0)
     for name in sorted(old_sets.keys() - new_sets.keys()):
         kind = "map" if old_sets[name].is_map else "set"
-        tx.add(f"delete {kind} {TABLE} {name}", 0)
+        tx.add(f"delete {kind} {table} {name}", 0)
     return tx
