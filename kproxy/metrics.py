@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -92,6 +92,8 @@ class ProxyMetrics:
             metric.labels(IP_FAMILY)
         if changes is not None:
             r.register(_ChangeCollector(changes))  # type: ignore[arg-type]
+        if registry is None:
+            ProcessCollector(registry=r)  # process_cpu_seconds_total etc., as upstream serves
 
     def queued(self, now: float) -> None:
         self.last_queued_timestamp.labels(IP_FAMILY).set(now)

@@ -103,6 +103,7 @@ def test_metrics_after_a_sync_carry_upstream_names_types_and_values(lab):
     families = scrape(lab.metrics_url)
     for name, kind in UPSTREAM_TYPES.items():
         assert families[name].type == kind, name
+    assert families["process_resident_memory_bytes"].type == "gauge"
     assert sample(families, "kubeproxy_sync_proxy_rules_duration_seconds", "_count", ip_family="IPv4") == 1
     assert sample(families, "kubeproxy_sync_proxy_rules_duration_seconds", "_sum",
                   ip_family="IPv4") == pytest.approx(0.012)
