@@ -280,19 +280,18 @@ def test_read_view_of_nothing_is_not_present():
     assert not read_view({}).present
 
 
-def test_only_local_endpoints_get_a_sep_chain_that_masquerades_hairpin():
+def test_hairpin_is_one_rule_per_local_pod_and_no_endpoint_gets_a_chain():
     backend_, kernel = backend()
     local = endpoint("10.244.1.2", node="node1")
-    backend_.sync(make(WEB, endpoint_slice("web", [local, endpoint("10.244.2.2", node="node2")])))
+    objs = [WEB, endpoint_slice("web", [local, endpoint("10.244.2.2", node="node2")]),
+            service("api", cluster_ip="10.96.0.11"), endpoint_slice("api", [local])]
+    backend_.sync(make(*objs))
     nat = parse_save_all(kernel.save_all())["nat"]
-    sep = "KUBE-SEP-" + chain_hash("default/web", "tcp", "10.244.1.2:80")
-    assert nat[sep] == [f"-A {sep} -s 10.244.1.2/32 -j KUBE-MARK-MASQ",
-                        f"-A {sep} -p tcp -j DNAT --to-destination 10.244.1.2:80"]
-    assert [c for c in nat if c.startswith("KUBE-SEP-")] == [sep]
-    assert nat[SVC][1].endswith(f"-j {sep}") and nat[SVC][2].endswith("--to-destination 10.244.2.2:80")
-    assert backend_.read_view().service_ports[0].frontends[0].endpoints == ("10.244.1.2:80", "10.244.2.2:80")
+    assert nat["KUBE-HAIRPIN"] == ["-A KUBE-HAIRPIN -s 10.244.1.2/32 -d 10.244.1.2/32 -j KUBE-MARK-MASQ"]
+    assert nat["KUBE-POSTROUTING"][0] == "-A KUBE-POSTROUTING -m conntrack --ctstate DNAT -j KUBE-HAIRPIN"
+    assert not [c for c in nat if c.startswith("KUBE-SEP-")]
     backend_.sync(make(WEB, endpoint_slice("web", [endpoint("10.244.2.2", node="node2")])))
-    assert sep not in kernel.save_all() and f"-X {sep}" in kernel.inputs[-1]
+    assert parse_save_all(kernel.save_all())["nat"]["KUBE-HAIRPIN"] == []
 
 
 def test_cleanup_touches_only_builtin_chains_and_ours():
