@@ -211,7 +211,7 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
     postrouting = [f"ct status dnat {ip} saddr . {ip} daddr @hairpin {masq}"]
     postrouting += _affinity_recording(ip, timeouts, plan.nodeport_all_local)
     postrouting.append("jump masquerading")
-    cluster_ips_check = [f"{ip} daddr @cluster-ips reject"]
+    cluster_ips_check = [f"{ip} daddr @cluster-ips goto reject-chain"]
     if plan.service_cidrs:
         cidrs = ", ".join(str(c) for c in plan.service_cidrs)
         cluster_ips_check.append(f"{ip} daddr {{ {cidrs} }} drop")
@@ -239,7 +239,9 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
         Chain(name="firewall-check", rules=(
             f"{frontend} @firewall-frontends {frontend} . {ip} saddr != @firewall-allow drop",)),
         Chain(name="cluster-ips-check", rules=tuple(cluster_ips_check)),
-        Chain(name="reject-chain", rules=("reject",)),
+        # TCP gets a reset: refused at once even where an ICMPv6 error would not end the
+        # connect (seen with forwarded IPv6); everything else an ICMP port-unreachable
+        Chain(name="reject-chain", rules=("meta l4proto tcp reject with tcp reset", "reject")),
         Chain(name="mark-for-masquerade", rules=(f"meta mark set meta mark | {MASQUERADE_MARK}",)),
         Chain(name="masquerading", rules=(
             f"meta mark & {MASQUERADE_MARK} == 0 return",
