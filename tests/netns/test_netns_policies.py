@@ -14,8 +14,7 @@ from kproxy_lab import Kproxy
 from manifests import endpoint, endpoint_slice, port, service, slice_port
 from topology import CLIENT_IP, CLIENT_OTHER_IP, NODE1_BRIDGE_IP, NODE1_IP, Cluster
 
-# nftables only for now: the iptables backend does not render these policies yet.
-pytestmark = [pytest.mark.netns, pytest.mark.parametrize("kproxy", ["nftables"], indirect=True)]
+pytestmark = pytest.mark.netns
 
 LB_IP = "203.0.113.30"
 CONNECTS = 30
