@@ -13,6 +13,8 @@ Modes (every socket operation has a timeout; every loop is bounded):
 
 A result is the server's answer ("pod1 10.244.1.2") or REFUSED, TIMEOUT, UNREACHABLE,
 RESET, EMPTY, or ERROR:<text>; with the seconds it took.
+
+HOST and --source may be IPv4 or IPv6 addresses; the socket family follows HOST.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def classify(exc: BaseException) -> str:
     return f"ERROR:{exc!r}"
 
 
+def family_of(host: str) -> int:
+    """AF_INET6 for an IPv6 address (literal, possibly with a %zone), else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def read_line(sock: socket.socket) -> str:
     buf = b""
     while not buf.endswith(b"\n"):
@@ -52,7 +59,7 @@ def tcp_once(host: str, port: int, timeout: float, source: str | None = None,
              proto: int = socket.IPPROTO_TCP) -> dict:
     start = time.monotonic()
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto) as s:
+        with socket.socket(family_of(host), socket.SOCK_STREAM, proto) as s:
             s.settimeout(timeout)
             if source:
                 s.bind((source, 0))
@@ -67,7 +74,7 @@ def tcp_once(host: str, port: int, timeout: float, source: str | None = None,
 def udp_once(host: str, port: int, timeout: float, source: str | None = None) -> dict:
     start = time.monotonic()
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(family_of(host), socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
             if source:
                 s.bind((source, 0))
@@ -80,7 +87,7 @@ def udp_once(host: str, port: int, timeout: float, source: str | None = None) ->
 
 
 def hold(host: str, port: int, timeout: float) -> None:
-    with socket.create_connection((host, port), timeout=timeout) as s:
+    with socket.create_connection((host, port), timeout=timeout) as s:  # either family
         s.settimeout(timeout)
         print(read_line(s), flush=True)
         for line in sys.stdin:
@@ -93,7 +100,7 @@ def hold(host: str, port: int, timeout: float) -> None:
 
 def udp_hold(host: str, port: int, timeout: float) -> None:
     """One UDP socket (one source port, so one conntrack entry) for every stdin line."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(family_of(host), socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.connect((host, port))
         print("READY", flush=True)

@@ -3,6 +3,8 @@
 TCP: on accept, send "<name> <peer ip>\\n"; then echo every line received as
 "<name> <peer ip> <line>\\n" until the peer closes (so a test can hold a connection
 open across an agent restart). UDP: answer each datagram with "<name> <peer ip>".
+Every port is served on IPv4 and on IPv6 (separate IPv6-only sockets), and the peer ip
+is printed in its plain text form ("10.244.1.2", "fd00:244:1::2"; never "::ffff:...").
 
     ip netns exec POD python3 servers.py --name pod1 --tcp 8080 --udp 8080 --ready-file F
 """
@@ -10,9 +12,40 @@ open across an agent restart). UDP: answer each datagram with "<name> <peer ip>"
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 import threading
 from pathlib import Path
+
+
+def peer_text(addr: tuple) -> str:
+    """The peer's address from a sockaddr of either family, as plain text."""
+    ip = ipaddress.ip_address(addr[0].split("%", 1)[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def listening(family: int, kind: int, proto: int, port: int) -> socket.socket:
+    s = socket.socket(family, kind, proto)
+    if kind == socket.SOCK_STREAM:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(("::", port))
+    else:
+        s.bind(("0.0.0.0", port))
+    if kind == socket.SOCK_STREAM:
+        s.listen(128)
+    return s
+
+
+def has_proto(family: int, proto: int) -> bool:
+    try:
+        socket.socket(family, socket.SOCK_STREAM, proto).close()
+    except OSError:
+        return False
+    return True
 
 
 def serve_tcp_conn(conn: socket.socket, name: str, peer: str) -> None:
@@ -35,14 +68,14 @@ def serve_tcp_conn(conn: socket.socket, name: str, peer: str) -> None:
 
 def tcp_loop(sock: socket.socket, name: str) -> None:
     while True:
-        conn, (peer, _port) = sock.accept()
-        threading.Thread(target=serve_tcp_conn, args=(conn, name, peer), daemon=True).start()
+        conn, addr = sock.accept()
+        threading.Thread(target=serve_tcp_conn, args=(conn, name, peer_text(addr)), daemon=True).start()
 
 
 def udp_loop(sock: socket.socket, name: str) -> None:
     while True:
-        _data, (peer, port) = sock.recvfrom(4096)
-        sock.sendto(f"{name} {peer}".encode(), (peer, port))
+        _data, addr = sock.recvfrom(4096)
+        sock.sendto(f"{name} {peer_text(addr)}".encode(), addr)
 
 
 def main() -> None:
@@ -54,23 +87,18 @@ def main() -> None:
     args = ap.parse_args()
 
     threads = []
+    families = (socket.AF_INET, socket.AF_INET6)
     # SCTP (one-to-one style) behaves like TCP here; kernels without it skip those ports
-    streams = [(p, socket.IPPROTO_TCP) for p in args.tcp]
-    try:
-        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
-        streams += [(p, socket.IPPROTO_SCTP) for p in args.tcp]
-    except OSError:
-        pass
-    for port, proto in streams:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
-        s.listen(128)
+    streams = [(f, p, socket.IPPROTO_TCP) for f in families for p in args.tcp]
+    streams += [(f, p, socket.IPPROTO_SCTP) for f in families if has_proto(f, socket.IPPROTO_SCTP)
+                for p in args.tcp]
+    for family, port, proto in streams:
+        s = listening(family, socket.SOCK_STREAM, proto, port)
         threads.append(threading.Thread(target=tcp_loop, args=(s, args.name), daemon=True))
-    for port in args.udp:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", port))
-        threads.append(threading.Thread(target=udp_loop, args=(s, args.name), daemon=True))
+    for family in families:
+        for port in args.udp:
+            s = listening(family, socket.SOCK_DGRAM, 0, port)
+            threads.append(threading.Thread(target=udp_loop, args=(s, args.name), daemon=True))
     for t in threads:
         t.start()
     if args.ready_file:

@@ -63,6 +63,10 @@ class Results:
 
 def probe(ns: str, proto: str, host: str, port: int, *, count: int = 1, timeout: float = 1.0,
           source: str | None = None) -> Results:
+    """`host` and `source` may be IPv4 or IPv6 (the same family); answers then carry the
+    peer address in that family ("pod4 fd00:244:1::2")."""
+    if source and (":" in source) != (":" in host):
+        raise ValueError(f"source {source} and host {host} are of different IP families")
     cmd = ["ip", "netns", "exec", ns, sys.executable, str(PROBE), proto, host, str(port),
            "--count", str(count), "--timeout", str(timeout)]
     if source:
