@@ -103,12 +103,18 @@ def start_agent(cluster: Cluster, kproxy: Kproxy, kubeconfig: Path) -> subproces
     return proc
 
 
-def test_create_update_delete_reach_the_kernel(cluster, kproxy, api):
-    store, _servers, kubeconfig = api
+def start_with_web(cluster: Cluster, kproxy: Kproxy, store: Store, kubeconfig: Path) -> subprocess.Popen:
+    """The agent, once it has programmed Service web with one endpoint from the API."""
     store.apply(service("web", cluster_ip="10.96.0.10"))
     store.apply(web_slice("10.244.1.2"))
     agent = start_agent(cluster, kproxy, kubeconfig)
     wait_for(kproxy, agent, {"default/web": ["10.244.1.2:8080"]})
+    return agent
+
+
+def test_create_update_delete_reach_the_kernel(cluster, kproxy, api):
+    store, servers, kubeconfig = api
+    agent = start_with_web(cluster, kproxy, store, kubeconfig)
 
     store.apply(web_slice("10.244.1.2", "10.244.1.3"))  # update
     store.apply(service("api", cluster_ip="10.96.0.11"))  # create
@@ -119,11 +125,8 @@ def test_create_update_delete_reach_the_kernel(cluster, kproxy, api):
 
 
 def test_410_gone_triggers_a_relist_that_catches_up(cluster, kproxy, api):
-    store, _servers, kubeconfig = api
-    store.apply(service("web", cluster_ip="10.96.0.10"))
-    store.apply(web_slice("10.244.1.2"))
-    agent = start_agent(cluster, kproxy, kubeconfig)
-    wait_for(kproxy, agent, {"default/web": ["10.244.1.2:8080"]})
+    store, servers, kubeconfig = api
+    agent = start_with_web(cluster, kproxy, store, kubeconfig)
     lists_before = store.calls[("endpointslices", "list")]
 
     store.freeze()  # the watch misses what follows ...

@@ -101,6 +101,16 @@ def wait_until(
         time.sleep(0.1)
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill a client started in its own session, and everything it started."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=5)
+
+
 class Holder:
     """A long-lived TCP connection from a namespace (probe.py hold)."""
 
@@ -131,12 +141,7 @@ class Holder:
         return self._readline()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=5)
+        kill_group(self.proc)
 
 
 class UdpSender(Holder):
@@ -173,9 +178,4 @@ class Loop:
         return json.loads(out)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=5)
+        kill_group(self.proc)
