@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kproxy.backends.nft.objects import Chain, Element, SetSpec, Skeleton, table_of
 from kproxy.model import IPAddress
-from kproxy.plan import Frontend, Plan, ServicePortPlan, Target
+from kproxy.plan import Frontend, FrontendKind, Plan, ServicePortPlan, Target
 
 MASQUERADE_MARK = "0x4000"  # upstream's default --iptables-masquerade-bit 14
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -131,7 +131,7 @@ def render_service_port(sp: ServicePortPlan) -> Contribution:
         if sp.affinity_timeout:
             _, ips_set, nodeports_set = affinity_names(sp.affinity_timeout)
             add(nodeports_set if nodeport else ips_set, key)
-        if sp.source_ranges and fe.kind.name == "LOAD_BALANCER":
+        if sp.source_ranges and fe.kind is FrontendKind.LOAD_BALANCER:
             add("firewall-frontends", key)
             for cidr in sp.source_ranges:
                 add("firewall-allow", f"{key} . {cidr}")
