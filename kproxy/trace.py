@@ -1,0 +1,218 @@
+"""`kproxy trace`: what this node's programmed nftables rules do with one new connection.
+
+Pure: it evaluates the kernel's own listing of `ip kproxy` / `ip6 kproxy` (JSON for the sets
+and maps, the rule text for the CIDRs in the masquerade rules), not the planner's intent,
+and follows the same order the kernel does: source ranges, NodePort/ClusterIP dispatch,
+short-circuit for pods and the node, masquerade marks, reject/drop checks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from ipaddress import ip_address, ip_network
+from typing import Any
+
+from kproxy.model import IPAddress
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraceResult:
+    verdict: str  # dnat, reject, drop, none (not a Service address: kproxy lets it pass)
+    reason: str
+    service_port: str | None = None
+    frontend: str | None = None  # ClusterIP, NodePort, ExternalIP, LoadBalancer
+    source_kind: str = "external"  # pod (inside --cluster-cidr), node (a local address), external
+    endpoints: tuple[str, ...] = ()  # each chosen with equal share
+    masquerade: bool = False
+    masquerade_reasons: tuple[str, ...] = ()
+    affinity_seconds: int | None = None
+    steps: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Ruleset:
+    """The parts of one kproxy table a trace needs, read from `nft -j list table`."""
+
+    def __init__(self, listing: dict[str, Any] | None, text: str = "") -> None:
+        self.sets: dict[str, list[Any]] = {}
+        for item in (listing or {}).get("nftables", []):
+            for kind in ("set", "map"):
+                if kind in item:
+                    self.sets[item[kind]["name"]] = item[kind].get("elem") or []
+        self.pod_cidrs = _cidrs_after(text, r"@cluster-frontends ip6? saddr != (\{[^}]*\}|\S+)")
+        self.masquerade_all = re.search(r"th dport @cluster-frontends jump mark-for-masquerade", text) is not None
+        self.service_cidrs = _cidrs_after(text, r"ip6? daddr (\{[^}]*\}|\S+) drop")
+        self.present = listing is not None
+
+    def keys(self, name: str) -> dict[tuple[str, ...], tuple[Any, str | None]]:
+        """element key (as text parts) -> (data, comment)."""
+        found = {}
+        for entry in self.sets.get(name, []):
+            key, data = (entry if isinstance(entry, list) and len(entry) == 2 else (entry, None))
+            comment = None
+            if isinstance(key, dict) and "elem" in key:
+                comment = key["elem"].get("comment")
+                key = key["elem"]["val"]
+            parts = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
+            found[tuple(_text(p) for p in parts)] = (data, comment)
+        return found
+
+    def endpoints(self, prefix: str, key: tuple[str, ...], data: Any) -> tuple[str, ...]:
+        target = (data or {}).get("goto", {}).get("target", "")
+        n = target.rsplit("-", 1)[-1]
+        table = self.keys(f"{prefix}-{n}")
+        chosen = []
+        for index in range(int(n) if n.isdigit() else 0):
+            value = table.get((*key, str(index)), (None, None))[0]
+            if value:
+                ip, port = value["concat"]
+                chosen.append(f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}")
+        return tuple(chosen)
+
+
+def _text(part: Any) -> str:
+    """One key part as nft prints it: an address, a number, or a prefix as addr/len."""
+    if isinstance(part, dict) and "prefix" in part:
+        return f"{part['prefix']['addr']}/{part['prefix']['len']}"
+    return str(part)
+
+
+def _cidrs_after(text: str, pattern: str) -> tuple[Any, ...]:
+    match = re.search(pattern, text)
+    if not match:
+        return ()
+    # nft prints one CIDR bare and several as an anonymous set in braces
+    return tuple(ip_network(c.strip(), strict=False) for c in match.group(1).strip("{} ").split(","))
+
+
+def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str) -> TraceResult:
+    steps: list[str] = []
+    if not rules.present:
+        return TraceResult(verdict="none", reason="kproxy has programmed nothing on this node")
+    nodeport_ips = {str(k[0]) for k in rules.keys("nodeport-ips")}
+    src_kind = "pod" if any(src in c for c in rules.pod_cidrs) else (
+        "node" if str(src) in nodeport_ips else "external")
+    steps.append(f"source {src} is {'a pod (inside the cluster CIDR)' if src_kind == 'pod' else src_kind}")
+    ip_key = (str(dst), proto, str(port))
+    np_key = (proto, str(port))
+    is_nodeport = str(dst) in nodeport_ips
+
+    # filter prerouting/output: loadBalancerSourceRanges
+    if ip_key in rules.keys("firewall-frontends"):
+        allowed = [k for k in rules.keys("firewall-allow") if k[:3] == ip_key]
+        if not any(src in ip_network(k[3], strict=False) for k in allowed):
+            return TraceResult(verdict="drop", reason="source not in loadBalancerSourceRanges",
+                               source_kind=src_kind, steps=tuple(steps))
+        steps.append("source allowed by loadBalancerSourceRanges")
+
+    # nat: which dispatch map holds the destination
+    found = None
+    for vmap, sc_vmap, prefix, sc_prefix, key in (
+        ("frontends", "sc-frontends", "endpoints", "sc-endpoints", ip_key),
+        ("nodeport-frontends", "sc-nodeport-frontends", "nodeport-endpoints", "sc-nodeport-endpoints", np_key),
+    ):
+        if key is np_key and not is_nodeport:
+            continue
+        sc = rules.keys(sc_vmap).get(key)
+        if sc is not None and src_kind in ("pod", "node"):
+            found = (sc, sc_prefix, key, "short-circuit: pods and the node itself use every endpoint "
+                                         "(externalTrafficPolicy Local)")
+            break
+        hit = rules.keys(vmap).get(key)
+        if hit is not None:
+            found = (hit, prefix, key, None)
+            break
+    if found is None:
+        return _not_dispatched(rules, src_kind, ip_key, np_key, is_nodeport, dst, steps)
+    (data, comment), prefix, key, note = found
+    name, _, kind = (comment or "? ?").rpartition(" ")
+    steps.append(f"{kind} frontend of {name}")
+    if note:
+        steps.append(note)
+    endpoints = rules.endpoints(prefix, key, data)
+    reasons = _masquerade_reasons(rules, src, src_kind, kind, ip_key, np_key, note is not None)
+    if any(e.split(":")[0] == str(src) for e in endpoints):
+        reasons.append("hairpin: if it lands on the source pod itself")
+    affinity = None
+    for set_name in rules.sets:
+        if set_name.startswith(("affinity-frontends-", "affinity-nodeports-")):
+            if (np_key if set_name.startswith("affinity-nodeports-") else ip_key) in rules.keys(set_name):
+                affinity = int(set_name.rsplit("-", 1)[1])
+    if affinity:
+        steps.append(f"sessionAffinity ClientIP: a client keeps its endpoint for {affinity}s")
+    steps.append(f"DNAT to one of {len(endpoints)} endpoint(s) at random")
+    return TraceResult(verdict="dnat", reason="DNAT to an endpoint", service_port=name, frontend=kind,
+                       source_kind=src_kind, endpoints=endpoints, masquerade=bool(reasons),
+                       masquerade_reasons=tuple(reasons), affinity_seconds=affinity, steps=tuple(steps))
+
+
+def _masquerade_reasons(rules: Ruleset, src: IPAddress, src_kind: str, kind: str,
+                        ip_key: tuple[str, ...], np_key: tuple[str, ...], short_circuit: bool) -> list[str]:
+    reasons = []
+    if kind == "ClusterIP":
+        if rules.masquerade_all:
+            reasons.append("--masquerade-all")
+        elif rules.pod_cidrs and not any(src in c for c in rules.pod_cidrs):
+            reasons.append("ClusterIP traffic from outside the cluster CIDR")
+    elif ip_key in rules.keys("masq-frontends") or np_key in rules.keys("masq-nodeports"):
+        reasons.append("external traffic (externalTrafficPolicy Cluster): replies must return through this node")
+    elif short_circuit and src_kind == "node":
+        reasons.append("the node's own traffic to an externalTrafficPolicy Local frontend")
+    return reasons
+
+
+def _not_dispatched(rules: Ruleset, src_kind: str, ip_key: tuple[str, ...], np_key: tuple[str, ...],
+                    is_nodeport: bool, dst: IPAddress, steps: list[str]) -> TraceResult:
+    for name, key in (("no-endpoint-frontends", ip_key), ("no-endpoint-nodeports", np_key)):
+        if key is np_key and not is_nodeport:
+            continue
+        hit = rules.keys(name).get(key)
+        if hit is not None:
+            data, comment = hit
+            service, _, kind = (comment or "? ?").rpartition(" ")
+            verdict = "drop" if "drop" in str(data) else "reject"
+            why = ("no endpoint on this node (traffic policy Local)" if verdict == "drop"
+                   else "no ready endpoints")
+            return TraceResult(verdict=verdict, reason=why, service_port=service, frontend=kind,
+                               source_kind=src_kind, steps=tuple(steps))
+    if (str(dst),) in rules.keys("cluster-ips"):
+        return TraceResult(verdict="reject", reason="a ClusterIP, but not on this port", source_kind=src_kind,
+                           steps=tuple(steps))
+    if any(dst in c for c in rules.service_cidrs):
+        return TraceResult(verdict="drop", reason="an unallocated address in the service CIDR",
+                           source_kind=src_kind, steps=tuple(steps))
+    return TraceResult(verdict="none", reason="not a Service address: kproxy's rules let it pass",
+                       source_kind=src_kind, steps=tuple(steps))
+
+
+def format_trace(src: str, dst: str, result: TraceResult) -> str:
+    lines = [f"trace {src} -> {dst}"]
+    lines += [f"  - {step}" for step in result.steps]
+    head = f"verdict: {result.verdict.upper()} ({result.reason})"
+    if result.service_port:
+        head += f" — {result.frontend} of {result.service_port}"
+    lines.append(head)
+    for endpoint in result.endpoints:
+        lines.append(f"  endpoint {endpoint}  share {100 / len(result.endpoints):.0f}%")
+    if result.verdict == "dnat":
+        lines.append("masquerade: " + ("; ".join(result.masquerade_reasons) if result.masquerade
+                                         else "no (the endpoint sees the client's address)"))
+    return "\n".join(lines) + "\n"
+
+
+def parse_target(text: str) -> tuple[IPAddress, int, str]:
+    """DST:PORT[/tcp|udp|sctp], IPv6 as [addr]:port."""
+    proto = "tcp"
+    if "/" in text:
+        text, proto = text.rsplit("/", 1)
+        proto = proto.lower()
+        if proto not in ("tcp", "udp", "sctp"):
+            raise ValueError(f"unknown protocol {proto!r} (tcp, udp or sctp)")
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not ADDRESS:PORT")
+    return ip_address(host), int(port), proto
