@@ -153,6 +153,11 @@ def build_parser() -> Parser:
     dump.add_argument("--proxy-mode", choices=("auto", "nftables", "iptables"), default="auto",
                       help="which backend's rules to read (default: whichever is programmed)")
     sub.add_parser("cleanup", parents=[common], help="remove everything kproxy programmed")
+    tracer = sub.add_parser("trace", parents=[common],
+                            help="what the programmed rules do with a new connection (nftables mode)")
+    tracer.add_argument("--from", dest="source", required=True, metavar="SRC", help="client address")
+    tracer.add_argument("--to", required=True, metavar="DST:PORT[/tcp|udp|sctp]", help="destination")
+    tracer.add_argument("--json", action="store_true", help="machine-readable output")
     config = sub.add_parser("config", parents=[common, sources],
                             help="show the effective configuration (--config file and flags) as YAML")
     config.add_argument("--print", action="store_true", dest="print_config", required=True,
