@@ -83,14 +83,12 @@ def _backends(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backend]:
     if removed:
         log.info("removed the rules of the other proxy mode", proxy_mode=args.proxy_mode)
     families = node.families()
-    if args.proxy_mode != "nftables" and 6 in families:
-        log.warning("IPv6 is programmed in nftables mode only; this mode serves IPv4", proxy_mode=args.proxy_mode)
-        families = (4,)
     backends = {family: make_backend(args.proxy_mode, localhost_nodeports=args.iptables_localhost_nodeports,
                                      iptables_variant=args.iptables_variant, family=family)
                 for family in families}
     if args.proxy_mode == "iptables":
-        log.info("iptables backend", variant=getattr(backends[4], "variant", "?"))
+        log.info("iptables backend", variant=getattr(next(iter(backends.values())), "variant", "?"),
+                 families=list(backends))
     return backends
 
 
@@ -174,7 +172,7 @@ def dump(args: argparse.Namespace) -> int:
         programmed = any(LibNftKernel(table_of(f)).list_table() is not None for f in (4, 6))
         mode = "nftables" if programmed else "iptables"
     if mode == "iptables":
-        view = make_backend("iptables").read_view()
+        view = merge_views([make_backend("iptables", family=family).read_view() for family in (4, 6)])
         if mode != args.proxy_mode and not view.present:
             mode = "nftables"
     if args.raw:
@@ -182,7 +180,9 @@ def dump(args: argparse.Namespace) -> int:
             from kproxy.backends.iptables.kernel import save_all
             from kproxy.backends.iptables.variant import detect_variant
 
-            sys.stdout.write(save_all(detect_variant(save_all)) or "")
+            variant = detect_variant(save_all)
+            for family in (4, 6):
+                sys.stdout.write(save_all(variant, family) or "")
             return 0
         for family in (4, 6):
             kernel = LibNftKernel(table_of(family))

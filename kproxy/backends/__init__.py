@@ -39,15 +39,15 @@ def make_backend(mode: str, *, localhost_nodeports: bool = True, iptables_varian
         from kproxy.backends.nft.objects import table_of
 
         return NftBackend(LibNftKernel(table_of(family)), family)
-    if family != 4:
-        raise ValueError(f"proxy mode {mode!r} does not support IPv6 yet")
     if mode == "iptables":
         from kproxy.backends.iptables.backend import IptablesBackend
         from kproxy.backends.iptables.kernel import IptablesCommands, save_all
         from kproxy.backends.iptables.variant import detect_variant
 
+        # one variant for both families, decided from the IPv4 tables (as upstream's wrapper)
         variant = detect_variant(save_all) if iptables_variant == "auto" else iptables_variant
-        return IptablesBackend(IptablesCommands(variant), localhost_nodeports=localhost_nodeports)
+        return IptablesBackend(IptablesCommands(variant, family), localhost_nodeports=localhost_nodeports,
+                               family=family)
     raise ValueError(f"proxy mode {mode!r} is not implemented")
 
 

@@ -112,10 +112,11 @@ class Kproxy:
         self.cli("cleanup", check=False)
         # Our own namespace: leave nothing for the next test, whatever cleanup did.
         self.cluster.run("node1", "nft", "flush", "ruleset", check=False)  # iptables-nft's too
-        if "*" in self.cluster.run("node1", "iptables-legacy-save", check=False).stdout:
-            for table in ("nat", "filter", "mangle"):
-                self.cluster.run("node1", "iptables-legacy", "-t", table, "-F", check=False)
-                self.cluster.run("node1", "iptables-legacy", "-t", table, "-X", check=False)
+        for cmd in ("iptables", "ip6tables"):
+            if "*" in self.cluster.run("node1", f"{cmd}-legacy-save", check=False).stdout:
+                for table in ("nat", "filter", "mangle"):
+                    self.cluster.run("node1", f"{cmd}-legacy", "-t", table, "-F", check=False)
+                    self.cluster.run("node1", f"{cmd}-legacy", "-t", table, "-X", check=False)
         self.cluster.run("node1", "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0", check=False)
         self.cluster.run("node1", "conntrack", "-F", check=False)
 
@@ -128,6 +129,9 @@ class Kproxy:
         if self.mode == "iptables":
             print("---- iptables-save (node1, nft and legacy)")
             print(self.iptables_save())
+            print("---- ip6tables-save (node1, nft and legacy)")
+            print("".join(self.cluster.run("node1", f"ip6tables-{v}-save", check=False).stdout
+                          for v in ("nft", "legacy")))
         if self.manifests.exists():
             print("---- manifests")
             print(self.manifests.read_text())

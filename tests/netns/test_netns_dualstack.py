@@ -1,4 +1,5 @@
-"""Dual-stack and IPv6 Services with real IPv6 packets (table ip6 kproxy beside ip kproxy)."""
+"""Dual-stack and IPv6 Services with real IPv6 packets (nftables: table ip6 kproxy beside ip
+kproxy; iptables: ip6tables beside iptables)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from topology import (
     Cluster,
 )
 
-# nftables only: the iptables backend serves IPv4 so far.
-pytestmark = [pytest.mark.netns, pytest.mark.parametrize("kproxy", ["nftables"], indirect=True)]
+# both backends (the kproxy fixture is parametrized over the proxy modes)
+pytestmark = pytest.mark.netns
 
 V4, V6 = "10.96.0.40", "fd00:96::40"
 DUAL_FLAGS = ("--node-ip", NODE1_IP6, "--cluster-cidr", f"{CLUSTER_CIDR},{CLUSTER_CIDR6}",

@@ -303,3 +303,45 @@ def test_cleanup_touches_only_builtin_chains_and_ours():
     nat = parse_save_all(kernel.save_all())["nat"]
     assert nat["CNI-HOSTPORT"] == ["-A CNI-HOSTPORT -j KUBE-MARK-MASQ"] and SVC in nat  # nat untouched
     assert "KUBE-SERVICES" not in parse_save_all(kernel.save_all())["filter"]  # filter done
+
+
+def test_ipv6_renders_ipv6_addresses_rejects_and_no_localhost_nodeports():
+    from dataclasses import replace
+    from ipaddress import IPv6Address, IPv6Network
+
+    from kproxy.backends.iptables.render import jumps
+
+    node6 = replace(NODE, node_ips=(*NODE.node_ips, IPv6Address("fd00:50::10")),
+                    local_ips=(*NODE.local_ips, IPv6Address("fd00:50::10")),
+                    cluster_cidrs=(*NODE.cluster_cidrs, IPv6Network("fd00:244::/56")),
+                    service_cidrs=(*NODE.service_cidrs, IPv6Network("fd00:96::/112")))
+    web6 = service("web", cluster_ip="fd00:96::10", type="NodePort", node_port=30080)
+    web6["spec"].update(clusterIPs=["fd00:96::10"], ipFamilies=["IPv6"])
+    empty6 = service("empty", cluster_ip="fd00:96::11")
+    empty6["spec"].update(clusterIPs=["fd00:96::11"], ipFamilies=["IPv6"])
+    slice6 = endpoint_slice("web", ["fd00:244::2", "fd00:244::3"], address_type="IPv6")
+    plan = compute_plan(node6, state(web6, empty6, slice6), family=6)
+    assert plan.family == 6
+    backend_, kernel = backend(family=6)
+    backend_.sync(plan)
+    tables = parse_save_all(kernel.save_all())
+    nat, filt = tables["nat"], tables["filter"]
+    assert nat[SVC] == [
+        f"-A {SVC} -d fd00:96::10/128 -p tcp -m tcp --dport 80 -j KUBE-MASQ-OFF-CLUSTER",
+        f"-A {SVC} -m statistic --mode random --probability 0.5000000000 -p tcp -j DNAT "
+        "--to-destination [fd00:244::2]:80",
+        f"-A {SVC} -p tcp -j DNAT --to-destination [fd00:244::3]:80",
+    ]
+    assert "-A KUBE-MASQ-OFF-CLUSTER -s fd00:244::/56 -j RETURN" in nat["KUBE-MASQ-OFF-CLUSTER"]
+    text = kernel.save_all()
+    assert "127.0.0" not in text and "KUBE-FIREWALL" not in text
+    assert any("fd00:96::11/128" in r and r.endswith("-j REJECT --reject-with tcp-reset")
+               for r in filt["KUBE-SERVICES"])
+    assert any(r.endswith("-j REJECT --reject-with icmp6-port-unreachable") for r in filt["KUBE-CLUSTER-IPS"])
+    assert all(j.target != "KUBE-FIREWALL" for j in jumps(False))
+    view = read_view(tables)
+    (sp,) = [p for p in view.service_ports if p.name.startswith("default/web")]
+    cluster = [fe for fe in sp.frontends if fe.kind == "ClusterIP"]
+    assert [(fe.address, fe.endpoints) for fe in cluster] == [("fd00:96::10:80", ("fd00:244::2:80", "fd00:244::3:80"))]
+    with pytest.raises(ValueError):
+        backend_.sync(make(WEB))  # an IPv4 plan to the IPv6 backend

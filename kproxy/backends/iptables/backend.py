@@ -6,6 +6,8 @@ kernel's nat and filter tables, rewrite all of kproxy's chains, delete chains of
 plan no longer has (also upstream kube-proxy's KUBE-SEP-*, ...) and add the jumps from the
 built-in chains when they are missing. Other syncs rewrite only chains whose rules
 changed: a Service port's own chains when it changed, shared chains when their lines did.
+One backend per IP family: family 6 runs ip6tables-restore of the same variant, and has no
+localhost NodePorts (upstream: IPv4 only).
 """
 
 from __future__ import annotations
@@ -50,19 +52,22 @@ class IptablesBackend:
     mode = "iptables"
 
     def __init__(self, kernel: IptablesKernel, localhost_nodeports: bool = True,
-                 route_localnet: Callable[[], None] = enable_route_localnet) -> None:
+                 route_localnet: Callable[[], None] = enable_route_localnet, family: int = 4) -> None:
         self._kernel = kernel
-        self._localhost_nodeports = localhost_nodeports
+        self.family = family
+        self._localhost_nodeports = localhost_nodeports and family == 4
         self._route_localnet = route_localnet
         self._applied: Chains | None = None  # None: the next sync is a full one
         self._rules: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
-        self._render_key: tuple[bool, tuple[IPv4Network, ...]] | None = None
+        self._render_key: tuple[bool, tuple[IPv4Network, ...], int] | None = None
 
     @property
     def variant(self) -> str:
         return self._kernel.variant
 
     def sync(self, plan: Plan, full: bool = False) -> SyncResult:
+        if plan.family != self.family:
+            raise ValueError(f"an IPv{plan.family} plan given to the IPv{self.family} iptables backend")
         started = time.perf_counter()
         desired = self._render(plan)
         full = full or self._applied is None
@@ -91,7 +96,7 @@ class IptablesBackend:
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
 
     def _render(self, plan: Plan) -> Chains:
-        key = (plan.masquerade_all, plan.cluster_cidrs)
+        key = (plan.masquerade_all, plan.cluster_cidrs, plan.family)
         if key != self._render_key:
             self._rules, self._render_key = {}, key
         old = self._rules
@@ -117,17 +122,21 @@ class IptablesBackend:
 
 
 def cleanup_all_variants() -> bool:
-    """Remove kproxy's iptables rules from both variants (switching to nftables mode,
-    `kproxy cleanup`); True if there was something."""
+    """Remove kproxy's iptables and ip6tables rules from both variants (switching to
+    nftables mode, `kproxy cleanup`); True if there was something."""
     from kproxy.backends.iptables.kernel import IptablesCommands, save_all
     from kproxy.backends.iptables.variant import VARIANTS
 
     removed = False
-    for variant in VARIANTS:
-        if save_all(variant) is None:
-            continue
-        try:
-            removed = IptablesBackend(IptablesCommands(variant), route_localnet=lambda: None).cleanup() or removed
-        except IptablesError as err:  # best effort: never a reason not to program the other mode
-            log.warning("could not remove kproxy's iptables rules", variant=variant, error=str(err))
+    for family in (4, 6):
+        for variant in VARIANTS:
+            if save_all(variant, family) is None:
+                continue
+            try:
+                backend = IptablesBackend(IptablesCommands(variant, family), route_localnet=lambda: None,
+                                          family=family)
+                removed = backend.cleanup() or removed
+            except IptablesError as err:  # best effort: never a reason not to program the other mode
+                log.warning("could not remove kproxy's iptables rules", variant=variant, family=family,
+                            error=str(err))
     return removed

@@ -1,4 +1,5 @@
-"""The only place that runs iptables-restore / iptables-save (one variant: nft or legacy),
+"""The only place that runs iptables-restore / iptables-save (one variant: nft or legacy;
+ip6tables-restore / ip6tables-save for IPv6),
 and an in-memory fake beside it that applies restore input the way the kernel does."""
 
 from __future__ import annotations
@@ -29,14 +30,20 @@ class IptablesKernel(Protocol):
     def save_all(self) -> str: ...
 
 
-class IptablesCommands:
-    """IptablesKernel over the iptables-{variant}-restore/-save binaries."""
+def command(family: int) -> str:
+    """The binaries' stem: iptables for IPv4, ip6tables for IPv6."""
+    return "iptables" if family == 4 else "ip6tables"
 
-    def __init__(self, variant: str) -> None:
+
+class IptablesCommands:
+    """IptablesKernel over the {ip,ip6}tables-{variant}-restore/-save binaries."""
+
+    def __init__(self, variant: str, family: int = 4) -> None:
         self.variant = variant
+        self.family = family
 
     def restore(self, text: str) -> None:
-        argv = [f"iptables-{self.variant}-restore", *RESTORE_FLAGS]
+        argv = [f"{command(self.family)}-{self.variant}-restore", *RESTORE_FLAGS]
         try:
             done = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
         except OSError as err:
@@ -45,27 +52,27 @@ class IptablesCommands:
             raise IptablesError(_first_error(done.stderr, text))
 
     def save(self, table: str) -> str:
-        return save_table(self.variant, table)
+        return save_table(self.variant, table, self.family)
 
     def save_all(self) -> str:
-        return save_all(self.variant) or ""
+        return save_all(self.variant, self.family) or ""
 
 
-def save_table(variant: str, table: str) -> str:
+def save_table(variant: str, table: str, family: int = 4) -> str:
     """`iptables-{variant}-save -t table`; empty when the table or the binary is missing."""
     try:
-        done = subprocess.run([f"iptables-{variant}-save", "-t", table], capture_output=True,
+        done = subprocess.run([f"{command(family)}-{variant}-save", "-t", table], capture_output=True,
                               text=True, check=False, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return done.stdout if done.returncode == 0 else ""
 
 
-def save_all(variant: str) -> str | None:
+def save_all(variant: str, family: int = 4) -> str | None:
     """Every table the variant has, without -t (which would load legacy table modules);
     None when the binary is missing or fails (no such kernel interface)."""
     try:
-        done = subprocess.run([f"iptables-{variant}-save"], capture_output=True, text=True,
+        done = subprocess.run([f"{command(family)}-{variant}-save"], capture_output=True, text=True,
                               check=False, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None

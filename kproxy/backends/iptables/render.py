@@ -19,6 +19,9 @@ filter (after DNAT: only connections nothing DNATed are still addressed to a Ser
      FORWARD/OUTPUT -> KUBE-SERVICES, KUBE-CLUSTER-IPS: reject ClusterIPs on ports they
      do not serve, drop the rest of the service CIDRs;
      INPUT/OUTPUT -> KUBE-FIREWALL: upstream's CVE-2020-8558 rule, with localhost NodePorts.
+IPv6 (a Plan of family 6, through ip6tables-restore) has the same layout with IPv6
+addresses, REJECT with icmp6-port-unreachable (TCP: tcp-reset), and no localhost NodePorts
+(upstream: IPv4 only), so no KUBE-FIREWALL.
 Every frontend rule carries a comment "namespace/name:port Kind" so read-back (save.py)
 and people can tell which Service it belongs to.
 """
@@ -29,7 +32,7 @@ import base64
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from kproxy.plan import Frontend, FrontendKind, Plan, ServicePortPlan, Target
 
@@ -113,6 +116,32 @@ def ip_text(ip: IPv4Address) -> str:
     return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
+def addr_text(ip: IPv4Address | IPv6Address) -> str:
+    return ip_text(ip) if ip.version == 4 else str(ip)  # type: ignore[arg-type]
+
+
+def host(ip: IPv4Address | IPv6Address) -> str:
+    """One address as a -s/-d match: a.b.c.d/32 or x::y/128."""
+    return f"{ip_text(ip)}/32" if ip.version == 4 else f"{ip}/128"  # type: ignore[arg-type]
+
+
+def dnat_to(ip: IPv4Address | IPv6Address, port: int) -> str:
+    return f"{ip_text(ip)}:{port}" if ip.version == 4 else f"[{ip}]:{port}"  # type: ignore[arg-type]
+
+
+def reject(family: int, protocol: str | None) -> str:
+    """The REJECT target (after -j). IPv6 rejects TCP with a reset: forwarded IPv6
+    connects were not refused by the ICMPv6 error alone (nft backend: same choice)."""
+    if family == 4:
+        return "REJECT"
+    if protocol == "tcp":
+        return "REJECT --reject-with tcp-reset"
+    return "REJECT --reject-with icmp6-port-unreachable"
+
+
+HOST_MASK = {4: "255.255.255.255", 6: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"}
+
+
 def comment(text: str) -> str:
     return f'-m comment --comment "{text}"'
 
@@ -132,33 +161,35 @@ class ServicePortRules:
         self.shared.setdefault((table, chain), []).append(f"-A {chain} {rule}")
 
 
-def _dispatch(chain: str, targets: tuple[Target, ...], proto: str, affinity: int | None) -> list[str]:
+def _dispatch(chain: str, targets: tuple[Target, ...], proto: str, affinity: int | None,
+              family: int = 4) -> list[str]:
     """Pick one of `targets` at random, each with equal chance; DNAT to it. With ClientIP
     affinity a client seen within the timeout goes where it went before (one xt_recent
     list per endpoint, as upstream; an endpoint removed takes its list's rule with it)."""
     rules = []
     n = len(targets)
-    dnat = [f"-p {proto} -j DNAT --to-destination {ip_text(t.ip)}:{t.port}" for t in targets]
-    recent = [f"{chain}-{ip_text(t.ip)}-{t.port}" for t in targets]
+    dnat = [f"-p {proto} -j DNAT --to-destination {dnat_to(t.ip, t.port)}" for t in targets]
+    recent = [f"{chain}-{addr_text(t.ip)}-{t.port}" for t in targets]
+    mask = HOST_MASK[family]
     if affinity:
         for action, list_name in zip(dnat, recent):
-            rules.append(f"-A {chain} -m recent --name {list_name} --mask 255.255.255.255 --rsource --rcheck "
+            rules.append(f"-A {chain} -m recent --name {list_name} --mask {mask} --rsource --rcheck "
                          f"--seconds {affinity} --reap {action}")
     for i, (action, list_name) in enumerate(zip(dnat, recent)):
         pick = f"-m statistic --mode random --probability {1.0 / (n - i):.10f} " if i < n - 1 else ""
-        remember = f"-m recent --name {list_name} --mask 255.255.255.255 --rsource --set " if affinity else ""
+        remember = f"-m recent --name {list_name} --mask {mask} --rsource --set " if affinity else ""
         rules.append(f"-A {chain} {pick}{remember}{action}")
     return rules
 
 
 def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
-                        cluster_cidrs: tuple[IPv4Network, ...] = ()) -> ServicePortRules:
+                        cluster_cidrs: tuple[IPv4Network, ...] = (), family: int = 4) -> ServicePortRules:
     out = ServicePortRules()
     proto = sp.protocol.nft
     name = str(sp.name)
     svc, ext, fw = svc_chain(sp), ext_chain(sp), "KUBE-FW-" + svc_chain(sp)[9:]
     affinity = sp.affinity_timeout
-    empty = "DROP" if sp.empty_verdict() == "drop" else "REJECT"
+    empty = "DROP" if sp.empty_verdict() == "drop" else reject(family, proto)
     internal = sp.internal_targets
     short_circuit = sp.short_circuit_targets if sp.external_policy_local else ()
     uses_ext = False
@@ -168,14 +199,14 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
         label = comment(f"{name} {fe.kind}")
         match = f"{label} {port_match(proto, fe.port)}"
         if fe.kind is FrontendKind.CLUSTER_IP:
-            where = f"-d {ip_text(fe.ip)}/32"
+            where = f"-d {host(fe.ip)}"
             if targets:
                 out.add(NAT, NAT_SERVICES, f"{where} {match} -j {svc}")
             else:
                 out.add(FILTER, FILTER_SERVICES, f"{where} {match} -j {empty}")
             continue
         nodeport = fe.ip is None
-        where = "" if nodeport else f"-d {ip_text(fe.ip)}/32 "
+        where = "" if nodeport else f"-d {host(fe.ip)} "
         if targets or short_circuit:
             uses_ext = True
             jump = ext
@@ -193,15 +224,16 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
     if internal:
         rules = []
         cluster_ip = next(fe for fe in sp.frontends if fe.kind is FrontendKind.CLUSTER_IP)
-        dest = f"-d {ip_text(cluster_ip.ip)}/32 {port_match(proto, cluster_ip.port)}"
+        dest = f"-d {host(cluster_ip.ip)} {port_match(proto, cluster_ip.port)}"
         if masquerade_all:
             rules.append(f"-A {svc} {dest} -j {MARK_MASQ}")
         elif cluster_cidrs:
             rules.append(f"-A {svc} {dest} -j {MASQ_OFF_CLUSTER}")
-        rules += _dispatch(svc, internal, proto, affinity)
+        rules += _dispatch(svc, internal, proto, affinity, family)
         out.chains[(NAT, svc)] = tuple(rules)
     if uses_fw:
-        out.chains[(NAT, fw)] = tuple(f"-A {fw} -s {cidr} -j {ext}" for cidr in sp.source_ranges)
+        out.chains[(NAT, fw)] = tuple(f"-A {fw} -s {cidr} -j {ext}" for cidr in sp.source_ranges
+                                      if cidr.version == family)
     if uses_ext:
         rules = []
         if sp.masquerade_external:
@@ -214,7 +246,7 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
                 to = svc
             else:
                 to = "KUBE-SCT-" + svc[9:]
-                out.chains[(NAT, to)] = tuple(_dispatch(to, short_circuit, proto, affinity))
+                out.chains[(NAT, to)] = tuple(_dispatch(to, short_circuit, proto, affinity, family))
             rules += [f"-A {ext} -s {cidr} {comment(f'pod traffic for {name} external destinations')} -j {to}"
                       for cidr in cluster_cidrs]
             rules += [
@@ -226,23 +258,26 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
         if external and external == internal:
             rules.append(f"-A {ext} -j {svc}")
         elif external:
-            rules += _dispatch(ext, external, proto, affinity)
+            rules += _dispatch(ext, external, proto, affinity, family)
         out.chains[(NAT, ext)] = tuple(rules)
     # A pod reaching its own Service and landing on itself must be masqueraded, or it
     # would answer itself directly; only pods on this node can (nft backend: same rule).
     for t in (*internal, *sp.external_targets, *short_circuit):
         if t.is_local:
-            text = ip_text(t.ip)
-            out.add(NAT, HAIRPIN, f"-s {text}/32 -d {text}/32 -j {MARK_MASQ}")
+            text = host(t.ip)
+            out.add(NAT, HAIRPIN, f"-s {text} -d {text} -j {MARK_MASQ}")
     return out
 
 
 def nodeport_address_rules(plan: Plan, localhost_nodeports: bool) -> list[str]:
-    """Matches (one per rule) for the addresses NodePorts answer on."""
+    """Matches (one per rule) for the addresses NodePorts answer on (IPv6: never ::1)."""
+    if plan.family != 4:
+        localhost_nodeports = False
+    loopback = "127.0.0.0/8" if plan.family == 4 else "::1/128"
     if plan.nodeport_all_local:
-        found = ["-m addrtype --dst-type LOCAL" + ("" if localhost_nodeports else " ! -d 127.0.0.0/8")]
+        found = ["-m addrtype --dst-type LOCAL" + ("" if localhost_nodeports else f" ! -d {loopback}")]
     else:
-        found = [f"-d {ip_text(ip)}/32" for ip in plan.nodeport_ips]
+        found = [f"-d {host(ip)}" for ip in plan.nodeport_ips]
         if localhost_nodeports:
             found.append("-d 127.0.0.1/32")
     return found
@@ -250,6 +285,7 @@ def nodeport_address_rules(plan: Plan, localhost_nodeports: bool) -> list[str]:
 
 def render_node(plan: Plan, localhost_nodeports: bool) -> dict[tuple[str, str], tuple[str, ...]]:
     """The node-wide chains, and node-wide lines of shared chains (the head or tail parts)."""
+    localhost_nodeports = localhost_nodeports and plan.family == 4
     out: dict[tuple[str, str], tuple[str, ...]] = {}
     addresses = nodeport_address_rules(plan, localhost_nodeports)
     out[(NAT, "tail:" + NAT_SERVICES)] = tuple(
@@ -269,8 +305,12 @@ def render_node(plan: Plan, localhost_nodeports: bool) -> dict[tuple[str, str], 
         f"-A {POSTROUTING} {comment('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully",
     )
     out[(FILTER, EXTERNAL_SERVICES)] = tuple(f"-A {EXTERNAL_SERVICES} {a} -j {FILTER_NODEPORTS}" for a in addresses)
-    cluster_ips = [f"-A {CLUSTER_IPS} -d {ip_text(ip)}/32 {comment('cluster IP, port not served')} -j REJECT"
-                   for ip in plan.cluster_ips]
+    cluster_ips = []
+    for ip in plan.cluster_ips:
+        where = f"-A {CLUSTER_IPS} -d {host(ip)} {comment('cluster IP, port not served')}"
+        if plan.family != 4:
+            cluster_ips.append(f"{where} -p tcp -j {reject(plan.family, 'tcp')}")
+        cluster_ips.append(f"{where} -j {reject(plan.family, None)}")
     cluster_ips += [f"-A {CLUSTER_IPS} -d {c} {comment('unallocated service IP')} -j DROP"
                     for c in plan.service_cidrs]
     out[(FILTER, CLUSTER_IPS)] = tuple(cluster_ips)
@@ -315,4 +355,5 @@ def assemble(node: dict[tuple[str, str], tuple[str, ...]], ports: Iterable[Servi
 def render(plan: Plan, localhost_nodeports: bool = True) -> Chains:
     """The whole desired ruleset, uncached (the backend caches per Service port)."""
     return assemble(render_node(plan, localhost_nodeports),
-                    (render_service_port(sp, plan.masquerade_all, plan.cluster_cidrs) for sp in plan.service_ports))
+                    (render_service_port(sp, plan.masquerade_all, plan.cluster_cidrs, plan.family)
+                     for sp in plan.service_ports))

@@ -71,6 +71,18 @@ def options(rule: str) -> dict[str, str]:
     return found
 
 
+def _endpoint_text(destination: str) -> str:
+    """DNAT's --to-destination as the view shows endpoints: ip:port, IPv6 unbracketed."""
+    if destination.startswith("["):
+        ip, _, port = destination[1:].partition("]")
+        return f"{ip}{port}"
+    return destination
+
+
+def _host_text(cidr: str) -> str:
+    return cidr.removesuffix("/32").removesuffix("/128")
+
+
 def _endpoints(nat: Table, chain: str, seen: frozenset[str] = frozenset()) -> list[str]:
     out: list[str] = []
     for rule in nat.get(chain, ()):
@@ -79,7 +91,7 @@ def _endpoints(nat: Table, chain: str, seen: frozenset[str] = frozenset()) -> li
         if "--rcheck" in rule:  # affinity: the same endpoint again, listed once
             continue
         if target == "DNAT" and "--to-destination" in opts:
-            out.append(opts["--to-destination"])
+            out.append(_endpoint_text(opts["--to-destination"]))
         elif target.startswith(("KUBE-SVC-", "KUBE-EXT-", "KUBE-SEP-", "KUBE-SCT-")) and target not in seen \
                 and ("-s" not in opts or chain.startswith("KUBE-FW-")) and "--src-type" not in opts:
             # (a jump on a source match in EXT is a short-circuit, not the frontend's own)
@@ -103,7 +115,7 @@ def read_view(tables: dict[str, Table]) -> ProgrammedView:
         opts = options(rule)
         if opts.get("-j") == NAT_NODEPORTS:
             if "-d" in opts:
-                nodeport_ips.append(opts["-d"].removesuffix("/32"))
+                nodeport_ips.append(_host_text(opts["-d"]))
             else:
                 all_local = True
     if all_local:
@@ -112,7 +124,7 @@ def read_view(tables: dict[str, Table]) -> ProgrammedView:
     def address(opts: dict[str, str]) -> str:
         port = opts.get("--dport", "?")
         if "-d" in opts:
-            return f"{opts['-d'].removesuffix('/32')}:{port}"
+            return f"{_host_text(opts['-d'])}:{port}"
         return ",".join(f"{ip}:{port}" for ip in nodeport_ips) if nodeport_ips and not all_local else f"*:{port}"
 
     by_port: dict[str, list[FrontendView]] = defaultdict(list)
