@@ -51,7 +51,7 @@ def compute_plan(node: NodeConfig, state: ClusterState, cache: PlanCache | None 
         cache.node, cache.entries, cache.order = node, {}, ()
     grouped = state.slices_by_service
     if grouped is None:
-        grouped = {name: tuple(group) for name, group in group_slices(state.slices.values()).items()}
+        grouped = group_slices(state.slices.values())
     services = state.services
     if services.keys() != cache.entries.keys():
         cache.order = tuple(sorted(services))
@@ -159,13 +159,12 @@ def health_checks(state: ClusterState, plans: Iterable[ServicePortPlan]) -> tupl
     return tuple(found)
 
 
-def group_slices(slices: Iterable[EndpointSlice]) -> dict[ServiceName, list[EndpointSlice]]:
+def group_slices(slices: Iterable[EndpointSlice]) -> dict[ServiceName, tuple[EndpointSlice, ...]]:
+    """Slices per Service, sorted by name (what the tracker's index keeps ready-made)."""
     grouped: dict[ServiceName, list[EndpointSlice]] = defaultdict(list)
     for s in slices:
         grouped[s.service].append(s)
-    for group in grouped.values():
-        group.sort(key=lambda s: s.name)
-    return grouped
+    return {name: tuple(sorted(group, key=lambda s: s.name)) for name, group in grouped.items()}
 
 
 def endpoints_by_port(

@@ -10,7 +10,7 @@ TABLE = f"ip {TABLE_NAME}"  # the IPv4 table; IPv6 rules live in "ip6 kproxy"
 
 def table_of(family: int) -> str:
     return f"ip {TABLE_NAME}" if family == 4 else f"ip6 {TABLE_NAME}"
-COMMENT_MAX = 128  # the kernel's limit for element comments (NFT_USERDATA_MAXLEN is larger; nft's is 128)
+COMMENT_MAX = 128  # nft refuses longer element comments
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
