@@ -99,16 +99,15 @@ def _endpoints(nat: Table, chain: str, seen: frozenset[str] = frozenset()) -> li
     return out
 
 
-def _label(opts: dict[str, str]) -> tuple[str, str] | None:
+def frontend_label(opts: dict[str, str]) -> tuple[str, str] | None:
+    """(namespace/name:port, kind) from a frontend rule's comment; None on other rules."""
     name, _, kind = opts.get("--comment", "").rpartition(" ")
     return (name, kind) if name and kind in KIND_ORDER else None
 
 
-def read_view(tables: dict[str, Table]) -> ProgrammedView:
-    """`tables`: parse_save_all() of the variant's iptables-save output."""
-    nat, filt = tables.get("nat", {}), tables.get("filter", {})
-    if NAT_SERVICES not in nat:
-        return ProgrammedView(present=False)
+def nodeport_addresses(nat: Table) -> tuple[list[str], bool]:
+    """The addresses nat KUBE-SERVICES sends to KUBE-NODEPORTS, and whether it sends every
+    local address (--nodeport-addresses 0.0.0.0/0; the list then keeps only 127.x)."""
     nodeport_ips: list[str] = []
     all_local = False
     for rule in nat.get(NAT_SERVICES, ()):
@@ -120,6 +119,15 @@ def read_view(tables: dict[str, Table]) -> ProgrammedView:
                 all_local = True
     if all_local:
         nodeport_ips = [ip for ip in nodeport_ips if ip.startswith("127.")]
+    return nodeport_ips, all_local
+
+
+def read_view(tables: dict[str, Table]) -> ProgrammedView:
+    """`tables`: parse_save_all() of the variant's iptables-save output."""
+    nat, filt = tables.get("nat", {}), tables.get("filter", {})
+    if NAT_SERVICES not in nat:
+        return ProgrammedView(present=False)
+    nodeport_ips, all_local = nodeport_addresses(nat)
 
     def address(opts: dict[str, str]) -> str:
         port = opts.get("--dport", "?")
@@ -133,7 +141,7 @@ def read_view(tables: dict[str, Table]) -> ProgrammedView:
                          (filt, FILTER_SERVICES), (filt, FILTER_NODEPORTS)):
         for rule in table.get(chain, ()):
             opts = options(rule)
-            label = _label(opts)
+            label = frontend_label(opts)
             if label is None:
                 continue
             name, kind = label
