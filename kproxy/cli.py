@@ -162,6 +162,8 @@ def build_parser() -> Parser:
                             help="show the effective configuration (--config file and flags) as YAML")
     config.add_argument("--print", action="store_true", dest="print_config", required=True,
                         help="print it (the only action)")
+    from kproxy.lab.command import add_lab_parser
+    add_lab_parser(sub, common)
     return parser
 
 

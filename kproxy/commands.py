@@ -28,6 +28,7 @@ from kproxy.health import watch_node_deletion
 from kproxy.observability import Observability, start_observability
 from kproxy.runner import SyncRunner
 from kproxy.tracker import Tracker
+from kproxy.lab.command import lab_command
 from kproxy.trace_command import trace_command
 from kproxy.view import format_view, merge_views
 
@@ -213,4 +214,5 @@ def config(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run, "sync": sync, "dump": dump, "cleanup": cleanup, "config": config, "trace": trace_command,
+    "lab": lab_command,
 }
