@@ -158,6 +158,12 @@ def build_parser() -> Parser:
     tracer.add_argument("--from", dest="source", required=True, metavar="SRC", help="client address")
     tracer.add_argument("--to", required=True, metavar="DST:PORT[/tcp|udp|sctp]", help="destination")
     tracer.add_argument("--json", action="store_true", help="machine-readable output")
+    tracer.add_argument("--probe", action="store_true",
+                        help="send one real packet (TCP SYN or UDP datagram) with nftrace set and report the "
+                             "kernel's own trace of it; the packet is dropped before it leaves or is delivered "
+                             "(nftables mode, root)")
+    tracer.add_argument("--timeout", type=parse_duration, default=5.0, metavar="DURATION",
+                        help="with --probe: how long to wait for the kernel's trace (default 5s)")
     config = sub.add_parser("config", parents=[common, sources],
                             help="show the effective configuration (--config file and flags) as YAML")
     config.add_argument("--print", action="store_true", dest="print_config", required=True,
