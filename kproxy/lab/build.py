@@ -298,11 +298,13 @@ class Lab:
             argv = ["nginx", "-c", str(conf), "-p", str(folder), "-e", str(folder / "error.log"),
                     "-g", "daemon off;"]
         elif pod.role == ROLE_DNS:
+            # as root: the lab's folder may be readable by root only (it is a lab, not a node)
             argv = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--log-queries",
-                    "--log-facility=-", f"--hostsdir={self.dns_dir}", "--local=/cluster.local/",
+                    "--log-facility=-", "--user=root", f"--hostsdir={self.dns_dir}", "--local=/cluster.local/",
                     f"--pid-file={folder / 'dnsmasq.pid'}", f"--port={next((p.port for p in pod.ports), 53)}"]
         else:
-            argv = [sys.executable, "-m", "kproxy.lab.pod_server", "--pod", pod.name, "--node", pod.node]
+            argv = [sys.executable, "-m", "kproxy.lab.pod_server", "--pod", pod.name, "--node", pod.node,
+                    "--ready", str(folder / "ready")]
             for port in pod.ports:
                 argv += [f"--{port.protocol.lower()}", str(port.port)]
         netns.spawn(ns, argv, log)
@@ -415,8 +417,16 @@ class Lab:
         count = sum(p.workload == wl.key for p in after)
         say(f"{wl.key}: {count} replica(s) (+{len(added)} -{len(removed)}); every node's rules follow")
 
+    def keep_logs(self) -> Path:
+        """After a failed `up`: the logs, beside the lab; the next up or down removes them."""
+        kept = self.dir.parent / f"{self.name}.failed-logs"
+        shutil.rmtree(kept, ignore_errors=True)
+        if self.logs.is_dir():
+            shutil.copytree(self.logs, kept)
+        return kept
+
     # -- down ---------------------------------------------------------------------------------------
-    def down(self, say: Say) -> None:
+    def down(self, say: Say, keep_failed_logs: bool = False) -> None:
         recorded = []
         if self.state_file.exists():
             try:
@@ -429,6 +439,8 @@ class Lab:
         for ns in targets:
             netns.delete(ns)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep_failed_logs:
+            shutil.rmtree(self.dir.parent / f"{self.name}.failed-logs", ignore_errors=True)
         say(f"lab {self.name}: removed {len(found)} namespace(s), their processes and {self.dir}")
 
 

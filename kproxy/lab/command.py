@@ -55,8 +55,9 @@ def lab_command(args: argparse.Namespace) -> int:
             try:
                 lab.up(args.nodes, args.manifests, args.proxy_mode, say)
             except BaseException:
-                say("up failed: removing what was made (logs are lost; rerun with --no-walk to debug)")
-                lab.down(say)
+                kept = lab.keep_logs()
+                lab.down(lambda _m: None, keep_failed_logs=True)
+                sys.stderr.write(f"kproxy lab: up failed; removed what it made (logs kept in {kept})\n")
                 raise
             print(status(lab))
             if not args.no_walk:
@@ -84,7 +85,9 @@ def lab_command(args: argparse.Namespace) -> int:
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             if not cmd:
                 raise LabError("exec: a command is needed after --")
-            os.execvp("ip", ["ip", "netns", "exec", lab.find(args.target), *cmd])
+            # kproxy's own directory first, so `kproxy lab exec node1 -- kproxy dump` works from a venv
+            path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+            os.execvpe("ip", ["ip", "netns", "exec", lab.find(args.target), *cmd], {**os.environ, "PATH": path})
         elif action == "down":
             lab.down(say)
     except LabError as err:

@@ -409,6 +409,7 @@ def nginx_config(routes: Sequence[IngressRoute], services: Sequence[dict[str, An
             f"        ssl_certificate_key {cert_dir}/{host}.key;\n" if tls else "")
         servers.append(f"    server {{\n{listen}        server_name {host};\n" + "\n".join(locations) + "\n    }")
     return f"""# written by kproxy lab for {pod.name} on {pod.node}
+user root;  # the lab's files may be readable by root only
 worker_processes 1;
 pid {run_dir}/nginx.pid;
 error_log {run_dir}/error.log warn;

@@ -1,0 +1,205 @@
+"""`kproxy lab` for real: the default lab comes up, real HTTPS requests go through the load
+balancer to both websites, cluster DNS and ClusterIPs work, `kproxy trace` on each hop
+agrees with where requests really landed and the source address they arrived with,
+scaling moves the rules, and `down` leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+KPROXY = [sys.executable, "-m", "kproxy"]
+
+
+class LabRun:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = root
+        self.env = {**os.environ, "KPROXY_LAB_DIR": str(root)}
+
+    def kproxy(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*KPROXY, "lab", "--name", self.name, *args], capture_output=True, text=True,
+                              env=self.env, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kproxy lab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def state(self) -> dict:
+        return json.loads((self.root / self.name / "state.json").read_text())
+
+    def pods(self, prefix: str = "") -> dict[str, dict]:
+        return {p["name"]: p for p in self.state()["pods"] if p["name"].startswith(prefix)}
+
+    def requests(self, url: str, source: str = "client", count: int = 20) -> list[dict]:
+        ns = f"{self.name}-{source}"
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "kproxy.lab.request", url,
+                "--count", str(count), "--json"]
+        if url.startswith("https"):
+            argv += ["--cacert", str(self.root / self.name / "certs" / "bundle.pem")]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10 + 4 * count).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    def trace(self, node: str, src: str, to: str) -> dict:
+        out = self.kproxy("exec", node, "--", "kproxy", "trace", "--from", src, "--to", to, "--json").stdout
+        return json.loads(out)
+
+    def namespaces(self) -> list[str]:
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return [line.split()[0] for line in listing.splitlines() if line.startswith(f"{self.name}-")]
+
+    def processes(self) -> list[str]:
+        """Command lines of every process that mentions this lab's files."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if str(self.root / self.name) in cmdline:
+                    found.append(cmdline)
+        return found
+
+
+def pod_of(body: str) -> tuple[str, str, str]:
+    """'website1fe-2 on node1 (saw 10.244.2.10)' -> (pod, node, source)."""
+    pod, _on, node, _saw, source = body.split()
+    return pod, node, source.rstrip(")")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
+    run = LabRun(f"kpt{secrets.token_hex(3)}", tmp_path_factory.mktemp("labs"))
+    try:
+        up = run.kproxy("up")
+        run.up_output = up.stdout  # type: ignore[attr-defined]
+        yield run
+    finally:
+        run.kproxy("down", check=False)
+
+
+def test_https_through_the_load_balancer_reaches_both_websites_on_several_nodes(lab):
+    pods = lab.pods()
+    for site in ("website1", "website2"):
+        results = lab.requests(f"https://{site}.com/", count=24)
+        assert len(results) == 24 and all(r["status"] == 200 for r in results), results
+        landed = {pod_of(r["body"])[:2] for r in results}
+        # TLS was verified against the site's own certificate (each names only its host);
+        # every answer comes from that site's pods, which are spread over the nodes.
+        assert {p for p, _ in landed} <= {n for n in pods if n.startswith(f"{site}fe-")}
+        assert len(landed) >= 2 and len({node for _, node in landed}) >= 2
+        assert {pods[p]["node"] for p, _ in landed} == {node for _, node in landed}
+        assert {r["ingress"].split()[0] for r in results} == {"ingress-nginx-controller-1"}
+
+
+def test_cluster_dns_and_cluster_ip_from_pods_on_different_nodes(lab):
+    services = {line.split()[0]: line.split() for line in lab.kproxy("status").stdout.splitlines()
+                if line.startswith("    default/")}
+    cluster_ip = services["default/website2fe"][2]
+    callers = [p for p in lab.pods("website1fe-").values()]
+    assert len({p["node"] for p in callers}) >= 2
+    for caller in callers[:2]:
+        answer = lab.kproxy("exec", caller["name"], "--", "getent", "ahostsv4",
+                            "website2fe.default.svc.cluster.local").stdout.split()
+        assert answer[0] == cluster_ip
+        results = lab.requests("http://website2fe/", source=caller["name"], count=10)  # search path too
+        assert all(r["status"] == 200 for r in results), results
+        assert {pod_of(r["body"])[2] for r in results} == {caller["ip"]}  # pod to ClusterIP: no SNAT
+
+
+def test_trace_on_each_hop_matches_where_requests_landed(lab):
+    pods = lab.pods()
+    controller = pods["ingress-nginx-controller-1"]
+    # hop NodePort on node1 (the LB sends there too): external client, masqueraded, to the controller
+    t = lab.trace("node1", "198.51.100.100", "10.1.1.10:30443")
+    assert (t["verdict"], t["frontend"], t["masquerade"]) == ("dnat", "NodePort", True)
+    assert t["endpoints"] == [f"{controller['ip']}:443"]
+    # ... and indeed nginx saw node addresses, not the client's (masquerade), on its log
+    lab.requests("https://website1.com/", count=6)
+    access = (lab.root / lab.name / "pods" / "ingress-nginx-controller-1" / "access.log").read_text()
+    sources = {line.split()[0] for line in access.splitlines()}
+    assert sources and all(s.startswith("10.1.1.") or s.startswith("10.244.") for s in sources)
+    assert "198.51.100.100" not in sources
+    # hop ClusterIP on the controller's node: the website pods, not masqueraded
+    status = lab.kproxy("status").stdout
+    cluster_ip = next(line.split()[2] for line in status.splitlines() if line.startswith("    default/website1fe "))
+    t = lab.trace(controller["node"], controller["ip"], f"{cluster_ip}:80")
+    assert (t["frontend"], t["service_port"], t["masquerade"]) == ("ClusterIP", "default/website1fe:http", False)
+    website1 = {f"{p['ip']}:8080" for p in lab.pods("website1fe-").values()}
+    assert set(t["endpoints"]) == website1
+    results = lab.requests("https://website1.com/", count=20)
+    landed = {f"{pods[pod_of(r['body'])[0]]['ip']}:8080" for r in results}
+    assert landed <= website1 and len(landed) >= 2
+    assert {pod_of(r["body"])[2] for r in results} == {controller["ip"]}
+    # the DNS hop
+    t = lab.trace(controller["node"], controller["ip"], "10.96.0.10:53/udp")
+    assert t["endpoints"] == [f"{pods['coredns-1']['ip']}:53"]
+
+
+def test_up_prints_both_walks_with_real_answers(lab):
+    out = lab.up_output
+    walk1, walk2 = out.split("=== Walk 1")[1].split("=== Walk 2")
+    for expected in ("[client]", "[lb]", "NodePort frontend of ingress-nginx/ingress-nginx-controller:https",
+                     "terminates TLS with the certificate of website1.com",
+                     "ClusterIP frontend of kube-system/kube-dns:dns",
+                     "ClusterIP frontend of default/website1fe:http", "real requests: GET https://website1.com/"):
+        assert expected in walk1
+    assert "calls http://website2fe.default.svc.cluster.local/" in walk2
+    assert "ClusterIP frontend of default/website2fe:http" in walk2
+    assert "FAILED" not in out and "website2fe-" in walk2.split("real requests")[1]
+
+
+def test_scaling_changes_slices_and_every_node_follows(lab):
+    lab.kproxy("scale", "website2fe", "5")
+    assert len(lab.pods("website2fe-")) == 5
+    pods = lab.pods("website2fe-")
+    for node in ("node1", "node2", "node3"):
+        dump = json.loads(lab.kproxy("exec", node, "--", "kproxy", "dump", "--json").stdout)
+        eps = next(fe["endpoints"] for sp in dump["service_ports"] if sp["name"] == "default/website2fe:http"
+                   for fe in sp["frontends"] if fe["kind"] == "ClusterIP")
+        assert set(eps) == {f"{p['ip']}:8080" for p in pods.values()}
+    landed = {pod_of(r["body"])[0] for r in lab.requests("https://website2.com/", count=40)}
+    assert {"website2fe-4", "website2fe-5"} & landed
+    lab.kproxy("scale", "website2fe", "2")
+    remaining = set(lab.pods("website2fe-"))
+    assert remaining == {"website2fe-1", "website2fe-2"}
+    assert not [ns for ns in lab.namespaces() if ns.endswith(("website2fe-3", "website2fe-5"))]
+    results = lab.requests("https://website2.com/", count=12)
+    assert all(r["status"] == 200 for r in results) and {pod_of(r["body"])[0] for r in results} <= remaining
+
+
+def test_exec_and_bad_input_get_one_line_errors(lab):
+    assert "service ports" in lab.kproxy("exec", "node2", "--", "kproxy", "dump").stdout
+    bad = lab.kproxy("exec", "node9", "--", "true", check=False)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "node9" in bad.stderr
+    bad = lab.kproxy("scale", "nosuch", "2", check=False)
+    assert bad.returncode == 1 and "nosuch" in bad.stderr
+
+
+def test_up_after_a_crash_cleans_leftovers_and_down_leaves_nothing(tmp_path):
+    run = LabRun(f"kpt{secrets.token_hex(3)}", tmp_path)
+    try:
+        run.kproxy("up", "--nodes", "2", "--no-walk")
+        first = sorted(run.namespaces())
+        # a crash: the state file is gone, namespaces and processes are still there
+        (tmp_path / run.name / "state.json").unlink()
+        assert run.processes()
+        again = run.kproxy("up", "--nodes", "2", "--no-walk")
+        assert "removing the leftovers" in again.stdout
+        assert sorted(run.namespaces()) == first
+        assert all(r["status"] == 200 for r in run.requests("https://website1.com/", count=4))
+    finally:
+        run.kproxy("down", check=False)
+    assert run.namespaces() == []
+    assert run.processes() == []
+    assert not (tmp_path / run.name).exists()
+    assert not list(Path("/etc/netns").glob(f"{run.name}-*"))
