@@ -63,8 +63,9 @@ def lab_command(args: argparse.Namespace) -> int:
             if not args.no_walk:
                 from kproxy.lab.walk import walks
                 print(walks(lab))
-            say(f"up. Try: kproxy lab curl https://website1.com/ ; kproxy lab exec node1 -- kproxy dump ; "
-                f"kproxy lab down")
+            lab_cmd = "kproxy lab" + (f" --name {args.name}" if args.name != DEFAULT_NAME else "")
+            say(f"up. Next: {lab_cmd} status | curl URL [--from POD] | scale DEPLOYMENT N | "
+                f"exec NODE_OR_POD -- CMD | walk | down")
         elif action == "status":
             print(status(lab))
         elif action == "walk":

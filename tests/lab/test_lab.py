@@ -203,3 +203,25 @@ def test_up_after_a_crash_cleans_leftovers_and_down_leaves_nothing(tmp_path):
     assert run.processes() == []
     assert not (tmp_path / run.name).exists()
     assert not list(Path("/etc/netns").glob(f"{run.name}-*"))
+
+
+def test_own_manifests_local_policy_keeps_the_client_address_and_affinity_holds(tmp_path):
+    examples = Path(__file__).resolve().parents[2] / "examples" / "lab-shop"
+    run = LabRun(f"kpt{secrets.token_hex(3)}", tmp_path)
+    try:
+        out = run.kproxy("up", "--nodes", "2", "--manifests", str(examples)).stdout
+        assert "no Ingress and ingress controller" in out and "ClusterIP frontend of shop/cart:http" in out
+        shops = run.pods("shop-")
+        # LoadBalancer with externalTrafficPolicy Local: the LB only uses nodes with a shop
+        # pod, no node masquerades, and every shop pod answers
+        results = run.requests("http://203.0.113.10/", count=12)
+        assert all(r["status"] == 200 for r in results), results
+        assert {pod_of(r["body"])[2] for r in results} == {"198.51.100.100"}
+        assert {pod_of(r["body"])[0] for r in results} == set(shops)
+        # sessionAffinity ClientIP: one caller, one cart pod, though there are three
+        assert len(run.pods("cart-")) == 3
+        carts = {pod_of(r["body"])[0] for r in run.requests("http://cart.shop/", source="shop-1", count=10)}
+        assert len(carts) == 1 and carts <= set(run.pods("cart-"))
+    finally:
+        run.kproxy("down", check=False)
+    assert run.namespaces() == []
