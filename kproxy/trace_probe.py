@@ -350,7 +350,7 @@ class TraceMonitor:
         while not _listens_to_trace(self.proc.pid):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.read(0.1)
-                raise ProbeError("nft monitor trace did not start: " + (" ".join(self.lines)[:200] or "timeout"))
+                raise ProbeError("nft monitor trace did not start: " + (" ".join(self.lines)[:200] or "timed out"))
             time.sleep(0.02)
 
     def read(self, wait: float) -> bool:
@@ -416,8 +416,8 @@ def run_probe(probe: Probe, nft: Any, timeout: float, settle: float = 0.5) -> Pr
         send_packet(probe, build_packet(probe, ident=secrets.randbelow(65536), seq=secrets.randbits(32)))
         trace_id, steps = monitor.await_trace(probe, deadline, settle)
         if not steps or trace_id is None:
-            raise ProbeError(f"no kernel trace of the probe within {timeout:g}s "
-                             "(is nftables tracing available? is another nft monitor holding it?)")
+            raise ProbeError(f"no kernel trace of the probe within {timeout:g}s: something dropped it before "
+                             "the probe's chain (priority -350), or this kernel does not trace nftables")
         steps = resolve_rules(steps, lambda table, chain: nft_cmd(nft, f"list chain {table} {chain}", handles=True))
         return summarize(probe, trace_id, steps)
     finally:
