@@ -4,6 +4,7 @@ and the same wording as the nftables trace."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import replace
 from ipaddress import IPv6Address, IPv6Network, ip_address
 
@@ -11,6 +12,7 @@ import pytest
 
 from kproxy.backends.iptables.backend import IptablesBackend
 from kproxy.backends.iptables.kernel import FakeIptables
+from kproxy.backends.iptables.save import tokens
 from kproxy.model import NodeConfig
 from kproxy.planner import compute_plan
 from kproxy.trace import TraceResult, parse_target
@@ -314,3 +316,13 @@ def test_real_iptables_save_output_masquerades():
     assert run(OUTSIDE, f"{NODE_IP}:30080", REAL_SAVE).masquerade_reasons == (EXTERNAL_MASQ,)
     assert run("10.244.1.2", "10.96.0.10:80", REAL_SAVE).masquerade
     assert run("10.244.1.9", "10.96.0.10:80", REAL_SAVE).affinity_seconds == 10800
+
+
+@pytest.mark.parametrize("rule", [
+    '-A X -m comment --comment "a b" -j Y', '-A X --comment "" -j Y', '-A X --comment "a\\"b" -j Y',
+    '-A X --comment a"b c" -j Y', "-A X --comment 'a b'", '-A X --comment "a  b"', '-A X -j Y --comment "end"',
+    "-A X -d 10.96.0.10/32 -p tcp -j KUBE-SVC-A",
+])
+def test_tokens_split_as_shlex_does(rule):
+    # save.tokens() skips shlex for iptables-save's plain quoting (a trace reads every rule)
+    assert tokens(rule) == shlex.split(rule)

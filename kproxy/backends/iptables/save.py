@@ -53,7 +53,16 @@ def parse_save_all(text: str) -> dict[str, Table]:
 
 
 def tokens(rule: str) -> list[str]:
-    return shlex.split(rule) if '"' in rule or "'" in rule else rule.split()
+    if '"' not in rule and "'" not in rule:
+        return rule.split()
+    # iptables-save quotes whole words in double quotes (comments): split around them
+    # without shlex, which costs seconds on a large table; anything else goes to shlex
+    parts = rule.split('"')
+    if "\\" in rule or "'" in rule or len(parts) % 2 == 0 or any(
+            (parts[i - 1] and not parts[i - 1][-1].isspace()) or (parts[i + 1] and not parts[i + 1][0].isspace())
+            for i in range(1, len(parts), 2)):
+        return shlex.split(rule)
+    return [word for i, part in enumerate(parts) for word in ([part] if i % 2 else part.split())]
 
 
 def options(rule: str) -> dict[str, str]:
