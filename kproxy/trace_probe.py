@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from ipaddress import ip_address
 from typing import Any
 
@@ -96,7 +96,8 @@ def probe_ruleset(probe: Probe) -> str:
     error, a UDP reject's answer, is not matched: it may reach the source)."""
     ip = "ip" if probe.src.version == 4 else "ip6"
     l4 = f"meta l4proto {probe.proto}"
-    mine = f"{ip} saddr {probe.src} {ip} daddr {probe.dst} {probe.proto} sport {probe.sport} {probe.proto} dport {probe.dport}"
+    mine = (f"{ip} saddr {probe.src} {ip} daddr {probe.dst} "
+            f"{probe.proto} sport {probe.sport} {probe.proto} dport {probe.dport}")
     tracked = (f"ct original {ip} saddr {probe.src} ct original {ip} daddr {probe.dst} {l4} "
                f"ct original proto-src {probe.sport} ct original proto-dst {probe.dport}")
     reply = f"{ip} daddr {probe.src} {probe.proto} dport {probe.sport} {probe.proto} sport {probe.dport}"
@@ -104,7 +105,8 @@ def probe_ruleset(probe: Probe) -> str:
     return (
         f"table inet {probe.table} {{\n"
         f"  chain trace-prerouting {{ type filter hook prerouting priority -350; {mine} meta nftrace set 1; }}\n"
-        f"  chain trace-output {{ type filter hook output priority -350; {mine} meta nftrace set 1; {reply} drop; }}\n"
+        f"  chain trace-output {{ type filter hook output priority -350; {mine} meta nftrace set 1; "
+        f"{reply} drop; }}\n"
         f"  chain stop-postrouting {{ type filter hook postrouting priority 300; {stop} }}\n"
         f"  chain stop-input {{ type filter hook input priority 300; {stop} }}\n"
         f"}}\n"
@@ -419,11 +421,23 @@ def run_probe(probe: Probe, nft: Any, timeout: float, settle: float = 0.5) -> Pr
             raise ProbeError(f"no kernel trace of the probe within {timeout:g}s: something dropped it before "
                              "the probe's chain (priority -350), or this kernel does not trace nftables")
         steps = resolve_rules(steps, lambda table, chain: nft_cmd(nft, f"list chain {table} {chain}", handles=True))
-        return summarize(probe, trace_id, steps)
+        result = summarize(probe, trace_id, steps)
+        if result.verdict == "lost" and not probe.local and probe.src.version == 4 and _strict_rp_filter():
+            result = replace(result, reason=result.reason.split(":")[0] + ": strict rp_filter (1) on this node "
+                             "drops a packet injected on lo from another host's address at routing")
+        return result
     finally:
         if monitor is not None:
             monitor.close()
         nft_cmd(nft, f"add table inet {probe.table}\ndelete table inet {probe.table}\n")
+
+
+def _strict_rp_filter() -> bool:
+    """The kernel checks the larger of all's and the device's value (1: strict)."""
+    try:
+        return max(int(open(f"/proc/sys/net/ipv4/conf/{c}/rp_filter").read()) for c in ("all", "lo")) == 1
+    except (OSError, ValueError):
+        return False
 
 
 def nft_cmd(nft: Any, command: str, handles: bool = False) -> str:

@@ -129,3 +129,14 @@ def test_probe_without_a_trace_says_so(cluster: Cluster, kproxy) -> None:
     assert proc.stderr.startswith("kproxy: error: trace --probe: no kernel trace of the probe within 1s")
     assert len(proc.stderr.splitlines()) == 1
     assert "kproxy-probe" not in cluster.run("node1", "nft", "list", "tables").stdout
+
+
+def test_probe_says_when_strict_rp_filter_stops_it_at_routing(cluster: Cluster, kproxy) -> None:
+    kproxy.sync(objects(cluster))
+    cluster.sysctl("node1", "net.ipv4.conf.all.rp_filter", "1")
+    try:
+        r = probe(kproxy, cluster.pods["pod1"].ip, "10.96.0.60:80")
+    finally:
+        cluster.sysctl("node1", "net.ipv4.conf.all.rp_filter", "0")
+    assert r["verdict"] == "lost" and "strict rp_filter" in r["reason"]
+    assert r["steps"][-1]["rule"].startswith("dnat ip to")  # kproxy's rules ran up to routing
