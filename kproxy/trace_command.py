@@ -23,6 +23,17 @@ def trace_command(args: argparse.Namespace) -> int:
         from kproxy.trace_probe import probe_command
 
         return probe_command(args)
+    src, dst, port, proto = parse_arguments(args)
+    result = evaluate(src, dst, port, proto)
+    if args.json:
+        print_json(result.to_json())
+    else:
+        sys.stdout.write(format_trace(str(src), args.to, result))
+    return 0
+
+
+def parse_arguments(args: argparse.Namespace) -> tuple[IPAddress, IPAddress, int, str]:
+    """--from and --to as (src, dst, port, proto); UsageError when they do not parse."""
     try:
         src = ip_address(args.source)
         dst, port, proto = parse_target(args.to)
@@ -30,12 +41,7 @@ def trace_command(args: argparse.Namespace) -> int:
         raise UsageError(f"trace: {err}") from None
     if src.version != dst.version:
         raise UsageError("trace: --from and --to must be of the same IP family")
-    result = evaluate(src, dst, port, proto)
-    if args.json:
-        print_json(result.to_json())
-    else:
-        sys.stdout.write(format_trace(str(src), args.to, result))
-    return 0
+    return src, dst, port, proto
 
 
 def evaluate(src: IPAddress, dst: IPAddress, port: int, proto: str) -> TraceResult:
