@@ -154,7 +154,7 @@ def build_parser() -> Parser:
                       help="which backend's rules to read (default: whichever is programmed)")
     sub.add_parser("cleanup", parents=[common], help="remove everything kproxy programmed")
     tracer = sub.add_parser("trace", parents=[common],
-                            help="what the programmed rules do with a new connection (nftables mode)")
+                            help="what the programmed rules (nftables or iptables) do with a new connection")
     tracer.add_argument("--from", dest="source", required=True, metavar="SRC", help="client address")
     tracer.add_argument("--to", required=True, metavar="DST:PORT[/tcp|udp|sctp]", help="destination")
     tracer.add_argument("--json", action="store_true", help="machine-readable output")

@@ -108,6 +108,14 @@ def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str)
                                source_kind=src_kind, steps=tuple(steps))
         steps.append("source allowed by loadBalancerSourceRanges")
 
+    # filter output (priority -110) runs before nat output (-100): the node's own new
+    # connections meet the no-endpoint check before any DNAT, short-circuit included, as in
+    # upstream's nftables mode (forwarded pod traffic meets it after DNAT, so it is spared)
+    hit = rules.keys("no-endpoint-frontends").get(ip_key) if src_kind == "node" else None
+    if hit is not None:
+        steps.append("the node's own connection meets the no-endpoint check before DNAT (filter output)")
+        return _empty_frontend(hit, src_kind, steps)
+
     # nat: which dispatch map holds the destination
     found = None
     for vmap, sc_vmap, prefix, sc_prefix, key in (
@@ -171,13 +179,7 @@ def _not_dispatched(rules: Ruleset, src_kind: str, ip_key: tuple[str, ...], np_k
             continue
         hit = rules.keys(name).get(key)
         if hit is not None:
-            data, comment = hit
-            service, _, kind = (comment or "? ?").rpartition(" ")
-            verdict = "drop" if "drop" in str(data) else "reject"
-            why = ("no endpoint on this node (traffic policy Local)" if verdict == "drop"
-                   else "no ready endpoints")
-            return TraceResult(verdict=verdict, reason=why, service_port=service, frontend=kind,
-                               source_kind=src_kind, steps=tuple(steps))
+            return _empty_frontend(hit, src_kind, steps)
     if (str(dst),) in rules.keys("cluster-ips"):
         return TraceResult(verdict="reject", reason="a ClusterIP, but not on this port", source_kind=src_kind,
                            steps=tuple(steps))
@@ -185,6 +187,16 @@ def _not_dispatched(rules: Ruleset, src_kind: str, ip_key: tuple[str, ...], np_k
         return TraceResult(verdict="drop", reason="an unallocated address in the service CIDR",
                            source_kind=src_kind, steps=tuple(steps))
     return TraceResult(verdict="none", reason="not a Service address: kproxy's rules let it pass",
+                       source_kind=src_kind, steps=tuple(steps))
+
+
+def _empty_frontend(hit: tuple[Any, str | None], src_kind: str, steps: list[str]) -> TraceResult:
+    """A frontend in a no-endpoint map: drop (none on this node, Local policy) or reject."""
+    data, comment = hit
+    service, _, kind = (comment or "? ?").rpartition(" ")
+    verdict = "drop" if "drop" in str(data) else "reject"
+    why = "no endpoint on this node (traffic policy Local)" if verdict == "drop" else "no ready endpoints"
+    return TraceResult(verdict=verdict, reason=why, service_port=service, frontend=kind,
                        source_kind=src_kind, steps=tuple(steps))
 
 

@@ -30,7 +30,6 @@ from typing import Any
 
 from kproxy.cli import UsageError, print_json
 from kproxy.model import IPAddress
-from kproxy.trace import parse_target
 
 PROBE_TABLE_PREFIX = "kproxy-probe-"
 PROTOCOLS = {"tcp": 6, "udp": 17}
@@ -462,13 +461,9 @@ def _term_as_interrupt() -> Iterator[None]:
 
 
 def make_probe(args: argparse.Namespace, local_ips: Callable[[], Iterable[IPAddress]]) -> Probe:
-    try:
-        src = ip_address(args.source)
-        dst, port, proto = parse_target(args.to)
-    except ValueError as err:
-        raise UsageError(f"trace: {err}") from None
-    if src.version != dst.version:
-        raise UsageError("trace: --from and --to must be of the same IP family")
+    from kproxy.trace_command import parse_arguments
+
+    src, dst, port, proto = parse_arguments(args)
     if proto not in PROTOCOLS:
         raise UsageError("trace --probe: no SCTP probes (this kernel has no SCTP; kproxy crafts TCP and UDP "
                          "packets only); `kproxy trace` without --probe evaluates SCTP rules")

@@ -130,6 +130,18 @@ def test_short_circuit_and_local_policy_drop(cluster, kproxy):
     assert set(real.pods) == {"pod3"} and not real.failures, real
     assert NODE1_IP not in real.sources, real  # masqueraded (to the bridge address)
 
+    # a Local frontend without an endpoint here, from the node itself: nftables checks for
+    # endpoints in filter output, before nat output's short-circuit, and drops (upstream's
+    # nftables mode too); iptables checks in INPUT/FORWARD only, so the short-circuit wins
+    t = trace(kproxy, NODE1_IP, "203.0.113.55:80")
+    real = traffic.tcp(cluster.node1, "203.0.113.55", 80, count=1, timeout=1.5)
+    if kproxy.mode == "nftables":
+        assert (t["verdict"], t["reason"]) == ("drop", "no endpoint on this node (traffic policy Local)")
+        assert not real.pods and real.failures, real
+    else:
+        assert (t["verdict"], t["endpoints"]) == ("dnat", [f"{cluster.pods['pod4'].ip}:8080"])
+        assert set(real.pods) == {"pod4"}, real
+
     t = trace(kproxy, CLIENT_IP, "203.0.113.55:80")
     assert (t["verdict"], t["reason"], t["frontend"]) == (
         "drop", "no endpoint on this node (traffic policy Local)", "LoadBalancer")

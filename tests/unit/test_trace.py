@@ -129,6 +129,9 @@ def test_local_policy_short_circuit_drop_and_source_ranges():
     assert firewall_free(pod) and pod.verdict == "dnat" and pod.endpoints == ("10.244.1.5:8080", "10.244.2.5:8080")
     outside = run("192.168.50.100", "198.51.100.1:80")
     assert (outside.verdict, outside.reason) == ("drop", "no endpoint on this node (traffic policy Local)")
+    # the node's own connection meets filter output's no-endpoint check before nat output
+    node = run("192.168.50.10", "198.51.100.1:80")
+    assert (node.verdict, node.source_kind) == ("drop", "node") and not node.endpoints
     blocked = run("203.0.113.7", "198.51.100.1:80")
     assert (blocked.verdict, blocked.reason) == ("drop", "source not in loadBalancerSourceRanges")
 
