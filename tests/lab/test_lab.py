@@ -225,3 +225,21 @@ def test_own_manifests_local_policy_keeps_the_client_address_and_affinity_holds(
     finally:
         run.kproxy("down", check=False)
     assert run.namespaces() == []
+
+
+def test_iptables_mode_lab_walks_and_serves_both_sites(tmp_path):
+    run = LabRun(f"kpt{secrets.token_hex(3)}", tmp_path)
+    try:
+        out = run.kproxy("up", "--nodes", "2", "--proxy-mode", "iptables").stdout
+        # the walk's traces read iptables rules back (their chains are named on the way)
+        assert "nat PREROUTING → KUBE-SERVICES → KUBE-NODEPORTS" in out and "FAILED" not in out
+        controller = run.pods()["ingress-nginx-controller-1"]
+        t = run.trace("node1", "198.51.100.100", "10.1.1.10:30443")
+        assert (t["frontend"], t["masquerade"], t["endpoints"]) == ("NodePort", True, [f"{controller['ip']}:443"])
+        for site in ("website1", "website2"):
+            results = run.requests(f"https://{site}.com/", count=12)
+            assert all(r["status"] == 200 for r in results), results
+            assert {pod_of(r["body"])[0] for r in results} <= set(run.pods(f"{site}fe-"))
+    finally:
+        run.kproxy("down", check=False)
+    assert run.namespaces() == []
