@@ -24,6 +24,7 @@ class TraceResult:
     frontend: str | None = None  # ClusterIP, NodePort, ExternalIP, LoadBalancer
     source_kind: str = "external"  # pod (inside --cluster-cidr), node (a local address), external
     endpoints: tuple[str, ...] = ()  # each chosen with equal share
+    local_endpoints: tuple[str, ...] = ()  # those on this node (kproxy's hairpin rules list them)
     masquerade: bool = False
     masquerade_reasons: tuple[str, ...] = ()
     affinity_seconds: int | None = None
@@ -71,6 +72,11 @@ class Ruleset:
                 ip, port = value["concat"]
                 chosen.append(f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}")
         return tuple(chosen)
+
+
+def endpoint_host(endpoint: str) -> str:
+    """"10.0.0.1:80" -> "10.0.0.1", "[fd00::1]:80" -> "fd00::1"."""
+    return endpoint.rsplit(":", 1)[0].strip("[]")
 
 
 def _text(part: Any) -> str:
@@ -152,8 +158,10 @@ def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str)
     if affinity:
         steps.append(f"sessionAffinity ClientIP: a client keeps its endpoint for {affinity}s")
     steps.append(f"DNAT to one of {len(endpoints)} endpoint(s) at random")
+    local = {k[0] for k in rules.keys("hairpin")}
     return TraceResult(verdict="dnat", reason="DNAT to an endpoint", service_port=name, frontend=kind,
-                       source_kind=src_kind, endpoints=endpoints, masquerade=bool(reasons),
+                       source_kind=src_kind, endpoints=endpoints,
+                       local_endpoints=tuple(e for e in endpoints if endpoint_host(e) in local), masquerade=bool(reasons),
                        masquerade_reasons=tuple(reasons), affinity_seconds=affinity, steps=tuple(steps))
 
 
@@ -208,7 +216,8 @@ def format_trace(src: str, dst: str, result: TraceResult) -> str:
         head += f" — {result.frontend} of {result.service_port}"
     lines.append(head)
     for endpoint in result.endpoints:
-        lines.append(f"  endpoint {endpoint}  share {100 / len(result.endpoints):.0f}%")
+        where = "this node" if endpoint in result.local_endpoints else "another node"
+        lines.append(f"  endpoint {endpoint}  share {100 / len(result.endpoints):.0f}%  ({where})")
     if result.verdict == "dnat":
         lines.append("masquerade: " + ("; ".join(result.masquerade_reasons) if result.masquerade
                                          else "no (the endpoint sees the client's address)"))

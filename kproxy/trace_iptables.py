@@ -29,7 +29,7 @@ from kproxy.backends.iptables.render import (
 )
 from kproxy.backends.iptables.save import Table, frontend_label, nodeport_addresses, options, parse_save_all, tokens
 from kproxy.model import IPAddress
-from kproxy.trace import TraceResult
+from kproxy.trace import TraceResult, endpoint_host
 
 NOTHING_PROGRAMMED = "kproxy has programmed nothing on this node"
 NOT_A_SERVICE = "not a Service address: kproxy's rules let it pass"
@@ -372,8 +372,11 @@ def _dnat_result(nat: Table, pkt: Packet, kind: str, paths: list[Path],
         steps.append("DNAT at random, shares: " + ", ".join(f"{e} {s:.0f}%" for e, s in percent.items()))
     # hairpin last, as the nftables trace lists it
     reasons.sort(key=lambda r: r == MASQ_HAIRPIN)
+    # KUBE-HAIRPIN holds one "-s IP -d IP" rule per endpoint on this node
+    local = {options(rule).get("-s", "").split("/")[0] for rule in nat.get(HAIRPIN, [])}
     return TraceResult(verdict="dnat", reason="DNAT to an endpoint", service_port=service_port,
-                       frontend=frontend, source_kind=kind, endpoints=tuple(shares), masquerade=bool(reasons),
+                       frontend=frontend, source_kind=kind, endpoints=tuple(shares),
+                       local_endpoints=tuple(e for e in shares if endpoint_host(e) in local), masquerade=bool(reasons),
                        masquerade_reasons=tuple(reasons), affinity_seconds=affinity, steps=tuple(steps))
 
 

@@ -70,6 +70,7 @@ def test_cluster_ip_node_port_and_local_policy(cluster, kproxy):
     assert (t["verdict"], t["frontend"], t["service_port"], t["masquerade"]) == ("dnat", "ClusterIP", "default/web", False)
     real = traffic.tcp(cluster.ns("pod1"), "10.96.0.50", 80, count=30)
     assert endpoints_of(cluster, *real.pods) == set(t["endpoints"]) == endpoints_of(cluster, "pod2", "pod4")
+    assert set(t["local_endpoints"]) == endpoints_of(cluster, "pod2")  # pod4 is on node2
     assert set(real.sources) == {pod1}  # not masqueraded, as trace said
 
     t = trace(kproxy, CLIENT_IP, "10.96.0.50:80")

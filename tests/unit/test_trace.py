@@ -6,7 +6,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from kproxy.trace import Ruleset, parse_target, trace
+from kproxy.trace import format_trace, Ruleset, parse_target, trace
 
 
 def elem(key, comment=None):
@@ -17,6 +17,7 @@ def elem(key, comment=None):
 LISTING = {"nftables": [
     {"set": {"name": "nodeport-ips", "elem": ["192.168.50.10"]}},
     {"set": {"name": "cluster-ips", "elem": ["10.96.0.10", "10.96.0.11"]}},
+    {"set": {"name": "hairpin", "elem": [elem([ip, ip]) for ip in ("10.244.1.2", "10.244.1.5", "10.244.1.6")]}},
     {"set": {"name": "masq-nodeports", "elem": [elem(["tcp", 30080])]}},
     {"set": {"name": "masq-frontends", "elem": [elem(["203.0.113.1", "tcp", 80]), elem(["198.51.100.2", "tcp", 80])]}},
     {"set": {"name": "affinity-frontends-600", "elem": [elem(["10.96.0.10", "tcp", 80])]}},
@@ -119,9 +120,12 @@ def test_masquerade_all():
     assert (t.verdict, t.masquerade_reasons) == ("dnat", ("--masquerade-all",))
 
 
-def test_hairpin_is_named():
+def test_hairpin_is_named_and_local_endpoints_are_told_apart():
     t = run("10.244.1.2", "10.96.0.10:80")
     assert any("hairpin" in r for r in t.masquerade_reasons)
+    # the hairpin set lists the endpoints on this node
+    assert t.local_endpoints and set(t.local_endpoints) < set(t.endpoints)
+    assert "(this node)" in format_trace("10.244.1.2", "10.96.0.10:80", t)
 
 
 def test_local_policy_short_circuit_drop_and_source_ranges():

@@ -76,6 +76,7 @@ def test_cluster_ip_from_a_pod_and_from_outside():
     assert (pod.verdict, pod.frontend, pod.service_port, pod.source_kind) == ("dnat", "ClusterIP", "default/web", "pod")
     assert (pod.masquerade, pod.masquerade_reasons, pod.affinity_seconds) == (False, (), 600)
     assert pod.endpoints == ("10.244.1.2:8080", "10.244.2.2:8080")
+    assert pod.local_endpoints == ("10.244.1.2:8080",)  # from KUBE-HAIRPIN: the one on node1
     assert "DNAT to one of 2 endpoint(s) at random" in pod.steps
     outside = run(OUTSIDE, "10.96.0.10:80")
     assert (outside.verdict, outside.source_kind, outside.masquerade) == ("dnat", "external", True)
