@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 TOP = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 BASE = "localhost/debian:bookworm-min"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CONTAINERS_CONF = """\
@@ -99,7 +100,7 @@ def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProces
 def run_args(ns: str) -> list[str]:
     return ["podman", "run", "--network", f"ns:/run/netns/{ns}", "--cap-drop", "ALL",
             "--cap-add", "NET_ADMIN,NET_RAW", "--read-only",
-            "-v", f"{TOP / 'examples' / 'demo'}:/manifests:ro"]
+            "-v", f"{HERE / 'manifests'}:/manifests:ro"]
 
 
 def test_image_programs_the_namespace_and_serves_health_and_metrics(podman_env, image, netns):
