@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from kproxy.lab import namespaces as netns
+from kproxy.sources.manifests import ManifestError, load_manifests, manifest_files
 from kproxy.lab.spec import (
     CLIENT_IP,
     CLIENT_NET,
@@ -44,6 +45,7 @@ from kproxy.lab.spec import (
     LabNode,
     LabPod,
     Manifests,
+    Workload,
     complete_services,
     dns_records,
     endpoint_slices,
@@ -61,7 +63,6 @@ from kproxy.lab.spec import (
 RUN_ROOT = Path(os.environ.get("KPROXY_LAB_DIR", "/run/kproxy-lab"))
 DEFAULT_NAME = "kplab"
 DEFAULTS = Path(__file__).resolve().parent / "default"
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 ROUTER_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
                   "net.ipv4.conf.default.rp_filter": "0", "net.ipv4.conf.all.send_redirects": "0",
                   "net.ipv4.conf.default.send_redirects": "0"}
@@ -91,25 +92,12 @@ def pod_from_json(data: dict[str, Any]) -> LabPod:
                      "labels": tuple(tuple(kv) for kv in data["labels"])})  # type: ignore[arg-type]
 
 
-def load_manifest_files(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    objects: list[dict[str, Any]] = []
-    for path in paths:
-        try:
-            docs = list(yaml.safe_load_all(path.read_text()))
-        except (OSError, yaml.YAMLError) as err:
-            raise LabError(f"{path}: {str(err).splitlines()[0]}") from None
-        for doc in docs:
-            if isinstance(doc, dict) and doc.get("kind") == "List":
-                objects += [o for o in doc.get("items") or [] if isinstance(o, dict)]
-            elif isinstance(doc, dict):
-                objects.append(doc)
-    return objects
-
-
-def manifest_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise LabError(f"{folder}: not a folder of manifests")
-    return sorted(p for p in folder.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+def load_objects(path: Path) -> list[dict[str, Any]]:
+    """Every object in a manifest file or folder (kproxy's own loader), errors as LabError."""
+    try:
+        return load_manifests(path, kinds=None)
+    except ManifestError as err:
+        raise LabError(str(err)) from None
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -132,6 +120,7 @@ class Lab:
         self.certs = self.dir / "certs"
         self.logs = self.dir / "logs"
         self.state: LabState | None = None
+        self._manifests: Manifests | None = None
 
     # -- names and the model -------------------------------------------------------------------
     def ns(self, short: str) -> str:
@@ -152,7 +141,9 @@ class Lab:
         write_atomic(self.state_file, json.dumps(asdict(self.state), indent=1))
 
     def manifests(self) -> Manifests:
-        return read_manifests(load_manifest_files(manifest_files(self.input_dir)))
+        if self._manifests is None:  # the lab's input never changes once it is up
+            self._manifests = read_manifests(load_objects(self.input_dir))
+        return self._manifests
 
     def nodes(self) -> tuple[LabNode, ...]:
         assert self.state is not None
@@ -165,9 +156,8 @@ class Lab:
     def services(self, m: Manifests | None = None) -> list[dict[str, Any]]:
         return complete_services((m or self.manifests()).services)
 
-    def workloads(self, m: Manifests) -> list[Any]:
+    def workloads(self, m: Manifests) -> list[Workload]:
         assert self.state is not None
-        from dataclasses import replace
         return [replace(w, replicas=self.state.replicas.get(w.key, w.replicas)) for w in m.workloads]
 
     def pod_dir(self, pod: LabPod) -> Path:
@@ -191,9 +181,9 @@ class Lab:
         files = [DEFAULTS / "cluster-dns.yaml"]
         if manifests is None:
             files.append(DEFAULTS / "websites.yaml")
-        user = manifest_files(manifests) if manifests is not None else []
-        m = read_manifests(load_manifest_files(user))
-        if any(s["metadata"].get("name") == "kube-dns" for s in m.services):
+        user = self._user_files(manifests) if manifests is not None else []
+        own = read_manifests(load_objects(manifests)) if manifests is not None else None
+        if own and any(s["metadata"].get("name") == "kube-dns" for s in own.services):
             files = []  # the user brings their own cluster DNS
         self.dir.mkdir(parents=True, exist_ok=True)
         self.input_dir.mkdir()
@@ -220,6 +210,13 @@ class Lab:
         for node in self.nodes():
             self._start_agent(node)
         self.wait_rules(services, pods)
+
+    @staticmethod
+    def _user_files(path: Path) -> list[Path]:
+        try:
+            return manifest_files(path)
+        except ManifestError as err:
+            raise LabError(str(err)) from None
 
     def _leftover_namespaces(self) -> list[str]:
         return [ns for ns in netns.existing() if ns.startswith(f"{self.name}-")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,13 @@ def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
     return [p]
 
 
-def load_manifests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All Service and EndpointSlice objects in `path`, in file then document order."""
+def load_manifests(path: str | os.PathLike[str],
+                   kinds: Collection[str] | None = SOURCE_KINDS) -> list[dict[str, Any]]:
+    """The objects of these kinds (None: every kind) in `path`, in file then document order."""
     objects: list[dict[str, Any]] = []
     for file in manifest_files(path):
         for doc in _documents(file):
-            objects.extend(obj for obj in _flatten(doc, file) if obj.get("kind") in SOURCE_KINDS)
+            objects.extend(obj for obj in _flatten(doc, file) if kinds is None or obj.get("kind") in kinds)
     return objects
 
 
