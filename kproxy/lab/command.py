@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from kproxy.lab import namespaces as netns
 from kproxy.lab.build import DEFAULT_NAME, Lab
 from kproxy.lab.spec import LabError
 
@@ -98,8 +99,6 @@ def lab_command(args: argparse.Namespace) -> int:
 
 
 def status(lab: Lab) -> str:
-    from kproxy.lab import namespaces as netns
-
     state = lab.load()
     alive = set(netns.existing())
     lines = [f"lab {lab.name}: {state.nodes} node(s), {state.proxy_mode} mode, files in {lab.dir}"]
@@ -124,8 +123,6 @@ def status(lab: Lab) -> str:
 
 
 def _agent_running(ns: str) -> bool:
-    from kproxy.lab import namespaces as netns
-
     for pid in netns.pids(ns):
         try:
             if b"kproxy\x00run" in Path(f"/proc/{pid}/cmdline").read_bytes():

@@ -16,6 +16,7 @@ from kproxy.lab.spec import (
     DNS_IP,
     ROLE_INGRESS,
     ROLE_WEB,
+    LabNode,
     LabPod,
     find_service,
     lb_forwards,
@@ -56,7 +57,7 @@ def trace_hop(lab: Lab, node: str, src: str, dst: str, why: str) -> Hop:
                result, notes)
 
 
-def _node_of(lab: Lab, pod: LabPod) -> Any:
+def _node_of(lab: Lab, pod: LabPod) -> LabNode:
     return next(n for n in lab.nodes() if n.name == pod.node)
 
 
