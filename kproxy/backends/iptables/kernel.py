@@ -25,8 +25,6 @@ class IptablesKernel(Protocol):
 
     def restore(self, text: str) -> None: ...
 
-    def save(self, table: str) -> str: ...
-
     def save_all(self) -> str: ...
 
 
@@ -51,21 +49,8 @@ class IptablesCommands:
         if done.returncode != 0:
             raise IptablesError(_first_error(done.stderr, text))
 
-    def save(self, table: str) -> str:
-        return save_table(self.variant, table, self.family)
-
     def save_all(self) -> str:
         return save_all(self.variant, self.family) or ""
-
-
-def save_table(variant: str, table: str, family: int = 4) -> str:
-    """`iptables-{variant}-save -t table`; empty when the table or the binary is missing."""
-    try:
-        done = subprocess.run([f"{command(family)}-{variant}-save", "-t", table], capture_output=True,
-                              text=True, check=False, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout if done.returncode == 0 else ""
 
 
 def save_all(variant: str, family: int = 4) -> str | None:

@@ -21,23 +21,6 @@ from kproxy.view import KIND_ORDER, FrontendView, ProgrammedView, ServicePortVie
 Table = dict[str, list[str]]  # chain -> rules ("-A CHAIN ..." lines), in order
 
 
-def parse_save(text: str) -> Table:
-    """One table's iptables-save output (the first table in `text`)."""
-    chains: Table = {}
-    started = False
-    for line in text.splitlines():
-        if line.startswith("*"):
-            if started:
-                break
-            started = True
-        elif line.startswith(":"):
-            chains.setdefault(line[1:].split(" ", 1)[0], [])
-        elif line.startswith("-A "):
-            chain = line[3:].split(" ", 1)[0]
-            chains.setdefault(chain, []).append(line)
-    return chains
-
-
 def parse_save_all(text: str) -> dict[str, Table]:
     """Every table in an iptables-save output."""
     tables: dict[str, Table] = {}
