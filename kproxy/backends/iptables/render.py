@@ -270,9 +270,8 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
 
 
 def nodeport_address_rules(plan: Plan, localhost_nodeports: bool) -> list[str]:
-    """Matches (one per rule) for the addresses NodePorts answer on (IPv6: never ::1)."""
-    if plan.family != 4:
-        localhost_nodeports = False
+    """Matches (one per rule) for the addresses NodePorts answer on (IPv6: never ::1;
+    render_node() turns localhost NodePorts off for IPv6)."""
     loopback = "127.0.0.0/8" if plan.family == 4 else "::1/128"
     if plan.nodeport_all_local:
         found = ["-m addrtype --dst-type LOCAL" + ("" if localhost_nodeports else f" ! -d {loopback}")]
