@@ -54,11 +54,20 @@ def _table_block(table: str, write: Iterable[str], rules: dict[str, tuple[str, .
     return lines, count + len(extra) + len(delete)
 
 
+def _restore_input(blocks: Iterable[tuple[list[str], int]]) -> RestoreInput:
+    """The tables' blocks (from _table_block) as one iptables-restore input."""
+    out: list[str] = []
+    total = 0
+    for lines, n in blocks:
+        out += lines
+        total += n
+    return RestoreInput(text="\n".join(out) + "\n" if out else "", operations=total)
+
+
 def full_restore(desired: Chains, existing: dict[str, Table], wanted_jumps: Iterable[Jump]) -> RestoreInput:
     """Rewrite every chain of ours; delete ours the kernel has but the plan does not
     (left by an earlier run, or by upstream kube-proxy); add missing jumps."""
-    out: list[str] = []
-    total = 0
+    blocks = []
     wanted_jumps = list(wanted_jumps)
     for table in TABLES:
         have = existing.get(table, {})
@@ -69,24 +78,19 @@ def full_restore(desired: Chains, existing: dict[str, Table], wanted_jumps: Iter
             if not present:
                 inserts.append(f"-I {jump.chain} {jump.rule()}")
         # -I puts each at the top: insert in reverse to keep the listed order
-        lines, n = _table_block(table, desired[table], desired[table], stale, reversed(inserts))
-        out += lines
-        total += n
-    return RestoreInput(text="\n".join(out) + "\n" if out else "", operations=total)
+        blocks.append(_table_block(table, desired[table], desired[table], stale, reversed(inserts)))
+    return _restore_input(blocks)
 
 
 def partial_restore(applied: Chains, desired: Chains) -> RestoreInput:
     """Only what changed since `applied` (what the last successful restore left)."""
-    out: list[str] = []
-    total = 0
+    blocks = []
     for table in TABLES:
         before, after = applied.get(table, {}), desired[table]
         write = [c for c, rules in after.items() if (old := before.get(c)) is not rules and old != rules]
         delete = [c for c in before if c not in after and c != FIREWALL]
-        lines, n = _table_block(table, write, after, delete)
-        out += lines
-        total += n
-    return RestoreInput(text="\n".join(out) + "\n" if out else "", operations=total)
+        blocks.append(_table_block(table, write, after, delete))
+    return _restore_input(blocks)
 
 
 def cleanup_restore(existing: dict[str, Table]) -> RestoreInput:
@@ -94,8 +98,7 @@ def cleanup_restore(existing: dict[str, Table]) -> RestoreInput:
     (KUBE-FIREWALL stays: route_localnet stays set, and kubelet keeps the same rule).
     Rules in other parties' chains are theirs: if one still jumps to ours, the table's
     transaction fails and nothing in it is removed."""
-    out: list[str] = []
-    total = 0
+    blocks = []
     for table in TABLES:
         have = existing.get(table, {})
         ours = [c for c in have if is_ours(table, c)]
@@ -106,7 +109,5 @@ def cleanup_restore(existing: dict[str, Table]) -> RestoreInput:
             for chain, rules in have.items() if chain in BUILTIN.get(table, ())
             for rule in rules if is_ours(table, options(rule).get("-j", ""))
         ]
-        lines, n = _table_block(table, (), {}, ours, removals)
-        out += lines
-        total += n
-    return RestoreInput(text="\n".join(out) + "\n" if out else "", operations=total)
+        blocks.append(_table_block(table, (), {}, ours, removals))
+    return _restore_input(blocks)
