@@ -34,7 +34,7 @@ class Observability:
             server.close()
 
 
-def metrics_routes(metrics: ProxyMetrics, endpoints: HealthEndpoints) -> dict[str, Callable[[], Response]]:
+def metrics_routes(metrics: ProxyMetrics) -> dict[str, Callable[[], Response]]:
     text = "text/plain; charset=utf-8"
     return {
         "/metrics": lambda: (200, *metrics.exposition()),
@@ -54,7 +54,7 @@ def start_observability(mode: str, changes: ChangeSource, sync_period: float,
         health, lambda path, code: (metrics.healthz if path == "healthz" else metrics.livez).labels(str(code)).inc())
     obs = Observability(metrics, health)
     wanted = [
-        ("metrics", metrics_address, metrics_routes(metrics, endpoints)),
+        ("metrics", metrics_address, metrics_routes(metrics)),
         ("healthz", healthz_address, {"/healthz": endpoints.healthz, "/livez": endpoints.livez}),
     ]
     for name, address, routes in wanted:
