@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-Response = tuple[int, str, bytes]  # status, content type, body
+from kproxy.http_server import Response
 
 
 def _timestamp(seconds: float | None) -> str:
