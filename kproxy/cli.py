@@ -55,17 +55,17 @@ def parse_bool(text: str) -> bool:
     return value
 
 
-def _cidr_list(flag: str) -> Callable[[str], tuple[IPNetwork, ...]]:
-    def parse(text: str) -> tuple[IPNetwork, ...]:
-        found = []
-        for item in (t.strip() for t in text.split(",") if t.strip()):
-            try:
-                found.append(ip_network(item, strict=False))
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"{item!r} is not a CIDR") from None
-        return tuple(found)
-    parse.__name__ = "CIDR list"
-    return parse
+def _cidr_list(text: str) -> tuple[IPNetwork, ...]:
+    found = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            found.append(ip_network(item, strict=False))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a CIDR") from None
+    return tuple(found)
+
+
+_cidr_list.__name__ = "CIDR list"  # argparse's name for the type
 
 
 def _ip(text: str) -> IPAddress:
@@ -108,12 +108,12 @@ def build_parser() -> Parser:
     sources.add_argument("--node-ip", type=_ip, action="append", default=[], metavar="IP",
                          help="this node's primary IP, one per family for dual-stack (repeatable; "
                          "default: the Node object's, else the default route's source)")
-    sources.add_argument("--cluster-cidr", type=_cidr_list("--cluster-cidr"), default=(), metavar="CIDRS",
+    sources.add_argument("--cluster-cidr", type=_cidr_list, default=(), metavar="CIDRS",
                          help="pod CIDRs; traffic to ClusterIPs from outside them is masqueraded")
-    sources.add_argument("--service-cluster-ip-range", type=_cidr_list("--service-cluster-ip-range"),
+    sources.add_argument("--service-cluster-ip-range", type=_cidr_list,
                          default=(), metavar="CIDRS", help="service CIDRs; unallocated IPs in them are dropped")
     sources.add_argument("--masquerade-all", action="store_true", help="masquerade all traffic to Services")
-    sources.add_argument("--nodeport-addresses", type=_cidr_list("--nodeport-addresses"), default=(),
+    sources.add_argument("--nodeport-addresses", type=_cidr_list, default=(),
                          metavar="CIDRS", help="NodePorts answer on local addresses in these CIDRs "
                          "(default: the node IPs; 0.0.0.0/0: every local address)")
     sources.add_argument("--proxy-mode", default="nftables", choices=("nftables", "iptables"),
