@@ -19,6 +19,13 @@ from typing import NoReturn
 
 import structlog
 
+from kproxy.config import (
+    DEFAULT_HEALTHZ_BIND_ADDRESS,
+    DEFAULT_METRICS_BIND_ADDRESS,
+    ConfigError,
+    apply_config_file,
+    check_bind_address,
+)
 from kproxy.logs import configure_logging
 from kproxy.model import IPAddress, IPNetwork, NodeConfig
 
@@ -76,8 +83,6 @@ def _ip(text: str) -> IPAddress:
 
 
 def _bind_address(default_port: int) -> Callable[[str], str]:
-    from kproxy.config import ConfigError, check_bind_address
-
     def parse(text: str) -> str:
         try:
             return check_bind_address("", text, default_port)
@@ -97,10 +102,12 @@ def build_parser() -> Parser:
     sources = Parser(add_help=False)
     sources.add_argument("--config", metavar="FILE",
                          help="a KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1); flags override it")
-    sources.add_argument("--metrics-bind-address", type=_bind_address(10249), default="127.0.0.1:10249",
-                         metavar="IP:PORT", help="serve /metrics and /proxyMode here (default 127.0.0.1:10249)")
-    sources.add_argument("--healthz-bind-address", type=_bind_address(10256), default="0.0.0.0:10256",
-                         metavar="IP:PORT", help="serve /healthz and /livez here (default 0.0.0.0:10256)")
+    sources.add_argument("--metrics-bind-address", type=_bind_address(10249), default=DEFAULT_METRICS_BIND_ADDRESS,
+                         metavar="IP:PORT",
+                         help=f"serve /metrics and /proxyMode here (default {DEFAULT_METRICS_BIND_ADDRESS})")
+    sources.add_argument("--healthz-bind-address", type=_bind_address(10256), default=DEFAULT_HEALTHZ_BIND_ADDRESS,
+                         metavar="IP:PORT",
+                         help=f"serve /healthz and /livez here (default {DEFAULT_HEALTHZ_BIND_ADDRESS})")
     sources.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     sources.add_argument("--manifests", metavar="PATH",
                          help="a YAML/JSON file or folder of Services and EndpointSlices, instead of the API")
@@ -203,7 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "log_format", "text"), getattr(args, "verbose", False))
     from kproxy.commands import COMMANDS
-    from kproxy.config import ConfigError, apply_config_file
 
     try:
         if getattr(args, "config", None):
