@@ -16,20 +16,7 @@ class NftError(RuntimeError):
 class NftKernel(Protocol):
     def apply(self, script: str) -> None: ...
 
-    def list_table(self) -> dict[str, Any] | None:
-        return self._list(f"table {self.table}")
-
-    def list_map(self, name: str) -> dict[str, Any] | None:
-        return self._list(f"map {self.table} {name}")
-
-    def _list(self, what: str) -> dict[str, Any] | None:
-        """The kernel's JSON listing of one object; None when it does not exist."""
-        rc, out, err = self._json.cmd(f"list {what}")
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise NftError(_first_error(err))
-        return json.loads(out)
+    def list_table(self) -> dict[str, Any] | None: ...
 
     def delete_table(self) -> bool: ...
 
@@ -57,15 +44,14 @@ class LibNftKernel:
         return None
 
     def list_table(self) -> dict[str, Any] | None:
-        rc, out, err = self._json.cmd(f"list table {self.table}")
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise NftError(_first_error(err))
-        return json.loads(out)
+        return self._list(f"table {self.table}")
 
     def list_map(self, name: str) -> dict[str, Any] | None:
-        rc, out, err = self._json.cmd(f"list map {self.table} {name}")
+        return self._list(f"map {self.table} {name}")
+
+    def _list(self, what: str) -> dict[str, Any] | None:
+        """The kernel's JSON listing of one object; None when it does not exist."""
+        rc, out, err = self._json.cmd(f"list {what}")
         if rc != 0:
             if "No such file or directory" in err:
                 return None
