@@ -67,14 +67,15 @@ class Agent:
             now = self._clock()
             full = full or self._last_full is None or now - self._last_full >= FULL_SYNC_PERIOD_S
             results = [self.backends[plan.family].sync(plan, full=full) for plan in plans]
-            if all(r.full for r in results):
+            all_full = all(r.full for r in results)
+            if all_full:
                 self._last_full = now
             done = time.perf_counter()
             report = SyncReport(
                 service_ports=sum(len(p.service_ports) for p in plans),
                 endpoints=sum(len(sp.internal_targets) for p in plans for sp in p.service_ports),
                 operations=sum(r.operations for r in results),
-                full=all(r.full for r in results),
+                full=all_full,
                 plan_ms=round((planned - started) * 1000, 2),
                 render_ms=round(sum(r.render_ms for r in results), 2),
                 apply_ms=round(sum(r.apply_ms for r in results), 2),
