@@ -33,19 +33,14 @@ def test_bad_flags_are_one_line_and_exit_2(capsys, argv, needle):
     assert err.count("\n") == 1 and err.startswith("kproxy: error: ")
 
 
-def test_unreadable_manifests_name_the_file(capsys, tmp_path):
-    missing = tmp_path / "nope.yaml"
-    code, err = run_returning(capsys, "sync", "--once", "--manifests", str(missing), "--node-ip", "10.0.0.1")
+@pytest.mark.parametrize("content", [None, "kind: Service\nmetadata: [unclosed\n"], ids=["missing", "broken-yaml"])
+def test_unreadable_manifests_name_the_file(capsys, tmp_path, content):
+    path = tmp_path / "m.yaml"
+    if content is not None:
+        path.write_text(content)
+    code, err = run_returning(capsys, "sync", "--once", "--manifests", str(path), "--node-ip", "10.0.0.1")
     assert code == 2
-    assert str(missing) in err and err.count("\n") == 1
-
-
-def test_broken_yaml_names_the_file(capsys, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("kind: Service\nmetadata: [unclosed\n")
-    code, err = run_returning(capsys, "sync", "--once", "--manifests", str(bad), "--node-ip", "10.0.0.1")
-    assert code == 2
-    assert str(bad) in err and err.count("\n") == 1
+    assert str(path) in err and err.count("\n") == 1
 
 
 def test_manifests_and_kubeconfig_exclude_each_other(capsys, tmp_path):
