@@ -11,10 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-
-from kproxy.model import IPAddress, IPNetwork
-
-from kproxy.model import Protocol, ServiceName, ServicePortName
+from kproxy.model import IPAddress, IPNetwork, Protocol, ServiceName, ServicePortName
 
 
 class FrontendKind(StrEnum):
