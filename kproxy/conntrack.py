@@ -39,7 +39,7 @@ def stale_flows(plan: Plan, changed: Iterable[ServicePortPlan], flows: Iterable[
     for sp in changed:
         if sp.protocol is not Protocol.UDP:
             continue
-        valid = {(t.ip, t.port) for t in (*sp.internal_targets, *sp.external_targets, *sp.short_circuit_targets)}
+        valid = {(t.ip, t.port) for t in sp.all_targets()}
         if not valid:
             continue  # nothing to send it to: the flow is rejected or dropped anyway
         for fe in sp.frontends:

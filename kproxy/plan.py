@@ -76,6 +76,10 @@ class ServicePortPlan:
     def targets_for(self, frontend: Frontend) -> tuple[Target, ...]:
         return self.external_targets if frontend.kind.is_external else self.internal_targets
 
+    def all_targets(self) -> tuple[Target, ...]:
+        """Every target any frontend may DNAT to (repeats included)."""
+        return (*self.internal_targets, *self.external_targets, *self.short_circuit_targets)
+
     @property
     def masquerade_external(self) -> bool:
         return not self.external_policy_local

@@ -18,8 +18,7 @@ from kproxy.plan import ServicePortPlan
 def _targets(sp: ServicePortPlan | None) -> set[tuple[str, int]]:
     if sp is None or not sp.affinity_timeout:
         return set()
-    return {(ip_text(t.ip), t.port)
-            for t in (*sp.internal_targets, *sp.external_targets, *sp.short_circuit_targets)}
+    return {(ip_text(t.ip), t.port) for t in sp.all_targets()}
 
 
 def _frontends(sp: ServicePortPlan) -> tuple[set[tuple[str, str, int]], set[tuple[str, int]]]:

@@ -139,7 +139,7 @@ def render_service_port(sp: ServicePortPlan) -> Contribution:
     # would answer itself directly. Only pods on this node can do that, so only local
     # endpoints get an element (upstream marks every endpoint; at 100,000 endpoints that
     # would double the elements for no packet that could ever match).
-    for t in (*sp.internal_targets, *sp.external_targets, *sp.short_circuit_targets):
+    for t in sp.all_targets():
         if t.is_local:
             text = ip_text(t.ip)
             add("hairpin", f"{text} . {text}")
