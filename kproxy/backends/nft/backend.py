@@ -16,8 +16,7 @@ from kproxy.backends import SyncResult
 from kproxy.backends.nft.affinity import stale_entries
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.kernel import NftError, NftKernel
-from kproxy.backends.nft.objects import table_of
-from kproxy.backends.nft.objects import Skeleton
+from kproxy.backends.nft.objects import Skeleton, table_of
 from kproxy.backends.nft.readback import read_view
 from kproxy.backends.nft.render import (
     Contribution,

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TABLE_NAME = "kproxy"
-TABLE = f"ip {TABLE_NAME}"  # the IPv4 table; IPv6 rules live in "ip6 kproxy"
+COMMENT_MAX = 128  # nft refuses longer element comments
 
 
 def table_of(family: int) -> str:
     return f"ip {TABLE_NAME}" if family == 4 else f"ip6 {TABLE_NAME}"
-COMMENT_MAX = 128  # nft refuses longer element comments
+
+
+TABLE = table_of(4)  # the IPv4 table; IPv6 rules live in "ip6 kproxy"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
