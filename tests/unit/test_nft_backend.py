@@ -165,3 +165,21 @@ def test_read_view_reconstructs_service_ports_from_kernel_json():
     }
     assert [sp.protocol for sp in view.service_ports] == ["TCP", "UDP"]
     assert read_view(None).present is False
+
+
+def test_affinity_to_an_endpoint_that_left_is_forgotten():
+    sticky = service("web", cluster_ip="10.96.0.10", sessionAffinity="ClientIP",
+                     sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}})
+    kernel = RecordingKernel()
+    backend = NftBackend(kernel)
+    backend.sync(make(sticky, endpoint_slice("web", ["10.244.1.2", "10.244.1.3"])))
+
+    def entry(client: str, endpoint: str) -> list:
+        key = {"concat": [client, "10.96.0.10", "tcp", 80]}
+        return [{"elem": {"val": key, "timeout": 600, "expires": 500}}, {"concat": [endpoint, 80]}]
+
+    kernel.maps["affinity-600"] = {"nftables": [{"map": {"name": "affinity-600", "elem": [
+        entry("10.0.0.1", "10.244.1.2"), entry("10.0.0.2", "10.244.1.3")]}}]}
+    backend.sync(make(sticky, endpoint_slice("web", ["10.244.1.2"])))
+    assert lines(kernel.scripts[-1]) == [
+        "delete element ip kproxy affinity-600 { 10.0.0.2 . 10.96.0.10 . tcp . 80 }"]
