@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from kproxy.backends.nft.readback import key_parts
 from kproxy.backends.nft.render import affinity_names, ip_text
 from kproxy.plan import ServicePortPlan
 
@@ -53,8 +54,5 @@ def stale_entries(
 
 def _elements(listing: dict[str, Any] | None) -> Iterable[tuple[list[Any], list[Any]]]:
     for item in (listing or {}).get("nftables", []):
-        for entry in (item.get("map") or {}).get("elem") or []:
-            key, value = entry
-            if isinstance(key, dict) and "elem" in key:
-                key = key["elem"]["val"]
-            yield list(key["concat"]), list(value["concat"])
+        for key, value in (item.get("map") or {}).get("elem") or []:
+            yield key_parts(key)[0], key_parts(value)[0]

@@ -13,7 +13,7 @@ from typing import Any
 from kproxy.view import FrontendView, ProgrammedView, ServicePortView
 
 
-def _key_parts(key: Any) -> tuple[list[Any], str | None]:
+def key_parts(key: Any) -> tuple[list[Any], str | None]:
     comment = None
     if isinstance(key, dict) and "elem" in key:
         comment = key["elem"].get("comment")
@@ -41,15 +41,15 @@ def read_view(listing: dict[str, Any] | None) -> ProgrammedView:
     for name, obj in objects.items():
         if name.startswith(("endpoints-", "nodeport-endpoints-")):
             for key, data in obj.get("elem") or []:
-                parts, _ = _key_parts(key)
-                target, _ = _key_parts(data)
+                parts, _ = key_parts(key)
+                target, _ = key_parts(data)
                 endpoints[tuple(parts[:-1])][int(parts[-1])] = f"{target[0]}:{target[1]}"
     by_port: dict[str, list[FrontendView]] = defaultdict(list)
     protocols: dict[str, str] = {}
     for map_name, reject in (("frontends", False), ("nodeport-frontends", False),
                              ("no-endpoint-frontends", True), ("no-endpoint-nodeports", True)):
         for key, verdict in _elements(objects, map_name):
-            parts, comment = _key_parts(key)
+            parts, comment = key_parts(key)
             name, _, kind = (comment or "?").rpartition(" ")
             if len(parts) == 3:
                 address, proto, port = f"{parts[0]}:{parts[2]}", parts[1], parts[2]
