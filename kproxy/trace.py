@@ -70,8 +70,14 @@ class Ruleset:
             value = table.get((*key, str(index)), (None, None))[0]
             if value:
                 ip, port = value["concat"]
-                chosen.append(f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}")
+                chosen.append(endpoint_text(ip, port))
         return tuple(chosen)
+
+
+def endpoint_text(ip: object, port: int | None = None) -> str:
+    """10.0.0.1, 80 -> "10.0.0.1:80"; fd00::1, 80 -> "[fd00::1]:80"; no port: the address alone."""
+    host = f"[{ip}]" if ":" in str(ip) else str(ip)
+    return f"{host}:{port}" if port is not None else host
 
 
 def endpoint_host(endpoint: str) -> str:

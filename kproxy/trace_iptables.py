@@ -29,7 +29,7 @@ from kproxy.backends.iptables.render import (
 )
 from kproxy.backends.iptables.save import Table, frontend_label, nodeport_addresses, options, parse_save_all, tokens
 from kproxy.model import IPAddress
-from kproxy.trace import TraceResult, endpoint_host
+from kproxy.trace import TraceResult, endpoint_host, endpoint_text
 
 NOTHING_PROGRAMMED = "kproxy has programmed nothing on this node"
 NOT_A_SERVICE = "not a Service address: kproxy's rules let it pass"
@@ -230,7 +230,7 @@ class _Walk:
             return [(replace(path, mark=mark), "next")]
         if target == "DNAT":
             host, port = _split_destination(opts["--to-destination"], path.port)
-            return [(replace(path, dnat=_endpoint_text(host, port), dst=host, port=port, verdict="DNAT",
+            return [(replace(path, dnat=endpoint_text(host, port), dst=host, port=port, verdict="DNAT",
                              rule=rule), "verdict")]
         if target in TERMINAL:
             return [(replace(path, verdict=target, rule=rule), "verdict")]
@@ -246,10 +246,6 @@ def _split_destination(text: str, port: int) -> tuple[IPAddress, int]:
         host, _, port_text = text.partition(":")
         return ip_address(host), int(port_text)
     return ip_address(text), port
-
-
-def _endpoint_text(ip: IPAddress, port: int) -> str:
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def _pod_cidrs(nat: Table) -> list[str]:

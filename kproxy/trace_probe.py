@@ -30,6 +30,7 @@ from typing import Any
 
 from kproxy.cli import UsageError, print_json
 from kproxy.model import IPAddress
+from kproxy.trace import endpoint_text
 
 PROBE_TABLE_PREFIX = "kproxy-probe-"
 PROTOCOLS = {"tcp": 6, "udp": 17}
@@ -49,7 +50,7 @@ class Probe:
     table: str = ""  # the temporary table's name
 
     def endpoint_text(self) -> str:
-        return f"{_hostport(str(self.src), self.sport)} -> {_hostport(str(self.dst), self.dport)}/{self.proto}"
+        return f"{endpoint_text(self.src, self.sport)} -> {endpoint_text(self.dst, self.dport)}/{self.proto}"
 
 
 # -- the packet ------------------------------------------------------------------------
@@ -252,8 +253,8 @@ def summarize(probe: Probe, trace_id: str, steps: list[TraceStep]) -> ProbeResul
     verdict, reason = _verdict(own, steps, last, moved)
     return ProbeResult(probe=probe.endpoint_text(), probe_table=own, path="output" if probe.local else "receive",
                        trace_id=trace_id, verdict=verdict, reason=reason,
-                       dnat=_hostport(last.dst, last.dport) if moved else None, masquerade=masquerade,
-                       source_after=_hostport(last.src, last.sport), out_interface=last.oif, steps=tuple(steps))
+                       dnat=endpoint_text(last.dst, last.dport) if moved else None, masquerade=masquerade,
+                       source_after=endpoint_text(last.src, last.sport), out_interface=last.oif, steps=tuple(steps))
 
 
 def _verdict(own: str, steps: list[TraceStep], last: Packet, moved: bool) -> tuple[str, str]:
@@ -267,9 +268,9 @@ def _verdict(own: str, steps: list[TraceStep], last: Packet, moved: bool) -> tup
         return "lost", (f"the trace ends after {where}: the kernel dropped the packet outside nftables "
                         "(no route, rp_filter, a martian address?)")
     if stop.chain == "stop-input":
-        reason = f"delivered to this node ({_hostport(last.dst, last.dport)})"
+        reason = f"delivered to this node ({endpoint_text(last.dst, last.dport)})"
     else:
-        reason = f"leaves via {last.oif or '?'} to {_hostport(last.dst, last.dport)}"
+        reason = f"leaves via {last.oif or '?'} to {endpoint_text(last.dst, last.dport)}"
     return ("dnat" if moved else "accept"), reason + "; stopped there by the probe"
 
 
@@ -282,8 +283,8 @@ def format_probe(result: ProbeResult) -> str:
         if step.packet:
             p = step.packet
             where = " ".join(x for x in (f"in {p.iif}" if p.iif else "", f"out {p.oif}" if p.oif else "") if x)
-            lines.append(f"  {step.table} {step.chain}: {_hostport(p.src, p.sport)} -> "
-                         f"{_hostport(p.dst, p.dport)} {where}".rstrip())
+            lines.append(f"  {step.table} {step.chain}: {endpoint_text(p.src, p.sport)} -> "
+                         f"{endpoint_text(p.dst, p.dport)} {where}".rstrip())
         elif step.kind == "rule":
             lines.append(f"      {step.chain}: {step.rule}  => {step.verdict}")
         else:
@@ -298,11 +299,6 @@ def format_probe(result: ProbeResult) -> str:
         lines.append(f"masquerade: yes (the source became {result.source_after})" if result.masquerade
                      else f"masquerade: no (the source stays {result.source_after})")
     return "\n".join(lines) + "\n"
-
-
-def _hostport(ip: str, port: int | None) -> str:
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"{host}:{port}" if port is not None else host
 
 
 # -- the kernel side ------------------------------------------------------------------
