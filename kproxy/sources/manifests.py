@@ -28,7 +28,7 @@ from yaml.events import (
     StreamStartEvent,
 )
 
-from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, SOURCE_KINDS, Tracker
+from kproxy.tracker import SOURCE_KINDS, Tracker
 
 log = structlog.get_logger(__name__)
 
@@ -213,9 +213,8 @@ class ManifestSource:
         # Fingerprint before reading: a write racing the read is seen by the next poll.
         fingerprint = self.fingerprint()
         objects = load_manifests(self.path)
-        self._tracker.replace(SERVICE, [o for o in objects if o.get("kind") == SERVICE])
-        self._tracker.replace(ENDPOINT_SLICE, [o for o in objects if o.get("kind") == ENDPOINT_SLICE])
-        self._tracker.replace(NODE, [o for o in objects if o.get("kind") == NODE])
+        for kind in SOURCE_KINDS:
+            self._tracker.replace(kind, [o for o in objects if o.get("kind") == kind])
         self._fingerprint = fingerprint
         log.debug("manifests loaded", path=str(self.path), objects=len(objects))
 
