@@ -55,8 +55,9 @@ def evaluate(src: IPAddress, dst: IPAddress, port: int, proto: str) -> TraceResu
     from kproxy.backends.iptables.variant import detect_variant
     from kproxy.node import local_addresses
 
-    variant = detect_variant(save_all)
-    saved = {family: save_all(variant, family) or "" for family in (4, 6)}
-    if any(programmed(text) for text in saved.values()):
-        return trace_iptables(saved[dst.version], src, dst, port, proto, local_addresses())
+    # only the destination's family matters: kproxy's chains in the other family alone
+    # leave this one with nothing programmed all the same
+    saved = save_all(detect_variant(save_all), dst.version) or ""
+    if programmed(saved):
+        return trace_iptables(saved, src, dst, port, proto, local_addresses())
     return TraceResult(verdict="none", reason=NOTHING_PROGRAMMED)
