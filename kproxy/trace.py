@@ -16,6 +16,23 @@ from typing import Any
 from kproxy.model import IPAddress
 
 
+# the reasons and steps both backends' traces give, worded alike so their --json compares
+NOTHING_PROGRAMMED = "kproxy has programmed nothing on this node"
+NOT_A_SERVICE = "not a Service address: kproxy's rules let it pass"
+SOURCE_RANGES_DROP = "source not in loadBalancerSourceRanges"
+SOURCE_ALLOWED = "source allowed by loadBalancerSourceRanges"
+SHORT_CIRCUIT = "short-circuit: pods and the node itself use every endpoint (externalTrafficPolicy Local)"
+NO_LOCAL_ENDPOINT = "no endpoint on this node (traffic policy Local)"
+NO_ENDPOINTS = "no ready endpoints"
+WRONG_PORT = "a ClusterIP, but not on this port"
+UNALLOCATED = "an unallocated address in the service CIDR"
+MASQ_ALL = "--masquerade-all"
+MASQ_OFF_CLUSTER_REASON = "ClusterIP traffic from outside the cluster CIDR"
+MASQ_EXTERNAL = "external traffic (externalTrafficPolicy Cluster): replies must return through this node"
+MASQ_NODE_OWN = "the node's own traffic to an externalTrafficPolicy Local frontend"
+MASQ_HAIRPIN = "hairpin: if it lands on the source pod itself"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TraceResult:
     verdict: str  # dnat, reject, drop, none (not a Service address: kproxy lets it pass)
@@ -103,7 +120,7 @@ def _cidrs_after(text: str, pattern: str) -> tuple[Any, ...]:
 def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str) -> TraceResult:
     steps: list[str] = []
     if not rules.present:
-        return TraceResult(verdict="none", reason="kproxy has programmed nothing on this node")
+        return TraceResult(verdict="none", reason=NOTHING_PROGRAMMED)
     nodeport_ips = {str(k[0]) for k in rules.keys("nodeport-ips")}
     src_kind = "pod" if any(src in c for c in rules.pod_cidrs) else (
         "node" if str(src) in nodeport_ips else "external")
@@ -116,9 +133,9 @@ def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str)
     if ip_key in rules.keys("firewall-frontends"):
         allowed = [k for k in rules.keys("firewall-allow") if k[:3] == ip_key]
         if not any(src in ip_network(k[3], strict=False) for k in allowed):
-            return TraceResult(verdict="drop", reason="source not in loadBalancerSourceRanges",
+            return TraceResult(verdict="drop", reason=SOURCE_RANGES_DROP,
                                source_kind=src_kind, steps=tuple(steps))
-        steps.append("source allowed by loadBalancerSourceRanges")
+        steps.append(SOURCE_ALLOWED)
 
     # filter output (priority -110) runs before nat output (-100): the node's own new
     # connections meet the no-endpoint check before any DNAT, short-circuit included, as in
@@ -138,8 +155,7 @@ def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str)
             continue
         sc = rules.keys(sc_vmap).get(key)
         if sc is not None and src_kind in ("pod", "node"):
-            found = (sc, sc_prefix, key, "short-circuit: pods and the node itself use every endpoint "
-                                         "(externalTrafficPolicy Local)")
+            found = (sc, sc_prefix, key, SHORT_CIRCUIT)
             break
         hit = rules.keys(vmap).get(key)
         if hit is not None:
@@ -155,7 +171,7 @@ def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str)
     endpoints = rules.endpoints(prefix, key, data)
     reasons = _masquerade_reasons(rules, src, src_kind, kind, ip_key, np_key, note is not None)
     if any(e.split(":")[0] == str(src) for e in endpoints):
-        reasons.append("hairpin: if it lands on the source pod itself")
+        reasons.append(MASQ_HAIRPIN)
     affinity = None
     for set_name in rules.sets:
         if set_name.startswith(("affinity-frontends-", "affinity-nodeports-")):
@@ -176,13 +192,13 @@ def _masquerade_reasons(rules: Ruleset, src: IPAddress, src_kind: str, kind: str
     reasons = []
     if kind == "ClusterIP":
         if rules.masquerade_all:
-            reasons.append("--masquerade-all")
+            reasons.append(MASQ_ALL)
         elif rules.pod_cidrs and not any(src in c for c in rules.pod_cidrs):
-            reasons.append("ClusterIP traffic from outside the cluster CIDR")
+            reasons.append(MASQ_OFF_CLUSTER_REASON)
     elif ip_key in rules.keys("masq-frontends") or np_key in rules.keys("masq-nodeports"):
-        reasons.append("external traffic (externalTrafficPolicy Cluster): replies must return through this node")
+        reasons.append(MASQ_EXTERNAL)
     elif short_circuit and src_kind == "node":
-        reasons.append("the node's own traffic to an externalTrafficPolicy Local frontend")
+        reasons.append(MASQ_NODE_OWN)
     return reasons
 
 
@@ -195,12 +211,12 @@ def _not_dispatched(rules: Ruleset, src_kind: str, ip_key: tuple[str, ...], np_k
         if hit is not None:
             return _empty_frontend(hit, src_kind, steps)
     if (str(dst),) in rules.keys("cluster-ips"):
-        return TraceResult(verdict="reject", reason="a ClusterIP, but not on this port", source_kind=src_kind,
+        return TraceResult(verdict="reject", reason=WRONG_PORT, source_kind=src_kind,
                            steps=tuple(steps))
     if any(dst in c for c in rules.service_cidrs):
-        return TraceResult(verdict="drop", reason="an unallocated address in the service CIDR",
+        return TraceResult(verdict="drop", reason=UNALLOCATED,
                            source_kind=src_kind, steps=tuple(steps))
-    return TraceResult(verdict="none", reason="not a Service address: kproxy's rules let it pass",
+    return TraceResult(verdict="none", reason=NOT_A_SERVICE,
                        source_kind=src_kind, steps=tuple(steps))
 
 
@@ -209,7 +225,7 @@ def _empty_frontend(hit: tuple[Any, str | None], src_kind: str, steps: list[str]
     data, comment = hit
     service, _, kind = (comment or "? ?").rpartition(" ")
     verdict = "drop" if "drop" in str(data) else "reject"
-    why = "no endpoint on this node (traffic policy Local)" if verdict == "drop" else "no ready endpoints"
+    why = NO_LOCAL_ENDPOINT if verdict == "drop" else NO_ENDPOINTS
     return TraceResult(verdict=verdict, reason=why, service_port=service, frontend=kind,
                        source_kind=src_kind, steps=tuple(steps))
 

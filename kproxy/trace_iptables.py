@@ -29,23 +29,27 @@ from kproxy.backends.iptables.render import (
 )
 from kproxy.backends.iptables.save import Table, frontend_label, nodeport_addresses, options, parse_save_all, tokens
 from kproxy.model import IPAddress
-from kproxy.trace import TraceResult, endpoint_host, endpoint_text
+from kproxy.trace import (
+    MASQ_ALL,
+    MASQ_EXTERNAL,
+    MASQ_HAIRPIN,
+    MASQ_NODE_OWN,
+    MASQ_OFF_CLUSTER_REASON,
+    NOTHING_PROGRAMMED,
+    NOT_A_SERVICE,
+    NO_ENDPOINTS,
+    NO_LOCAL_ENDPOINT,
+    SHORT_CIRCUIT,
+    SOURCE_ALLOWED,
+    SOURCE_RANGES_DROP,
+    UNALLOCATED,
+    WRONG_PORT,
+    TraceResult,
+    endpoint_host,
+    endpoint_text,
+)
 
-NOTHING_PROGRAMMED = "kproxy has programmed nothing on this node"
-NOT_A_SERVICE = "not a Service address: kproxy's rules let it pass"
-SOURCE_RANGES_DROP = "source not in loadBalancerSourceRanges"
-SOURCE_ALLOWED = "source allowed by loadBalancerSourceRanges"
-SHORT_CIRCUIT = "short-circuit: pods and the node itself use every endpoint (externalTrafficPolicy Local)"
-NO_LOCAL_ENDPOINT = "no endpoint on this node (traffic policy Local)"
-NO_ENDPOINTS = "no ready endpoints"
-WRONG_PORT = "a ClusterIP, but not on this port"
-UNALLOCATED = "an unallocated address in the service CIDR"
 LOCALNET = "a loopback address reached from outside the node (KUBE-FIREWALL)"
-MASQ_ALL = "--masquerade-all"
-MASQ_OFF_CLUSTER_REASON = "ClusterIP traffic from outside the cluster CIDR"
-MASQ_EXTERNAL = "external traffic (externalTrafficPolicy Cluster): replies must return through this node"
-MASQ_NODE_OWN = "the node's own traffic to an externalTrafficPolicy Local frontend"
-MASQ_HAIRPIN = "hairpin: if it lands on the source pod itself"
 
 BUILTIN = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 TERMINAL = ("DNAT", "ACCEPT", "DROP", "REJECT", "MASQUERADE")
