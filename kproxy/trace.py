@@ -170,7 +170,7 @@ def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str)
         steps.append(note)
     endpoints = rules.endpoints(prefix, key, data)
     reasons = _masquerade_reasons(rules, src, src_kind, kind, ip_key, np_key, note is not None)
-    if any(e.split(":")[0] == str(src) for e in endpoints):
+    if any(endpoint_host(e) == str(src) for e in endpoints):
         reasons.append(MASQ_HAIRPIN)
     affinity = None
     for set_name in rules.sets:

@@ -187,6 +187,8 @@ def test_ipv6():
     assert run("fd00:244::9", "[fd00:96::10]:81", rules).reason == "a ClusterIP, but not on this port"
     assert run("fd00:244::9", "[fd00:96::99]:80", rules).verdict == "drop"
     assert run("fd00:244::9", "[fd00:99::1]:80", rules).verdict == "none"
+    hairpin = run("fd00:244::2", "[fd00:96::10]:80", rules)  # a pod reaching itself
+    assert any("hairpin" in r for r in hairpin.masquerade_reasons)
 
 
 def test_nothing_programmed():
