@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import structlog
 
-from kproxy.backends import Backend
+from kproxy.backends.base import Backend
 from kproxy.model import ClusterState, NodeConfig
 from kproxy.plan import Plan
 from kproxy.planner import PlanCache, compute_plan
@@ -34,12 +34,15 @@ class SyncReport:
     total_ms: float
 
 
+SyncHook = Callable[[Plan, SyncReport], object]
+
+
 class Agent:
     """One sync = snapshot -> a plan per IP family -> each family's backend, serialised
     by a lock (upstream runs one proxier per family the same way)."""
 
     def __init__(self, node: NodeConfig, backends: Mapping[int, Backend], tracker: Tracker,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 on_synced: Sequence[SyncHook] = (), clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self.backends = dict(backends)
         self.tracker = tracker
@@ -48,8 +51,9 @@ class Agent:
         self.last_sync: SyncReport | None = None
         self._clock = clock
         self._last_full: float | None = None
-        # called after each successful sync, outside the lock (health checks, metrics)
-        self.on_synced: list[Callable[[Plan, SyncReport], None]] = []
+        # called with each family's plan after each successful sync, outside the lock
+        # (healthCheckNodePorts, UDP conntrack cleanup)
+        self.on_synced = tuple(on_synced)
 
     def _node_now(self, state: ClusterState) -> NodeConfig:
         """The node config with this node's zone as its Node object says now."""

@@ -7,7 +7,7 @@ are read from the tracker at scrape time; sync results are recorded by `Observed
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -30,10 +30,20 @@ FAILURE_COUNTERS = {  # per mode, as upstream names them
 }
 
 
+class ChangeCountsLike(Protocol):
+    """kproxy.tracker.ChangeCounts: changes seen and pending, per kind."""
+
+    @property
+    def total(self) -> Mapping[str, int]: ...
+
+    @property
+    def pending(self) -> Mapping[str, int]: ...
+
+
 class ChangeSource(Protocol):
     """What the tracker tells the metrics (kproxy.tracker.Tracker)."""
 
-    def change_counts(self) -> object: ...  # ChangeCounts: .total, .pending per kind
+    def change_counts(self) -> ChangeCountsLike: ...
     def take_changes(self) -> tuple[float, ...]: ...
 
 
@@ -51,10 +61,10 @@ class _ChangeCollector:
         for kind, word, label in (("Service", "service", "Service"), ("EndpointSlice", "endpoint", "Endpoint")):
             yield CounterMetricFamily(f"kubeproxy_sync_proxy_rules_{word}_changes",
                                       f"Cumulative proxy rules {label} changes",
-                                      value=counts.total.get(kind, 0))  # type: ignore[attr-defined]
+                                      value=counts.total.get(kind, 0))
             yield GaugeMetricFamily(f"kubeproxy_sync_proxy_rules_{word}_changes_pending",
                                     f"Pending proxy rules {label} changes",
-                                    value=counts.pending.get(kind, 0))  # type: ignore[attr-defined]
+                                    value=counts.pending.get(kind, 0))
 
 
 class ProxyMetrics:
@@ -91,7 +101,7 @@ class ProxyMetrics:
                        self.network_programming, self.sync_failures):
             metric.labels(IP_FAMILY)
         if changes is not None:
-            r.register(_ChangeCollector(changes))  # type: ignore[arg-type]
+            r.register(_ChangeCollector(changes))
         if registry is None:
             ProcessCollector(registry=r)  # process_cpu_seconds_total etc., as upstream serves
 
@@ -114,8 +124,11 @@ class ProxyMetrics:
 
 
 class SyncReportLike(Protocol):
-    full: bool
-    total_ms: float
+    @property
+    def full(self) -> bool: ...
+
+    @property
+    def total_ms(self) -> float: ...
 
 
 class SyncListener(Protocol):

@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from ipaddress import ip_network
 
 from kproxy.model import (
-    IPAddress,
-    IPNetwork,
     ClusterState,
     EndpointSlice,
+    IPAddress,
+    IPNetwork,
     NodeConfig,
     Protocol,
     Service,
@@ -99,7 +99,7 @@ def plan_service(node: NodeConfig, service: Service, slices: Iterable[EndpointSl
 
 
 def _same_objects(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def plan_service_port(

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from kproxy.model import ClusterState, EndpointSlice, NodeInfo, Service, ServiceName
-from kproxy.sources.parse import InvalidObject, object_key, parse_endpoint_slice, parse_node, parse_service
+from kproxy.parse import InvalidObject, object_key, parse_endpoint_slice, parse_node, parse_service
 
 log = structlog.get_logger(__name__)
 
@@ -36,8 +36,8 @@ class ChangeCounts:
 
 
 class Tracker:
-    def __init__(self, on_change: Callable[[], None]) -> None:
-        self._on_change = on_change
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self._listeners: list[Callable[[], None]] = [on_change] if on_change else []
         self._lock = threading.Lock()
         self._services: dict[ServiceName, Service] = {}
         self._slices: dict[tuple[str, str], EndpointSlice] = {}
@@ -49,6 +49,14 @@ class Tracker:
         self._changes_total = dict.fromkeys(KINDS, 0)
         self._pending: dict[str, set[Any]] = {kind: set() for kind in KINDS}
         self._trigger_times: dict[Any, float] = {}  # earliest pending trigger time per slice
+
+    def listen(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` too whenever something really changed."""
+        self._listeners.append(on_change)
+
+    def _on_change(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def replace(self, kind: str, objects: Iterable[dict[str, Any]]) -> None:
         """The full state of one kind, after a (re)list or a manifests reload."""
@@ -226,7 +234,7 @@ class SliceIndex:
                 continue
             group = tuple(members[n] for n in sorted(members))
             old = self._grouped.get(name)
-            if old is None or len(old) != len(group) or any(a is not b for a, b in zip(old, group)):
+            if old is None or len(old) != len(group) or any(a is not b for a, b in zip(old, group, strict=True)):
                 self._grouped[name] = group
         self._dirty = set()
         return dict(self._grouped)

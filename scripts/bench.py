@@ -196,7 +196,7 @@ class Agent:
                 line = self.lines.get(timeout=min(left, 1.0))
             except queue.Empty:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"agent exited ({self.proc.returncode}): {self.tail}")
+                    raise RuntimeError(f"agent exited ({self.proc.returncode}): {self.tail}") from None
                 continue
             if line.get("event") != "synced":
                 continue
@@ -372,7 +372,7 @@ def main() -> int:
                 report["results"].append(
                     bench_size(args.kproxy, size, args.endpoints, args.changes, args.timeout, workdir)
                 )
-            except Exception as e:  # one size failing must not hide the others' numbers
+            except Exception as e:  # noqa: BLE001 - one size failing must not hide the others' numbers
                 log(f"{size} services failed: {e}")
                 report["results"].append({"services": size, "error": str(e)[-3000:]})
                 status = 1

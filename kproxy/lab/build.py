@@ -29,7 +29,6 @@ from typing import Any
 import yaml
 
 from kproxy.lab import namespaces as netns
-from kproxy.sources.manifests import ManifestError, load_manifests, manifest_files
 from kproxy.lab.spec import (
     CLIENT_IP,
     CLIENT_NET,
@@ -49,9 +48,9 @@ from kproxy.lab.spec import (
     complete_services,
     dns_records,
     endpoint_slices,
+    lab_nodes,
     lb_forwards,
     lb_ruleset,
-    lab_nodes,
     nginx_config,
     node_objects,
     place,
@@ -59,6 +58,7 @@ from kproxy.lab.spec import (
     read_manifests,
     resolv_conf,
 )
+from kproxy.sources.manifests import ManifestError, load_manifests, manifest_files
 
 RUN_ROOT = Path(os.environ.get("KPROXY_LAB_DIR", "/run/kproxy-lab"))
 DEFAULT_NAME = "kplab"
@@ -89,7 +89,7 @@ def pod_to_json(pod: LabPod) -> dict[str, Any]:
 def pod_from_json(data: dict[str, Any]) -> LabPod:
     return LabPod(**{**data, "ip": IPv4Address(data["ip"]),
                      "ports": tuple(ContainerPort(**p) for p in data["ports"]),
-                     "labels": tuple(tuple(kv) for kv in data["labels"])})  # type: ignore[arg-type]
+                     "labels": tuple((k, v) for k, v in data["labels"])})
 
 
 def load_objects(path: Path) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from kproxy.lab import namespaces as netns
 from kproxy.lab.build import DEFAULT_NAME, Lab
@@ -14,7 +15,7 @@ from kproxy.lab.spec import LabError
 EXIT_FAILED = 1
 
 
-def add_lab_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_lab_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     lab = sub.add_parser("lab", parents=[common], help="a cluster of network namespaces on this machine (root)",
                          description="A Kubernetes-like cluster made of network namespaces: nodes running "
                                      "kproxy, pods, an L4 load balancer, an ingress controller, cluster DNS.")
@@ -114,7 +115,8 @@ def status(lab: Lab) -> str:
     for svc in lab.services():
         spec = svc["spec"]
         ports = ", ".join(f"{p['port']}/{p.get('protocol', 'TCP').lower()}"
-                          + (f" (NodePort {p['nodePort']})" if p.get("nodePort") else "") for p in spec.get("ports") or [])
+                          + (f" (NodePort {p['nodePort']})" if p.get("nodePort") else "")
+                          for p in spec.get("ports") or [])
         vips = [i["ip"] for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
         name = f"{svc['metadata'].get('namespace', 'default')}/{svc['metadata']['name']}"
         lines.append(f"    {name:40} {spec.get('type', 'ClusterIP'):12} {spec.get('clusterIP')!s:12} {ports}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from typing import Any
 
-LAN = ip_network("10.1.1.0/24")
+LAN = IPv4Network("10.1.1.0/24")
 LAN_GATEWAY = IPv4Address("10.1.1.1")  # the load balancer's address on the node network
 CLUSTER_CIDR = ip_network("10.244.0.0/16")
 SERVICE_CIDR = ip_network("10.96.0.0/16")
@@ -118,7 +118,7 @@ def lab_nodes(count: int) -> tuple[LabNode, ...]:
     if not 1 <= count <= MAX_NODES:
         raise LabError(f"--nodes must be between 1 and {MAX_NODES}, not {count}")
     return tuple(
-        LabNode(name=f"node{i}", ip=LAN.network_address + 9 + i, pod_cidr=ip_network(f"10.244.{i}.0/24"),
+        LabNode(name=f"node{i}", ip=LAN.network_address + 9 + i, pod_cidr=IPv4Network(f"10.244.{i}.0/24"),
                 gateway=IPv4Address(f"10.244.{i}.1"), zone=ZONES[(i - 1) % len(ZONES)])
         for i in range(1, count + 1)
     )
@@ -317,11 +317,12 @@ def endpoint_slices(services: Sequence[dict[str, Any]], pods: Sequence[LabPod],
         for pod, ready in members:
             if pod.namespace != namespace or not _matches(selector, pod):
                 continue
-            resolved = tuple((p.get("name", ""), _target_port(p, pod), p.get("protocol", "TCP"))
-                             for p in spec.get("ports") or [])
-            if any(port is None for _, port, _ in resolved):
-                continue
-            groups.setdefault(resolved, []).append((pod, ready))  # type: ignore[arg-type]
+            wanted = [(p.get("name", ""), _target_port(p, pod), p.get("protocol", "TCP"))
+                      for p in spec.get("ports") or []]
+            resolved = tuple((pname, port, proto) for pname, port, proto in wanted if port is not None)
+            if len(resolved) < len(wanted):
+                continue  # a named targetPort this pod does not have
+            groups.setdefault(resolved, []).append((pod, ready))
         for n, (ports, group) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
             slices.append({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
@@ -471,7 +472,8 @@ def lb_ruleset(forwards: Sequence[LbForward]) -> str:
             rules.append(f"        ip daddr {f.vip} {f.protocol} dport {f.port} dnat ip to numgen inc mod "
                          f"{len(f.targets)} map {{ {spread} }} comment \"{f.service}\"")
         else:
-            rules.append(f"        ip daddr {f.vip} {f.protocol} dport {f.port} reject comment \"{f.service}: no healthy node\"")
+            rules.append(f"        ip daddr {f.vip} {f.protocol} dport {f.port} reject "
+                         f"comment \"{f.service}: no healthy node\"")
     body = "\n".join(rules)
     return ("table ip kproxy-lab-lb\ndelete table ip kproxy-lab-lb\n"
             "table ip kproxy-lab-lb {\n    chain prerouting {\n"

@@ -17,14 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 import structlog
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kproxy.sources.parse import UPSTREAM_LABEL_SELECTOR
+from kproxy.parse import UPSTREAM_LABEL_SELECTOR
 from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, Tracker
 
 log = structlog.get_logger(__name__)
@@ -46,7 +45,7 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
                 config.load_incluster_config(client_configuration=cfg)
             except config.ConfigException:
                 config.load_kube_config(client_configuration=cfg)
-    except Exception as exc:  # the loaders raise ConfigException, OSError, YAML errors...
+    except Exception as exc:  # noqa: BLE001 - the loaders raise ConfigException, OSError, YAML errors...
         where = kubeconfig or "the in-cluster service account or the default kubeconfig"
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ApiConfigError(f"cannot configure the Kubernetes client from {where}: {detail}") from None
@@ -94,7 +93,7 @@ class ApiSource:
         self._connect_timeout = connect_timeout
         self._list_read_timeout = list_read_timeout
         self._label_selector = label_selector
-        self._resources = (
+        self._resources: tuple[_Resource, ...] = (
             _Resource(SERVICE, client.CoreV1Api(api_client).list_service_for_all_namespaces),
             _Resource(
                 ENDPOINT_SLICE,
@@ -165,7 +164,7 @@ class ApiSource:
                 log.info("resource version expired, relisting", kind=resource.kind)
                 version = None
                 continue
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any API trouble is retried with backoff
                 if self._stop.is_set():
                     break
                 log.warning(
@@ -279,10 +278,10 @@ class ApiSource:
 def _shutdown(response: Any) -> None:
     try:
         response.shutdown()  # urllib3 >= 2.3: shuts the socket's read side
-    except Exception:
+    except Exception:  # noqa: BLE001 - older urllib3, or already closed
         try:
             response.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing is best effort
             pass
 
 
@@ -290,30 +289,3 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-
-
-def node_ips_from_api(api_client: client.ApiClient, node_name: str, timeout: float = 10.0) -> tuple[IPv4Address, ...]:
-    """This node's IPv4 addresses from its Node object: InternalIP first, else ExternalIP,
-    as upstream picks node IPs when --node-ip is not given. Empty when it cannot tell."""
-    try:
-        response = client.CoreV1Api(api_client).read_node(
-            node_name, _preload_content=False, _request_timeout=timeout)
-        node = json.loads(response.data)
-    except Exception as exc:  # noqa: BLE001 - unknown node or API trouble: caller falls back
-        log.warning("cannot read this node's addresses from the API", node=node_name, error=_describe(exc))
-        return ()
-    addresses = node.get("status", {}).get("addresses") or []
-    for wanted in ("InternalIP", "ExternalIP"):
-        found = []
-        for entry in addresses:
-            if entry.get("type") != wanted:
-                continue
-            try:
-                ip = ip_address(entry.get("address", ""))
-            except ValueError:
-                continue
-            if isinstance(ip, IPv4Address):
-                found.append(ip)
-        if found:
-            return tuple(found[:1])
-    return ()

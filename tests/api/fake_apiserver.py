@@ -222,7 +222,7 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                     while not server.stopping.is_set() and time.monotonic() < deadline:
                         with store.cond:
                             store.cond.wait_for(
-                                lambda: server.stopping.is_set()
+                                lambda index=index: server.stopping.is_set()
                                 or store.generation != generation
                                 or (not store.frozen and len(history) > index),
                                 timeout=min(0.1, max(0.0, deadline - time.monotonic())),
@@ -248,7 +248,8 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message}
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
+            "message": message}
 
 
 def write_kubeconfig(path: Any, url: str) -> None:

@@ -127,7 +127,7 @@ def test_trace_on_each_hop_matches_where_requests_landed(lab):
     lab.requests("https://website1.com/", count=6)
     access = (lab.root / lab.name / "pods" / "ingress-nginx-controller-1" / "access.log").read_text()
     sources = {line.split()[0] for line in access.splitlines()}
-    assert sources and all(s.startswith("10.1.1.") or s.startswith("10.244.") for s in sources)
+    assert sources and all(s.startswith(("10.1.1.", "10.244.")) for s in sources)
     assert "198.51.100.100" not in sources
     # hop ClusterIP on the controller's node: the website pods, not masqueraded
     status = lab.kproxy("status").stdout

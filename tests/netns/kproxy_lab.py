@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from manifests import write_manifests
 from topology import CLUSTER_CIDR, NODE1_IP, SERVICE_CIDR, Cluster
+
+from manifests import write_manifests
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,8 +7,9 @@ import json
 import pytest
 import traffic
 from kproxy_lab import Kproxy
-from manifests import endpoint, endpoint_slice, port, service, slice_port
 from topology import Cluster
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
 
 pytestmark = pytest.mark.netns
 

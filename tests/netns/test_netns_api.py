@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-
 from kproxy_lab import NODE_FLAGS, Kproxy
+from topology import Cluster
+
 from tests.api.fake_apiserver import FakeApiServer, Store, write_kubeconfig
 from tests.builders import endpoint, endpoint_slice, service
-from topology import Cluster
 
 pytestmark = pytest.mark.netns
 
@@ -113,7 +113,7 @@ def start_with_web(cluster: Cluster, kproxy: Kproxy, store: Store, kubeconfig: P
 
 
 def test_create_update_delete_reach_the_kernel(cluster, kproxy, api):
-    store, servers, kubeconfig = api
+    store, _servers, kubeconfig = api
     agent = start_with_web(cluster, kproxy, store, kubeconfig)
 
     store.apply(web_slice("10.244.1.2", "10.244.1.3"))  # update
@@ -125,7 +125,7 @@ def test_create_update_delete_reach_the_kernel(cluster, kproxy, api):
 
 
 def test_410_gone_triggers_a_relist_that_catches_up(cluster, kproxy, api):
-    store, servers, kubeconfig = api
+    store, _servers, kubeconfig = api
     agent = start_with_web(cluster, kproxy, store, kubeconfig)
     lists_before = store.calls[("endpointslices", "list")]
 

@@ -8,7 +8,6 @@ import json
 import pytest
 import traffic
 from kproxy_lab import Kproxy
-from manifests import endpoint_slice, port, service, slice_port
 from topology import (
     CLIENT_IP6,
     CLUSTER_CIDR,
@@ -19,6 +18,8 @@ from topology import (
     SERVICE_CIDR6,
     Cluster,
 )
+
+from manifests import endpoint_slice, port, service, slice_port
 
 # both backends (the kproxy fixture is parametrized over the proxy modes)
 pytestmark = pytest.mark.netns

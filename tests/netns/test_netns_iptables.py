@@ -8,8 +8,9 @@ import json
 import pytest
 import traffic
 from kproxy_lab import Kproxy
-from manifests import endpoint, endpoint_slice, port, service, slice_port
 from topology import NODE1_BRIDGE_IP, NODE1_IP, Cluster
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
 
 pytestmark = [pytest.mark.netns, pytest.mark.parametrize("kproxy", ["iptables"], indirect=True)]
 
@@ -50,7 +51,7 @@ def test_variant_follows_the_node_and_the_flag(cluster: Cluster, kproxy: Kproxy)
     serves(cluster)
     view = json.loads(kproxy.cli("dump", "--json").stdout)
     (web_port,) = [sp for sp in view["service_ports"] if sp["name"] == "default/web"]
-    cluster_ip = [fe for fe in web_port["frontends"] if fe["kind"] == "ClusterIP"][0]
+    cluster_ip = next(fe for fe in web_port["frontends"] if fe["kind"] == "ClusterIP")
     assert sorted(cluster_ip["endpoints"]) == sorted(f"{cluster.pods[p].ip}:8080" for p in ("pod2", "pod4"))
 
     # The flag wins over detection; the legacy rules of the earlier run are removed

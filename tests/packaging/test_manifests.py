@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kproxy.config import parse_config
+from kproxy.cli.config_file import parse_config
 
 TOP = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.29.0", "1.33.0", kubernetes_validate.latest_version())

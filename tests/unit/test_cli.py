@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kproxy.cli import main, parse_duration
+from kproxy.cli import main
+from kproxy.values import parse_duration
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -7,8 +7,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 import yaml
 
-from kproxy.cli import build_parser, main
-from kproxy.config import apply_config_file, format_duration, parse_config, parse_go_duration
+from kproxy.cli import main
+from kproxy.cli.config_file import apply_config_file, parse_config
+from kproxy.cli.parser import build_parser
+from kproxy.values import format_duration
+from kproxy.values import parse_duration as parse_go_duration
 
 # What `kubeadm init` writes into the kube-proxy ConfigMap: every field, zero values mean default.
 KUBEADM = """\

@@ -24,7 +24,7 @@ from kproxy.lab.spec import (
     public_hosts,
     read_manifests,
 )
-from kproxy.sources.parse import parse_endpoint_slice, parse_service
+from kproxy.parse import parse_endpoint_slice, parse_service
 
 DEFAULTS = Path(__file__).resolve().parents[2] / "kproxy" / "lab" / "default"
 
@@ -99,7 +99,7 @@ def test_services_get_cluster_ips_node_ports_and_lb_ips_but_keep_explicit_ones()
 
 
 def test_endpoint_slices_resolve_named_ports_and_mark_terminating_pods():
-    m, nodes, pods, services = default_lab()
+    _m, nodes, pods, services = default_lab()
     slices = {s["metadata"]["name"]: s for s in endpoint_slices(services, pods, nodes)}
     web = slices["website1fe-0"]
     assert web["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
@@ -142,7 +142,7 @@ def test_nginx_config_routes_each_host_with_its_certificate():
 
 
 def test_load_balancer_spreads_over_node_ports_and_only_local_nodes_for_local_policy():
-    m, nodes, pods, services = default_lab()
+    _m, nodes, pods, services = default_lab()
     forwards = lb_forwards(services, nodes, pods)
     https = next(f for f in forwards if f.port == 443)
     assert https.vip == IPv4Address("203.0.113.10")

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kproxy.health import HealthEndpoints, ProxyHealth, watch_node_deletion
-from kproxy.observability import Observability, start_observability
+from kproxy.cli.wiring import Observability, start_observability
+from kproxy.health.proxier import HealthEndpoints, ProxyHealth, watch_node_deletion
 from kproxy.tracker import ENDPOINT_SLICE, SERVICE, Tracker
 from tests.builders import endpoint_slice, service
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Network
 from pathlib import Path
 
 import structlog
 
-from kproxy.backends import SyncResult
-from kproxy.backends.iptables.kernel import IptablesError, IptablesKernel
+from kproxy.backends.base import SyncResult
+from kproxy.backends.iptables.kernel import IptablesKernel
 from kproxy.backends.iptables.render import (
     Chains,
     ServicePortRules,
@@ -31,9 +30,9 @@ from kproxy.backends.iptables.render import (
 )
 from kproxy.backends.iptables.restore import RestoreInput, cleanup_restore, full_restore, partial_restore
 from kproxy.backends.iptables.save import parse_save_all, read_view
-from kproxy.model import ServicePortName
+from kproxy.backends.view import ProgrammedView
+from kproxy.model import IPNetwork, ServicePortName
 from kproxy.plan import Plan, ServicePortPlan
-from kproxy.view import ProgrammedView
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +58,7 @@ class IptablesBackend:
         self._route_localnet = route_localnet
         self._applied: Chains | None = None  # None: the next sync is a full one
         self._rules: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
-        self._render_key: tuple[bool, tuple[IPv4Network, ...], int] | None = None
+        self._render_key: tuple[bool, tuple[IPNetwork, ...], int] | None = None
 
     @property
     def variant(self) -> str:
@@ -120,23 +119,3 @@ class IptablesBackend:
             self._kernel.restore(restore.text)
         return bool(restore)
 
-
-def cleanup_all_variants() -> bool:
-    """Remove kproxy's iptables and ip6tables rules from both variants (switching to
-    nftables mode, `kproxy cleanup`); True if there was something."""
-    from kproxy.backends.iptables.kernel import IptablesCommands, save_all
-    from kproxy.backends.iptables.variant import VARIANTS
-
-    removed = False
-    for family in (4, 6):
-        for variant in VARIANTS:
-            if save_all(variant, family) is None:
-                continue
-            try:
-                backend = IptablesBackend(IptablesCommands(variant, family), route_localnet=lambda: None,
-                                          family=family)
-                removed = backend.cleanup() or removed
-            except IptablesError as err:  # best effort: never a reason not to program the other mode
-                log.warning("could not remove kproxy's iptables rules", variant=variant, family=family,
-                            error=str(err))
-    return removed

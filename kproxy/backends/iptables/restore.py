@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kproxy.backends.iptables.kernel import BUILTIN
 from kproxy.backends.iptables.render import (
+    BUILTIN,
     FIREWALL,
     SERVICE_CHAIN_PREFIXES,
     STATIC_CHAINS,

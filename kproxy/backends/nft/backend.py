@@ -1,6 +1,7 @@
 """NftBackend: renders a Plan, diffs it against what it last applied, applies one batch.
 
-What was applied is kept in memory (reading a large ruleset back costs seconds, DESIGN §3).
+What was applied is kept in memory (reading a large ruleset back costs seconds:
+docs/DESIGN.md, "nftables at scale").
 The first sync, and the one after any failure, replaces the whole table in a single atomic
 batch: that adopts whatever an earlier run left without a moment of missing rules, and
 makes any in-memory record that a failed batch left behind irrelevant.
@@ -12,15 +13,15 @@ import time
 
 import structlog
 
-from kproxy.backends import SyncResult
+from kproxy.backends.base import SyncResult
 from kproxy.backends.nft.affinity import stale_entries
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.kernel import NftError, NftKernel
-from kproxy.backends.nft.objects import Skeleton, table_of
+from kproxy.backends.nft.names import affinity_names, table_of
+from kproxy.backends.nft.objects import Skeleton
 from kproxy.backends.nft.readback import read_view
 from kproxy.backends.nft.render import (
     Contribution,
-    affinity_names,
     affinity_timeouts,
     counts_in_use,
     render_node,
@@ -28,9 +29,9 @@ from kproxy.backends.nft.render import (
     render_skeleton,
 )
 from kproxy.backends.nft.transaction import NeedsFullSync, NftTransaction, full_transaction, incremental_transaction
+from kproxy.backends.view import ProgrammedView
 from kproxy.model import ServicePortName
 from kproxy.plan import Plan, ServicePortPlan
-from kproxy.view import ProgrammedView
 
 log = structlog.get_logger(__name__)
 
@@ -98,10 +99,10 @@ class NftBackend:
             self._node = node
         wanted = {sp.name: sp for sp in plan.service_ports}
         for name in [n for n in self._plans if n not in wanted]:
-            old = self._plans.pop(name)
-            # render is pure, so what `old` contributed is rendered again rather than kept
-            self._table.replace(str(name), render_service_port(old), None, delta)
-            self._note_affinity(old, None)
+            gone = self._plans.pop(name)
+            # render is pure, so what `gone` contributed is rendered again rather than kept
+            self._table.replace(str(name), render_service_port(gone), None, delta)
+            self._note_affinity(gone, None)
         for name, sp in wanted.items():
             old = self._plans.get(name)
             if old is sp or old == sp:

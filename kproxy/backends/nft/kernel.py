@@ -6,7 +6,7 @@ import json
 import subprocess
 from typing import Any, Protocol
 
-from kproxy.backends.nft.objects import TABLE
+from kproxy.backends.nft.names import TABLE
 
 
 class NftError(RuntimeError):
@@ -56,7 +56,8 @@ class LibNftKernel:
             if "No such file or directory" in err:
                 return None
             raise NftError(_first_error(err))
-        return json.loads(out)
+        listing: dict[str, Any] = json.loads(out)
+        return listing
 
     def delete_table(self) -> bool:
         if self.list_table() is None:
@@ -69,7 +70,7 @@ class LibNftKernel:
         rc, out, err = self._nft.cmd(f"list table {self.table}")
         if rc != 0:
             raise NftError(_first_error(err))
-        return out
+        return str(out)
 
 
 # libnftables keeps what it parsed: a 10,000-Service table (9 MB of script) leaves

@@ -10,19 +10,23 @@ and here). Flags given on the command line override the file.
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 from typing import Any
 
 import yaml
 
+from kproxy.model import IPNetwork
+from kproxy.values import format_duration, parse_cidr_list, parse_duration
+
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 KIND = "KubeProxyConfiguration"
 
-DEFAULT_METRICS_BIND_ADDRESS = "127.0.0.1:10249"
-DEFAULT_HEALTHZ_BIND_ADDRESS = "0.0.0.0:10256"
+METRICS_PORT = 10249
+HEALTHZ_PORT = 10256
+DEFAULT_METRICS_BIND_ADDRESS = f"127.0.0.1:{METRICS_PORT}"
+DEFAULT_HEALTHZ_BIND_ADDRESS = f"0.0.0.0:{HEALTHZ_PORT}"
 
 
 class ConfigError(ValueError):
@@ -30,33 +34,6 @@ class ConfigError(ValueError):
 
 
 # --- value types --------------------------------------------------------------------------
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(text: str) -> float:
-    """metav1.Duration as upstream writes it: 30s, 1m0s, 500ms, 2h22m; "0" is zero."""
-    if text == "0":
-        return 0.0
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r} (examples: 30s, 500ms, 1m0s)")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest Go-style spelling: 30s, 500ms, 1m30s, 1h0m0s."""
-    if seconds < 1 and seconds != 0:
-        return f"{seconds * 1000:g}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours:g}h{minutes:g}m{secs:g}s"
-    if minutes:
-        return f"{minutes:g}m{secs:g}s"
-    return f"{secs:g}s"
-
 
 def _is_str(v: object) -> bool:
     return isinstance(v, str)
@@ -74,7 +51,7 @@ def _is_duration(v: object) -> bool:
     if not isinstance(v, str):
         return False
     try:
-        parse_go_duration(v)
+        parse_duration(v)
     except ValueError:
         return False
     return True
@@ -205,12 +182,13 @@ def _field(key: str) -> Field:
     node: Any = SCHEMA
     for part in key.split("."):
         node = node[part]
+    assert isinstance(node, Field)
     return node
 
 
 def _is_zero(value: object) -> bool:
     if isinstance(value, str) and _is_duration(value):
-        return parse_go_duration(value) == 0
+        return parse_duration(value) == 0
     if isinstance(value, dict):
         return all(_is_zero(v) for v in value.values())
     return value is None or value is False or value == 0 or value in ("", [])
@@ -264,25 +242,23 @@ def load_config(path: str) -> ProxyConfigFile:
 
 # --- merging with the command line ------------------------------------------------------------
 
-def _cidrs(key: str, text: str) -> tuple[IPv4Network, ...]:
-    found = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
-        try:
-            net = ip_network(item, strict=False)
-        except ValueError:
-            raise ConfigError(f"field {key!r}: {item!r} is not a CIDR") from None
-        if isinstance(net, IPv4Network):
-            found.append(net)
-    return tuple(found)
+ALL_ADDRESSES = (ip_network("0.0.0.0/0"), ip_network("::/0"))
 
 
-def _node_port_addresses(items: list[str]) -> tuple[IPv4Network, ...]:
-    found: list[IPv4Network] = []
+def _cidrs(key: str, text: str) -> tuple[IPNetwork, ...]:
+    try:
+        return parse_cidr_list(text)
+    except ValueError as err:
+        raise ConfigError(f"field {key!r}: {err}") from None
+
+
+def _node_port_addresses(items: list[str]) -> tuple[IPNetwork, ...]:
+    found: list[IPNetwork] = []
     for item in items:
         if item == "primary":
             continue  # the default: the node IPs
         if item == "all":
-            found.append(IPv4Network("0.0.0.0/0"))
+            found.extend(ALL_ADDRESSES)
         elif item == "localhost":
             raise ConfigError("field 'nodePortAddresses': 'localhost' is not supported (nftables mode)")
         else:
@@ -329,12 +305,12 @@ def file_settings(cfg: ProxyConfigFile, mode_choices: tuple[str, ...], flag_mode
                 ip = ip_address(bind)
             except ValueError:
                 raise ConfigError(f"field 'bindAddress': {bind!r} is not an IP address") from None
-            if isinstance(ip, IPv4Address) and not ip.is_unspecified:
+            if not ip.is_unspecified:
                 out["node_ip"] = [ip]
         if address := v.get("healthzBindAddress"):
-            out["healthz_bind_address"] = check_bind_address("field 'healthzBindAddress'", address, 10256)
+            out["healthz_bind_address"] = check_bind_address("field 'healthzBindAddress'", address, HEALTHZ_PORT)
         if address := v.get("metricsBindAddress"):
-            out["metrics_bind_address"] = check_bind_address("field 'metricsBindAddress'", address, 10249)
+            out["metrics_bind_address"] = check_bind_address("field 'metricsBindAddress'", address, METRICS_PORT)
         if cidrs := v.get("clusterCIDR"):
             out["cluster_cidr"] = _cidrs("clusterCIDR", cidrs)
         if (local_mode := v.get("detectLocalMode")) and local_mode != "ClusterCIDR":
@@ -346,13 +322,13 @@ def file_settings(cfg: ProxyConfigFile, mode_choices: tuple[str, ...], flag_mode
         if v.get(f"{section}.masqueradeAll"):
             out["masquerade_all"] = True
         for name, dest in (("syncPeriod", "sync_period"), ("minSyncPeriod", "min_sync_period")):
-            seconds = parse_go_duration(v.get(f"{section}.{name}", "0"))
+            seconds = parse_duration(v.get(f"{section}.{name}", "0"))
             if seconds:  # 0s: upstream's default
                 out[dest] = seconds
         for name, dest in CONNTRACK_FIELDS.items():
             value = v.get(f"conntrack.{name}")
             if isinstance(value, str):
-                value = parse_go_duration(value)
+                value = parse_duration(value)
             if value:
                 out[dest] = value
         if fmt := v.get("logging.format"):
@@ -396,7 +372,7 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
         elif value:
             conntrack[name] = value
     nodeports: list[str] = [str(n) for n in args.nodeport_addresses] or ["primary"]
-    if nodeports == ["0.0.0.0/0"]:
+    if set(nodeports) <= {str(n) for n in ALL_ADDRESSES}:
         nodeports = ["all"]
     return {
         "apiVersion": API_VERSION,
@@ -426,8 +402,8 @@ def _all_actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
     pending = [parser]
     while pending:
         p = pending.pop()
-        for action in p._actions:  # noqa: SLF001
-            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
                 pending.extend(action.choices.values())
             else:
                 yield action

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from kproxy.http_server import Response
+from kproxy.health.http import Response
 
 
 def _timestamp(seconds: float | None) -> str:
@@ -87,7 +87,7 @@ class HealthEndpoints:
         body = {"lastUpdated": _timestamp(last), "currentTime": _timestamp(s.current_time)}
         return self._respond("livez", s.healthy, body)
 
-    def _respond(self, path: str, healthy: bool, body: dict[str, object]) -> Response:
+    def _respond(self, path: str, healthy: bool, body: Mapping[str, object]) -> Response:
         code = 200 if healthy else 503
         self._count(path, code)
         return code, "application/json", json.dumps(body).encode()

@@ -7,16 +7,15 @@ the object is malformed and must be left out (the caller logs it once).
 from __future__ import annotations
 
 import socket
-
 from dataclasses import replace
 from ipaddress import AddressValueError, IPv4Address, ip_address, ip_network
 from typing import Any
 
 from kproxy.model import (
+    EndpointSlice,
     IPAddress,
     IPNetwork,
     NodeInfo,
-    EndpointSlice,
     Protocol,
     Service,
     ServiceName,
@@ -60,7 +59,7 @@ def object_key(obj: dict[str, Any]) -> tuple[str, str]:
 class _Ctx:
     """Carries kind and key so every error names the object without repeating it."""
 
-    __slots__ = ("kind", "key")
+    __slots__ = ("key", "kind")
 
     def __init__(self, kind: str, obj: dict[str, Any]) -> None:
         self.kind = kind
@@ -292,7 +291,7 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
         terminating = conditions.get("terminating") is True
         raw_hints = raw.get("hints") or {}
 
-        def hints(kind: str) -> tuple[str, ...]:
+        def hints(kind: str, raw_hints: dict[str, Any] = raw_hints) -> tuple[str, ...]:
             return tuple(sorted(h.get("name", "") for h in raw_hints.get(kind) or () if isinstance(h, dict)))
 
         for j, address in enumerate(raw.get("addresses") or ()):

@@ -1,0 +1,84 @@
+"""`kproxy run` (the agent: watch and keep the rules in sync) and `kproxy sync` (once)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+import structlog
+
+from kproxy.agent import Agent
+from kproxy.backends.iptables.kernel import IptablesError
+from kproxy.backends.nft.kernel import NftError
+from kproxy.cli.errors import EXIT_FAILED
+from kproxy.cli.wiring import (
+    apply_conntrack_sysctls,
+    backends_for,
+    install_stop_handlers,
+    node_config,
+    start_observability,
+    start_source,
+)
+from kproxy.conntrack import ConntrackCleaner
+from kproxy.health.proxier import watch_node_deletion
+from kproxy.health.services import ServiceHealthServer
+from kproxy.runner import SyncRunner
+from kproxy.tracker import Tracker
+
+log = structlog.get_logger("kproxy")
+
+WAIT_FOR_API_S = 60.0
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    tracker = Tracker()
+    source = start_source(args, tracker, stop, watch=True)
+    apply_conntrack_sysctls(args)
+    node = node_config(args, source.node_ips)
+    health_checks = ServiceHealthServer()
+    agent = Agent(node, backends_for(args, node), tracker,
+                  on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync))
+    obs = start_observability(args.proxy_mode, tracker, args.sync_period,
+                              args.metrics_bind_address, args.healthz_bind_address)
+    runner = SyncRunner(obs.observe(agent.sync, tracker), min_interval=args.min_sync_period,
+                        max_interval=args.sync_period)
+    tracker.listen(obs.queued)
+    tracker.listen(runner.request)
+    if source.read_node is not None:
+        read_node = source.read_node
+        threading.Thread(target=watch_node_deletion, args=(lambda: read_node(node.hostname), obs.health, stop),
+                         name="node-deletion", daemon=True).start()
+    install_stop_handlers(stop, runner.wake)
+    log.info("starting", node=node.hostname, node_ips=[str(i) for i in node.node_ips],
+             source=args.manifests or "api", min_sync_period_s=args.min_sync_period)
+    # Never program a partial or empty view: rules stay as they are until a full list arrived.
+    while not source.wait_synced(1.0):
+        if stop.is_set():
+            return 0
+        log.info("waiting for the first full list from the API")
+    runner.run(stop)
+    health_checks.close()
+    obs.close()
+    log.info("stopped; programmed rules stay in place")
+    return 0
+
+
+def sync(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    tracker = Tracker()
+    try:
+        source = start_source(args, tracker, stop, watch=False)
+        apply_conntrack_sysctls(args)
+        if not source.wait_synced(WAIT_FOR_API_S):
+            sys.stderr.write(f"kproxy: error: no full list from the API within {WAIT_FOR_API_S:.0f}s\n")
+            return EXIT_FAILED
+        node = node_config(args, source.node_ips)
+        Agent(node, backends_for(args, node), tracker).sync()
+    except (NftError, IptablesError) as err:
+        sys.stderr.write(f"kproxy: error: the kernel refused the rules: {err}\n")
+        return EXIT_FAILED
+    finally:
+        stop.set()
+    return 0
