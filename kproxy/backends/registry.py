@@ -37,7 +37,7 @@ def node_variant(choice: str = "auto") -> str:
 
 
 def nft_programmed(family: int) -> bool:
-    return LibNftKernel(table_of(family)).list_table() is not None
+    return LibNftKernel(table_of(family)).exists()
 
 
 def programmed_mode() -> str | None:

@@ -24,7 +24,7 @@ def dump(args: argparse.Namespace) -> int:
             return 0
         for family in FAMILIES:
             kernel = LibNftKernel(table_of(family))
-            sys.stdout.write(kernel.list_ruleset_text() if kernel.list_table() else "")
+            sys.stdout.write(kernel.list_ruleset_text() if kernel.exists() else "")
         return 0
     view = merge_views([make_backend(mode, family=family).read_view() for family in FAMILIES])
     if args.json:

@@ -113,7 +113,7 @@ def build_parser() -> Parser:
                          help="timeout of UDP flows in ASSURED state")
 
     parser = Parser(prog="kproxy", parents=[common],
-                    description="kube-proxy replacement: Services and EndpointSlices to nftables")
+                    description="kube-proxy replacement: Services and EndpointSlices to nftables or iptables rules")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common, sources], help="the agent: watch and keep rules in sync")
     sync = sub.add_parser("sync", parents=[common, sources], help="program the rules once and exit")

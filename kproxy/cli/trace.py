@@ -18,7 +18,7 @@ from kproxy.backends.nft.names import table_of
 from kproxy.backends.nft.probe import Probe, ProbeError, format_probe, make_probe, probe
 from kproxy.backends.nft.trace import Ruleset
 from kproxy.backends.nft.trace import trace as trace_nft
-from kproxy.backends.registry import FAMILIES, node_variant
+from kproxy.backends.registry import node_variant, programmed_mode
 from kproxy.backends.trace import NOTHING_PROGRAMMED, TraceResult, format_trace
 from kproxy.cli.errors import EXIT_FAILED, UsageError
 from kproxy.cli.output import print_json
@@ -67,15 +67,15 @@ def parse_arguments(args: argparse.Namespace) -> tuple[IPAddress, IPAddress, int
 
 
 def evaluate(src: IPAddress, dst: IPAddress, port: int, proto: str) -> TraceResult:
-    kernels = {family: LibNftKernel(table_of(family)) for family in FAMILIES}
-    listings = {family: kernel.list_table() for family, kernel in kernels.items()}
-    if any(listing is not None for listing in listings.values()):
-        return trace_nft(Ruleset(listings[dst.version]), src, dst, port, proto)
-    # only the destination's family matters: kproxy's chains in the other family alone
+    # only the destination's family matters: kproxy's rules in the other family alone
     # leave this one with nothing programmed all the same
-    saved = save_all(node_variant(), dst.version) or ""
-    if iptables_programmed(saved):
-        return trace_iptables(saved, src, dst, port, proto, node.local_addresses())
+    mode = programmed_mode()
+    if mode == "nftables":
+        return trace_nft(Ruleset(LibNftKernel(table_of(dst.version)).list_table()), src, dst, port, proto)
+    if mode == "iptables":
+        saved = save_all(node_variant(), dst.version) or ""
+        if iptables_programmed(saved):
+            return trace_iptables(saved, src, dst, port, proto, node.local_addresses())
     return TraceResult(verdict="none", reason=NOTHING_PROGRAMMED)
 
 
@@ -93,6 +93,10 @@ def _probe(args: argparse.Namespace) -> int:
     target = probe_target(args)
     if os.geteuid() != 0:
         sys.stderr.write("kproxy: error: trace --probe needs root (it adds a table and sends a raw packet)\n")
+        return EXIT_FAILED
+    if programmed_mode() != "nftables":
+        sys.stderr.write("kproxy: error: trace --probe needs the nftables backend (no table ip kproxy "
+                         "or ip6 kproxy on this node)\n")
         return EXIT_FAILED
     try:
         result = probe(target, args.timeout)

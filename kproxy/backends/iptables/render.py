@@ -8,7 +8,7 @@ KUBE-EXT-* chain (NodePort, externalIPs, LB IPs) pick endpoint i of n with
 KUBE-POSTROUTING for DNATed connections, as the nftables backend does with a set. Chain
 count then grows with Service ports, not endpoints: on iptables-nft, 10,000 Services
 with 50,000 local endpoints took more than 8 minutes to restore with a KUBE-SEP-* chain
-per local endpoint (docs/DESIGN.md: chains are what costs).
+per local endpoint (docs/DESIGN.md §3: chains are what costs).
 
 nat: PREROUTING/OUTPUT -> KUBE-SERVICES: frontend -> KUBE-SVC-X | KUBE-EXT-X, then the
      NodePort addresses -> KUBE-NODEPORTS: port -> KUBE-EXT-X. POSTROUTING ->

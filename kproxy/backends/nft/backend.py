@@ -1,7 +1,7 @@
 """NftBackend: renders a Plan, diffs it against what it last applied, applies one batch.
 
 What was applied is kept in memory (reading a large ruleset back costs seconds:
-docs/DESIGN.md, "nftables at scale").
+docs/DESIGN.md §3).
 The first sync, and the one after any failure, replaces the whole table in a single atomic
 batch: that adopts whatever an earlier run left without a moment of missing rules, and
 makes any in-memory record that a failed batch left behind irrelevant.

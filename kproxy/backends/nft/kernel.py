@@ -43,6 +43,13 @@ class LibNftKernel:
             raise NftError(_first_error(err))
         return None
 
+    def exists(self) -> bool:
+        """Whether the table is there; cheap (`list table` of a large one takes seconds)."""
+        rc, out, err = self._nft.cmd(f"list tables {self.table.split()[0]}")
+        if rc != 0:
+            raise NftError(_first_error(err))
+        return f"table {self.table}" in str(out).splitlines()
+
     def list_table(self) -> dict[str, Any] | None:
         return self._list(f"table {self.table}")
 

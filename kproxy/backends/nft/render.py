@@ -1,7 +1,7 @@
 """Plan -> nftables objects. Pure.
 
 The ruleset keeps every per-Service fact in named sets and maps, so the number of chains
-does not grow with Services (docs/DESIGN.md, "nftables at scale"): a frontend (ip . proto . port, or proto . port for
+does not grow with Services (docs/DESIGN.md §3): a frontend (ip . proto . port, or proto . port for
 NodePorts) maps to `goto dnat-N`, where N is its endpoint count, and chain dnat-N picks
 endpoint `numgen random mod N` from map endpoints-N keyed by frontend . index.
 
