@@ -20,6 +20,9 @@ class SyncResult:
     operations: int  # rules and set elements written or deleted
     render_ms: float
     apply_ms: float
+    # kernel transactions committed: each moves the nftables ruleset generation by one,
+    # which tells the agent whether anyone else changed the rules meanwhile
+    transactions: int = 0
 
 
 class Backend(Protocol):
@@ -28,6 +31,11 @@ class Backend(Protocol):
     def sync(self, plan: Plan, full: bool = False) -> SyncResult:
         """Make the kernel match `plan` in one atomic transaction; raise if refused
         (the previous state then stays in place and the next sync is a full one)."""
+
+    def differences(self) -> list[str]:
+        """What the kernel holds that differs from what this backend last applied, read
+        from the kernel (costly at scale: the agent asks only when something may have
+        changed); empty when they match or nothing was applied yet."""
 
     def read_view(self) -> ProgrammedView:
         """What is programmed now, read back from the kernel."""

@@ -15,8 +15,10 @@ from kproxy.cli.errors import EXIT_FAILED
 from kproxy.cli.wiring import (
     apply_conntrack_sysctls,
     backends_for,
+    generation_source,
     install_stop_handlers,
     node_config,
+    raise_open_file_limit,
     start_observability,
     start_source,
 )
@@ -33,15 +35,17 @@ WAIT_FOR_API_S = 60.0
 
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
+    raise_open_file_limit()
     tracker = Tracker()
     source = start_source(args, tracker, stop, watch=True)
     apply_conntrack_sysctls(args)
     node = node_config(args, source.node_ips)
     health_checks = ServiceHealthServer()
     agent = Agent(node, backends_for(args, node), tracker,
-                  on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync))
+                  on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync),
+                  generation=generation_source(args), verify_interval=args.sync_period)
     obs = start_observability(args.proxy_mode, tracker, args.sync_period,
-                              args.metrics_bind_address, args.healthz_bind_address)
+                              args.metrics_bind_address, args.healthz_bind_address, families=node.families())
     runner = SyncRunner(obs.observe(agent.sync, tracker), min_interval=args.min_sync_period,
                         max_interval=args.sync_period)
     tracker.listen(obs.queued)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import socket
 import threading
@@ -16,7 +17,9 @@ from typing import Any
 import structlog
 
 from kproxy import node as node_facts
+from kproxy.agent import Generation
 from kproxy.backends.base import Backend
+from kproxy.backends.generation import ruleset_generation
 from kproxy.backends.registry import make_backend, node_variant, remove_other_modes
 from kproxy.cli.errors import UsageError
 from kproxy.health.http import TEXT, Response, RouteServer
@@ -107,6 +110,14 @@ def backends_for(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backen
     return backends
 
 
+def generation_source(args: argparse.Namespace) -> Generation:
+    """What tells the agent cheaply that someone changed the rules: the nftables ruleset
+    generation, which iptables-nft moves too; iptables-legacy has none."""
+    if args.proxy_mode == "iptables" and node_variant(args.iptables_variant) == "legacy":
+        return lambda: None
+    return ruleset_generation
+
+
 def apply_conntrack_sysctls(args: argparse.Namespace) -> None:
     settings = ConntrackSettings(
         max_per_core=args.conntrack_max_per_core, min=args.conntrack_min,
@@ -150,9 +161,9 @@ def metrics_routes(metrics: ProxyMetrics) -> dict[str, Callable[[], Response]]:
 
 def start_observability(mode: str, changes: ChangeSource, sync_period: float,
                         metrics_address: str | None, healthz_address: str | None,
-                        clock: Callable[[], float] = time.time) -> Observability:
+                        clock: Callable[[], float] = time.time, families: tuple[int, ...] = (4,)) -> Observability:
     """Servers that cannot bind are logged and left out (upstream's bindAddressHardFail: false)."""
-    metrics = ProxyMetrics(mode, changes)
+    metrics = ProxyMetrics(mode, changes, families=families)
     health = ProxyHealth(timeout=2 * sync_period, clock=clock)
     endpoints = HealthEndpoints(
         health, lambda path, code: (metrics.healthz if path == "healthz" else metrics.livez).labels(str(code)).inc())
@@ -170,6 +181,15 @@ def start_observability(mode: str, changes: ChangeSource, sync_period: float,
             log.error("cannot serve", server=name, address=address, error=err.strerror or str(err))
     obs.queued()  # the first sync is due: /healthz fails if it does not happen in time
     return obs
+
+
+def raise_open_file_limit(wanted: int = 65536) -> None:
+    """The HTTP servers hold up to MAX_CONNECTIONS clients each; the default soft limit of
+    1024 descriptors would make them refuse clients first (the hard limit is the cap)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def install_stop_handlers(stop: threading.Event, wake: Callable[[], None]) -> None:

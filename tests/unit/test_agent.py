@@ -22,6 +22,9 @@ class RecordingBackend:
         self.calls.append((plan, full))
         return SyncResult(full=full and not self.refuse_full, operations=1, render_ms=0.0, apply_ms=0.0)
 
+    def differences(self) -> list[str]:
+        return []
+
 
 class Clock:
     def __init__(self) -> None:

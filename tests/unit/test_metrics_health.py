@@ -66,7 +66,7 @@ def lab():
     def fake_sync():
         if outcome["fail"]:
             raise RuntimeError("kernel said no")
-        return SimpleNamespace(full=True, total_ms=12.0)
+        return SimpleNamespace(full=True, total_ms=12.0, families=())
 
     sync = obs.observe(fake_sync, tracker)
     yield SimpleNamespace(tracker=tracker, obs=obs, sync=sync, clock=clock, outcome=outcome,

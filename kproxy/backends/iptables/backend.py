@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 
 from kproxy.backends.base import SyncResult
+from kproxy.backends.iptables.drift import differences
 from kproxy.backends.iptables.kernel import IptablesKernel
 from kproxy.backends.iptables.render import (
     Chains,
@@ -91,7 +92,7 @@ class IptablesBackend:
                 raise
         self._applied = desired
         done = time.perf_counter()
-        return SyncResult(full=full, operations=restore.operations,
+        return SyncResult(full=full, operations=restore.operations, transactions=restore.tables,
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
 
     def _render(self, plan: Plan) -> Chains:
@@ -108,6 +109,13 @@ class IptablesBackend:
                 rules[sp.name] = (sp, render_service_port(sp, *key))
         self._rules = rules
         return assemble(render_node(plan, self._localhost_nodeports), (r for _sp, r in rules.values()))
+
+    def differences(self) -> list[str]:
+        """What differs between iptables-save and what this backend last restored."""
+        if self._applied is None:
+            return []
+        existing = parse_save_all(self._kernel.save_all())
+        return differences(self._applied, existing, jumps(self._localhost_nodeports))
 
     def read_view(self) -> ProgrammedView:
         return read_view(parse_save_all(self._kernel.save_all()))

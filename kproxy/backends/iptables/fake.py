@@ -66,6 +66,8 @@ class FakeIptables:
                 work[chain].remove(f"-A {chain} {rest}")
             except ValueError:
                 raise IptablesError(f"line {n} failed: no such rule") from None
+        elif op == "-F":
+            work[chain] = []
         elif op == "-X":
             for other, rules in work.items():
                 if other != chain and any(r.endswith(f"-j {chain}") for r in rules):

@@ -36,7 +36,7 @@ class _Set:
 @dataclass(slots=True)
 class _Chain:
     hook: str | None
-    rules: list[str] = field(default_factory=list)
+    rules: list[tuple[int, str]] = field(default_factory=list)  # (handle, rule)
 
 
 @dataclass(slots=True)
@@ -44,6 +44,7 @@ class _Table:
     comment: str | None = None
     chains: dict[str, _Chain] = field(default_factory=dict)
     sets: dict[str, _Set] = field(default_factory=dict)
+    handles: int = 0  # the last object handle given out in this table, as the kernel counts
 
 
 class FakeNft:
@@ -56,7 +57,7 @@ class FakeNft:
         self.scripts: list[str] = []
         self.fail_next: str | None = None
         self._state: _Table | None = None
-        self._handles = 0
+        self._generation = 1  # bumped by every committed transaction, as the kernel does
 
     # --- NftKernel ------------------------------------------------------------------------
 
@@ -72,7 +73,11 @@ class FakeNft:
                 except NftError as err:
                     raise NftError(f"Error: line {n}: {err}: {line.strip()[:200]}") from None
         self._state = work
+        self._generation += 1
         self.scripts.append(script)
+
+    def generation(self) -> int | None:
+        return self._generation
 
     def list_table(self) -> dict[str, Any] | None:
         if self._state is None:
@@ -82,10 +87,8 @@ class FakeNft:
         for name, chain in self._state.chains.items():
             items.append({"chain": self._chain_json(name, chain)})
         for name, chain in self._state.chains.items():
-            for _rule in chain.rules:
-                self._handles += 1
-                items.append({"rule": {"family": self.family, "table": self.name, "chain": name,
-                                       "handle": self._handles}})
+            for handle, _rule in chain.rules:
+                items.append({"rule": {"family": self.family, "table": self.name, "chain": name, "handle": handle}})
         return {"nftables": items}
 
     def list_map(self, name: str) -> dict[str, Any] | None:
@@ -95,6 +98,7 @@ class FakeNft:
 
     def delete_table(self) -> bool:
         present, self._state = self._state is not None, None
+        self._generation += present
         return present
 
     # --- what the kernel does by itself ---------------------------------------------------------
@@ -111,7 +115,7 @@ class FakeNft:
 
     def chain_rules(self, chain: str) -> list[str]:
         assert self._state is not None, "no table"
-        return list(self._state.chains[chain].rules)
+        return [rule for _handle, rule in self._state.chains[chain].rules]
 
     # --- one command ---------------------------------------------------------------------------
 
@@ -139,7 +143,9 @@ class FakeNft:
             else:
                 chain.rules.clear()
         elif (verb, kind) == ("add", "rule"):
-            self._rule(work, self._chain(work, name), body)
+            self._check_rule(work, self._chain(work, name), body)
+            work.handles += 1
+            work.chains[name].rules.append((work.handles, body))
         elif verb == "add" and kind in ("set", "map"):
             spec = body.strip().removeprefix("{").removesuffix("}").strip()
             known_set = work.sets.get(name)
@@ -182,20 +188,20 @@ class FakeNft:
         return work.sets[name]
 
     @staticmethod
-    def _rule(work: _Table, chain: _Chain, rule: str) -> None:
+    def _check_rule(work: _Table, _chain: _Chain, rule: str) -> None:
+        """Refuse a rule that refers to a missing set or chain."""
         for ref in _REF.findall(rule):
             if ref not in work.sets:
                 raise NftError(f"Could not process rule: No such file or directory (set {ref})")
         for target in _JUMP.findall(rule):
             if target not in work.chains:
                 raise NftError(f"Could not process rule: No such file or directory (chain {target})")
-        chain.rules.append(rule)
 
     @staticmethod
     def _unreferenced(work: _Table, name: str, *needles: str) -> None:
         """Refuse to delete what a rule or a verdict map still refers to (EBUSY)."""
         for chain_name, chain in work.chains.items():
-            for rule in chain.rules:
+            for _handle, rule in chain.rules:
                 if any(re.search(re.escape(n) + r"\b", rule) for n in needles):
                     raise NftError(f"Device or resource busy ({name} used in chain {chain_name})")
         for set_name, held in work.sets.items():

@@ -85,6 +85,11 @@ def affinity_names(timeout: int) -> tuple[str, str, str]:
             f"{AFFINITY_NODEPORTS_PREFIX}{timeout}")
 
 
+def is_affinity_map(name: str) -> bool:
+    """An affinity map (affinity-30): the kernel fills it, kproxy only creates it."""
+    return name.startswith(AFFINITY_PREFIX) and name[len(AFFINITY_PREFIX):].isdigit()
+
+
 def affinity_timeout_of(name: str) -> int | None:
     """The timeout of an affinity frontends set (affinity-frontends-30 -> 30), else None."""
     for prefix in (AFFINITY_FRONTENDS_PREFIX, AFFINITY_NODEPORTS_PREFIX):

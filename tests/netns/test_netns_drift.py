@@ -1,0 +1,76 @@
+"""Rules changed behind kproxy's back (another agent, an admin) are repaired within one
+--sync-period, with real packets through node1 before and after."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import traffic
+from kproxy_lab import Kproxy
+from topology import Cluster
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
+
+pytestmark = pytest.mark.netns
+
+VIP = "10.96.0.80"
+SYNC_PERIOD = "2s"
+
+# What another agent does to kproxy's rules, per mode; each breaks ClusterIP traffic.
+TAMPERING = {
+    "nftables": [
+        ("nft", "delete", "table", "ip", "kproxy"),
+        ("nft", "flush", "chain", "ip", "kproxy", "services"),
+        ("nft", "delete", "element", "ip", "kproxy", "frontends", "{", VIP, ".", "tcp", ".", "80", "}"),
+        ("nft", "insert", "rule", "ip", "kproxy", "services", "ip", "daddr", VIP, "accept"),
+    ],
+    "iptables": [
+        ("iptables-nft", "-t", "nat", "-F", "KUBE-SERVICES"),
+        ("iptables-nft", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment",
+         "kubernetes service portals", "-j", "KUBE-SERVICES"),
+    ],
+    # no ruleset generation to watch: found by reading the rules back each sync period
+    "iptables-legacy": [
+        ("iptables-legacy", "-t", "nat", "-F", "KUBE-SERVICES"),
+    ],
+}
+CASES = [(mode, tamper) for mode, cases in TAMPERING.items() for tamper in cases]
+FLAGS = {"iptables-legacy": ("--iptables-variant", "legacy")}
+
+
+@pytest.fixture
+def node_agent(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Kproxy]:
+    """kproxy in node1 in the case's own mode (each case runs once, for its mode)."""
+    k = Kproxy(cluster, tmp_path, mode=request.param.split("-")[0])
+    k.reset()
+    try:
+        yield k
+    finally:
+        k.report()
+        k.reset()
+
+
+def web(cluster: Cluster) -> list[dict]:
+    return [service("web", VIP, [port(80, 8080)]),
+            endpoint_slice("web", [endpoint(cluster.pods["pod2"])], [slice_port(8080)])]
+
+
+@pytest.mark.parametrize(("node_agent", "tamper"), CASES, indirect=["node_agent"],
+                         ids=[f"{m}:{' '.join(t[1:6])}" for m, t in CASES])
+def test_tampered_rules_are_repaired_within_the_sync_period(cluster: Cluster, node_agent: Kproxy,
+                                                             tamper: tuple[str, ...]) -> None:
+    kproxy = node_agent
+    mode = next(m for m, cases in TAMPERING.items() if tamper in cases)
+    agent = kproxy.start(web(cluster), "--sync-period", SYNC_PERIOD, *FLAGS.get(mode, ()))
+    kproxy.wait_synced(agent)
+    serves = lambda r: set(r.pods) == {"pod2"} and not r.failures  # noqa: E731
+    traffic.wait_until(lambda: traffic.tcp(cluster.client, VIP, 80, count=3), serves, what="web serves")
+    cluster.run("node1", *tamper)
+    # broken now: a new connection is not DNATed to pod2 (reset, timeout or refused)
+    assert not serves(traffic.tcp(cluster.client, VIP, 80, count=1, timeout=0.5))
+    traffic.wait_until(lambda: traffic.tcp(cluster.client, VIP, 80, count=3, timeout=0.5), serves,
+                       what="repaired", seconds=6)  # within one sync period (2 s), with slack
+    log = kproxy.agents[-1][1].read_text()
+    assert "drift repaired" in log, log
