@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import traffic
 from kproxy_lab import Kproxy
-from topology import Cluster
+from topology import NODE1_IP, Cluster
 
 from manifests import endpoint, endpoint_slice, port, service, slice_port
 
@@ -38,6 +39,7 @@ TAMPERING = {
 }
 CASES = [(mode, tamper) for mode, cases in TAMPERING.items() for tamper in cases]
 FLAGS = {"iptables-legacy": ("--iptables-variant", "legacy")}
+FLUSH = {"nftables": TAMPERING["nftables"][1], "iptables": TAMPERING["iptables"][0]}
 
 
 @pytest.fixture
@@ -74,3 +76,50 @@ def test_tampered_rules_are_repaired_within_the_sync_period(cluster: Cluster, no
                        what="repaired", seconds=6)  # within one sync period (2 s), with slack
     log = kproxy.agents[-1][1].read_text()
     assert "drift repaired" in log, log
+
+
+def test_flows_survive_a_repair_and_a_kill_during_a_big_sync(cluster: Cluster, kproxy: Kproxy) -> None:
+    """A repair rewrites the whole table, a killed agent leaves what it had: established TCP
+    (ClusterIP, NodePort) and UDP flows keep their endpoint through both."""
+    pod1 = cluster.pods["pod1"]
+    objects = [service("web", VIP, [port(80, 8080, node_port=30081)], type="NodePort"),
+               endpoint_slice("web", [endpoint(cluster.pods["pod2"])], [slice_port(8080)]),
+               service("dns", "10.96.0.81", [port(53, 8080, protocol="UDP")]),
+               endpoint_slice("dns", [endpoint(cluster.pods["pod3"])], [slice_port(8080, protocol="UDP")])]
+    # plus enough Services that a full sync takes a while
+    filler = [service(f"f{i}", f"10.96.{10 + i // 250}.{i % 250 + 1}", [port(80, 8080)]) for i in range(2000)]
+    agent = kproxy.start(objects + filler, "--sync-period", SYNC_PERIOD)
+    kproxy.wait_synced(agent, seconds=60)
+    held_vip = traffic.Holder(pod1.ns, VIP, 80)
+    held_nodeport = traffic.Holder(cluster.client, NODE1_IP, 30081)
+    udp = traffic.UdpSender(pod1.ns, "10.96.0.81", 53)
+    try:
+        assert held_vip.send("a") == f"pod2 {pod1.ip} a"
+        assert held_nodeport.send("a").startswith("pod2 ")
+        assert udp.send("a").startswith("pod3 ")
+        # a full rewrite by the drift repair (after a flush: established flows keep their
+        # NAT meanwhile; a deleted table would take the NAT hooks, and them, with it)...
+        cluster.run("node1", *FLUSH[kproxy.mode])
+        traffic.wait_until(lambda: traffic.tcp(cluster.client, VIP, 80, count=1, timeout=0.5),
+                           lambda r: set(r.pods) == {"pod2"}, what="repaired", seconds=10)
+        assert held_vip.send("b") == f"pod2 {pod1.ip} b"
+        assert held_nodeport.send("b").startswith("pod2 ")
+        assert udp.send("b").startswith("pod3 ")
+        # ...and kill -9 in the middle of the next full sync (a restart starts with one)
+        kproxy.stop(agent)
+        agent = kproxy.start(None, "--sync-period", SYNC_PERIOD)
+        time.sleep(0.3)
+        agent.kill()
+        agent.wait(timeout=10)
+        assert held_vip.send("c") == f"pod2 {pod1.ip} c"
+        agent = kproxy.start(None, "--sync-period", SYNC_PERIOD)
+        kproxy.wait_synced(agent, seconds=60)
+        assert held_vip.send("d") == f"pod2 {pod1.ip} d"
+        assert held_nodeport.send("d").startswith("pod2 ")
+        assert udp.send("d").startswith("pod3 ")
+        r = traffic.tcp(pod1.ns, VIP, 80, count=3)
+        assert r.pairs() == {("pod2", pod1.ip)}, r
+    finally:
+        held_vip.close()
+        held_nodeport.close()
+        udp.close()
