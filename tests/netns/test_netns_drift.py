@@ -45,13 +45,8 @@ FLUSH = {"nftables": TAMPERING["nftables"][1], "iptables": TAMPERING["iptables"]
 @pytest.fixture
 def node_agent(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Kproxy]:
     """kproxy in node1 in the case's own mode (each case runs once, for its mode)."""
-    k = Kproxy(cluster, tmp_path, mode=request.param.split("-")[0])
-    k.reset()
-    try:
+    with Kproxy.in_node1(cluster, tmp_path, request.param.split("-")[0]) as k:
         yield k
-    finally:
-        k.report()
-        k.reset()
 
 
 def web(cluster: Cluster) -> list[dict]:
