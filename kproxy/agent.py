@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 import structlog
 
 from kproxy.backends.base import Backend, SyncResult
-from kproxy.model import ClusterState, NodeConfig
+from kproxy.model import NodeConfig, NodeInfo
 from kproxy.plan import Plan
-from kproxy.planner import PlanCache, compute_plan
+from kproxy.planner import FamilyPlanner
 from kproxy.tracker import Tracker
 
 log = structlog.get_logger(__name__)
@@ -99,7 +99,8 @@ class Agent:
         self.node = node
         self.backends = dict(backends)
         self.tracker = tracker
-        self._caches = {family: PlanCache() for family in self.backends}
+        self._planners = {family: FamilyPlanner(family) for family in self.backends}
+        self._failed = True  # the last sync did not finish: the next one plans everything
         self._lock = threading.Lock()
         self.last_sync: SyncReport | None = None
         self._clock = clock
@@ -109,9 +110,9 @@ class Agent:
         # (healthCheckNodePorts, UDP conntrack cleanup)
         self.on_synced = tuple(on_synced)
 
-    def _node_now(self, state: ClusterState) -> NodeConfig:
+    def _node_now(self, nodes: dict[str, NodeInfo]) -> NodeConfig:
         """The node config with this node's zone as its Node object says now."""
-        info = state.nodes.get(self.node.hostname)
+        info = nodes.get(self.node.hostname)
         zone = info.zone if info else None
         return self.node if zone == self.node.zone else replace(self.node, zone=zone)
 
@@ -128,12 +129,16 @@ class Agent:
     def sync(self, full: bool = False) -> SyncReport:
         with self._lock:
             started = time.perf_counter()
-            state = self.tracker.snapshot()
-            node = self._node_now(state)
-            plans = [compute_plan(node, state, self._caches[f], family=f) for f in self.backends]
-            planned = time.perf_counter()
             now = self._clock()
             full = full or self._last_full is None or now - self._last_full >= FULL_SYNC_PERIOD_S
+            node = self._node_now(self.tracker.nodes())
+            # Only the Services that changed since the last sync are planned again, unless
+            # this sync rewrites everything, follows a failure, or the node itself changed.
+            everything = full or self._failed or any(p.needs_full(node) for p in self._planners.values())
+            delta = self.tracker.delta(full=everything)
+            self._failed = True
+            plans = [self._planners[f].plan(node, delta) for f in self.backends]
+            planned = time.perf_counter()
             generation = self._ledger.current()
             checked = None if full else self._drift(generation)
             drift = checked or {}
@@ -155,13 +160,14 @@ class Agent:
                                            seconds=time.perf_counter() - family_started
                                            + (planned - started) / len(plans)))
             self._ledger.after_sync(known_before, generation, sum(r.transactions for r in results))
+            self._failed = False
             all_full = all(r.full for r in results)
             if all_full:
                 self._last_full = now
             done = time.perf_counter()
             report = SyncReport(
                 service_ports=sum(len(p.service_ports) for p in plans),
-                endpoints=sum(len(sp.internal_targets) for p in plans for sp in p.service_ports),
+                endpoints=sum(p.endpoints for p in plans),
                 operations=sum(r.operations for r in results),
                 full=all_full,
                 plan_ms=round((planned - started) * 1000, 2),

@@ -61,7 +61,12 @@ def stale_flows(plan: Plan, changed: Iterable[ServicePortPlan], flows: Iterable[
 
 def changed_udp_ports(before: Mapping[ServicePortName, ServicePortPlan],
                       plan: Plan) -> list[ServicePortPlan]:
-    return [sp for sp in plan.service_ports
+    """UDP Service ports whose plan differs from `before` (the UDP ports of the last plan)."""
+    if plan.changed is None:
+        candidates: Iterable[ServicePortPlan] = plan.service_ports
+    else:
+        candidates = (sp for name in plan.changed if (sp := plan.service_ports.get(name)) is not None)
+    return [sp for sp in candidates
             if sp.protocol is Protocol.UDP and before.get(sp.name) is not sp and before.get(sp.name) != sp]
 
 
@@ -72,8 +77,18 @@ class ConntrackCleaner:
         self._before: dict[int, dict[ServicePortName, ServicePortPlan]] = {}  # per IP family
 
     def after_sync(self, plan: Plan, _report: object = None) -> int:
-        changed = changed_udp_ports(self._before.get(plan.family, {}), plan)
-        self._before[plan.family] = {sp.name: sp for sp in plan.service_ports if sp.protocol is Protocol.UDP}
+        before = self._before.setdefault(plan.family, {})
+        changed = changed_udp_ports(before, plan)
+        if plan.changed is None:
+            before.clear()
+            before.update((sp.name, sp) for sp in plan.service_ports if sp.protocol is Protocol.UDP)
+        else:
+            for name in plan.changed:
+                sp = plan.service_ports.get(name)
+                if sp is not None and sp.protocol is Protocol.UDP:
+                    before[name] = sp
+                else:
+                    before.pop(name, None)
         if not changed:
             return 0
         try:

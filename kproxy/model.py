@@ -144,6 +144,30 @@ class ClusterState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterDelta:
+    """What changed since the last delta: the Services named (each with its slices as they
+    are now; None: the Service is gone), or every Service when `full`."""
+
+    full: bool
+    services: dict[ServiceName, Service | None] = field(default_factory=dict)
+    slices: dict[ServiceName, tuple[EndpointSlice, ...]] = field(default_factory=dict)
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+
+    @staticmethod
+    def of(state: ClusterState) -> ClusterDelta:
+        """A full delta of a whole snapshot."""
+        grouped = state.slices_by_service
+        if grouped is None:
+            lists: dict[ServiceName, list[EndpointSlice]] = {}
+            for s in sorted(state.slices.values(), key=lambda s: s.name):
+                lists.setdefault(s.service, []).append(s)
+            grouped = {name: tuple(group) for name, group in lists.items()}
+        names = sorted(state.services)
+        return ClusterDelta(full=True, services={n: state.services[n] for n in names},
+                            slices={n: grouped.get(n, ()) for n in names}, nodes=dict(state.nodes))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """What the planner needs to know about the node it plans for.
 

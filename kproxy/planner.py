@@ -1,4 +1,4 @@
-"""compute_plan: node config + Services + EndpointSlices -> Plan. Pure: no I/O.
+"""Node config + Services + EndpointSlices -> Plan. Pure: no I/O.
 
 Every policy decision lives here so that each backend only renders. Semantics follow
 upstream kube-proxy's nftables mode (pkg/proxy/nftables, pkg/proxy/topology.go).
@@ -6,11 +6,12 @@ upstream kube-proxy's nftables mode (pkg/proxy/nftables, pkg/proxy/topology.go).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from ipaddress import ip_network
 
 from kproxy.model import (
+    ClusterDelta,
     ClusterState,
     EndpointSlice,
     IPAddress,
@@ -20,73 +21,99 @@ from kproxy.model import (
     Service,
     ServiceName,
     ServicePort,
+    ServicePortName,
     SliceEndpoint,
 )
-from kproxy.plan import Frontend, FrontendKind, HealthCheck, Plan, ServicePortPlan, Target
+from kproxy.plan import Frontend, FrontendKind, HealthCheck, Plan, PortPlans, ServicePortPlan, Target
 from kproxy.topology import categorize_endpoints
 
 ALL_ADDRESSES = (ip_network("0.0.0.0/0"), ip_network("::/0"))
 
 
-class PlanCache:
-    """Per-Service results of the last plan, reused while the Service and its slices are
-    the very same objects (the tracker replaces an object when it changes). This keeps a
-    one-endpoint change at 10,000 Services from re-planning all of them; it is only an
-    optimisation: compute_plan gives the same answer without it."""
+class FamilyPlanner:
+    """The plans of one IP family, kept between syncs so a delta naming a few Services
+    re-plans only those: the cost of a sync follows the change, not the cluster. A full
+    delta (start, after a failure, periodic) or a new node config plans everything anew;
+    either way the Plan is the same as compute_plan of the whole state."""
 
-    def __init__(self) -> None:
-        self.node: NodeConfig | None = None
-        self.entries: dict[ServiceName, tuple[Service, tuple[EndpointSlice, ...], tuple[ServicePortPlan, ...]]] = {}
-        self.order: tuple[ServiceName, ...] = ()  # Service names, sorted
-        self.cluster_ips: tuple[IPAddress, ...] | None = None
+    def __init__(self, family: int = 4) -> None:
+        self.family = family
+        self._node: NodeConfig | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._by_service: dict[ServiceName, tuple[ServicePortPlan, ...]] = {}
+        self._ports: dict[ServicePortName, ServicePortPlan] = {}
+        self._cluster_ips: Counter[IPAddress] = Counter()
+        self._sorted_cluster_ips: tuple[IPAddress, ...] | None = ()
+        self._checks: dict[ServiceName, HealthCheck] = {}
+        self._endpoints = 0
+
+    def needs_full(self, node: NodeConfig) -> bool:
+        """Whether the next plan must start from a full delta (first plan, new node config)."""
+        return self._node is None or self._node != node.for_family(self.family)
+
+    def plan(self, node: NodeConfig, delta: ClusterDelta) -> Plan:
+        node = node.for_family(self.family)
+        if not delta.full and self.needs_full(node):
+            raise ValueError("a first plan, or one for a new node config, needs a full delta")
+        if delta.full:
+            self._reset()
+            self._node = node
+        changed: set[ServicePortName] = set()
+        for name, service in delta.services.items():
+            self._replan(node, name, service, delta.slices.get(name, ()), changed)
+        nodeport_all_local, nodeport_ips = nodeport_addresses(node)
+        if self._sorted_cluster_ips is None:
+            self._sorted_cluster_ips = tuple(sorted(self._cluster_ips, key=int))
+        return Plan(
+            family=self.family,
+            service_ports=PortPlans(self._ports),
+            changed=None if delta.full else frozenset(changed),
+            endpoints=self._endpoints,
+            nodeport_ips=nodeport_ips,
+            nodeport_all_local=nodeport_all_local,
+            cluster_ips=self._sorted_cluster_ips,
+            service_cidrs=node.service_cidrs,
+            masquerade_all=node.masquerade_all,
+            cluster_cidrs=node.cluster_cidrs,
+            health_checks=tuple(self._checks[n] for n in sorted(self._checks)),
+        )
+
+    def _replan(self, node: NodeConfig, name: ServiceName, service: Service | None,
+                slices: tuple[EndpointSlice, ...], changed: set[ServicePortName]) -> None:
+        old = self._by_service.pop(name, ())
+        new = plan_service(node, service, slices, self.family) if service is not None else ()
+        if new:
+            self._by_service[name] = new
+        kept = {sp.name for sp in new}
+        for sp in old:
+            self._endpoints -= len(sp.internal_targets)
+            if sp.name not in kept:
+                del self._ports[sp.name]
+                changed.add(sp.name)
+        for sp in new:
+            self._endpoints += len(sp.internal_targets)
+            if self._ports.get(sp.name) != sp:
+                self._ports[sp.name] = sp
+                changed.add(sp.name)
+        ips_before = {sp.frontends[0].ip for sp in old}
+        ips_after = {sp.frontends[0].ip for sp in new}
+        if ips_before != ips_after:
+            self._cluster_ips.subtract(ip for ip in ips_before if ip is not None)
+            self._cluster_ips.update(ip for ip in ips_after if ip is not None)
+            self._cluster_ips += Counter()  # drop the addresses no Service holds any more
+            self._sorted_cluster_ips = None
+        check = health_check(service, new) if service is not None else None
+        if check is None:
+            self._checks.pop(name, None)
+        else:
+            self._checks[name] = check
 
 
-def compute_plan(node: NodeConfig, state: ClusterState, cache: PlanCache | None = None,
-                 family: int = 4) -> Plan:
-    """The Plan of one IP family; a dual-stack node computes one per family (and keeps
-    one PlanCache per family)."""
-    node = node.for_family(family)
-    cache = cache or PlanCache()
-    if cache.node != node:
-        cache.node, cache.entries, cache.order = node, {}, ()
-    grouped = state.slices_by_service
-    if grouped is None:
-        grouped = group_slices(state.slices.values())
-    services = state.services
-    if services.keys() != cache.entries.keys():
-        cache.order = tuple(sorted(services))
-    old_entries = cache.entries
-    entries = {}
-    service_ports: list[ServicePortPlan] = []
-    same_services = True
-    for name in cache.order:
-        service = services[name]
-        slices = grouped.get(name, ())
-        hit = old_entries.get(name)
-        if hit is not None and hit[0] is service and (hit[1] is slices or _same_objects(hit[1], slices)):
-            entries[name] = hit
-            service_ports.extend(hit[2])
-            continue
-        same_services = same_services and hit is not None and hit[0] is service
-        plans = plan_service(node, service, slices, family)
-        entries[name] = (service, slices, plans)
-        service_ports.extend(plans)
-    if not same_services or len(entries) != len(old_entries) or cache.cluster_ips is None:
-        cache.cluster_ips = tuple(sorted(
-            {p.cluster_ip for s in services.values() for p in s.ports if p.family == family}, key=int))
-    cache.entries = entries
-    nodeport_all_local, nodeport_ips = nodeport_addresses(node)
-    return Plan(
-        family=family,
-        service_ports=tuple(service_ports),
-        nodeport_ips=nodeport_ips,
-        nodeport_all_local=nodeport_all_local,
-        cluster_ips=cache.cluster_ips,
-        service_cidrs=node.service_cidrs,
-        masquerade_all=node.masquerade_all,
-        cluster_cidrs=node.cluster_cidrs,
-        health_checks=health_checks(state, service_ports),
-    )
+def compute_plan(node: NodeConfig, state: ClusterState, family: int = 4) -> Plan:
+    """The Plan of one IP family for a whole cluster state."""
+    return FamilyPlanner(family).plan(node, ClusterDelta.of(state))
 
 
 def plan_service(node: NodeConfig, service: Service, slices: Iterable[EndpointSlice],
@@ -143,20 +170,15 @@ def frontends_of(port: ServicePort) -> tuple[Frontend, ...]:
     return tuple(dict.fromkeys(found))  # an IP listed twice is one frontend
 
 
-def health_checks(state: ClusterState, plans: Iterable[ServicePortPlan]) -> tuple[HealthCheck, ...]:
-    """One per Service with externalTrafficPolicy Local and a healthCheckNodePort; the
+def health_check(service: Service, plans: Iterable[ServicePortPlan]) -> HealthCheck | None:
+    """A Service with externalTrafficPolicy Local and a healthCheckNodePort gets one; the
     count is local ready endpoints summed over its ports, as upstream reports it."""
-    local: dict[ServiceName, int] = defaultdict(int)
-    for sp in plans:
-        if sp.external_policy_local:
-            local[sp.name.service] += sp.local_ready_endpoints
-    found = []
-    for name in sorted(local):
-        service = state.services.get(name)
-        port = service.ports[0].health_check_node_port if service and service.ports else None
-        if port:
-            found.append(HealthCheck(service=name, node_port=port, local_endpoints=local[name]))
-    return tuple(found)
+    plans = [sp for sp in plans if sp.external_policy_local]
+    port = service.ports[0].health_check_node_port if service.ports else None
+    if not plans or not port:
+        return None
+    return HealthCheck(service=service.name, node_port=port,
+                       local_endpoints=sum(sp.local_ready_endpoints for sp in plans))
 
 
 def group_slices(slices: Iterable[EndpointSlice]) -> dict[ServiceName, tuple[EndpointSlice, ...]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from kproxy.model import ClusterState, EndpointSlice, NodeInfo, Service, ServiceName
+from kproxy.model import ClusterDelta, ClusterState, EndpointSlice, NodeInfo, Service, ServiceName
 from kproxy.parse import InvalidObject, object_key, parse_endpoint_slice, parse_node, parse_service
 
 log = structlog.get_logger(__name__)
@@ -49,6 +49,8 @@ class Tracker:
         self._changes_total = dict.fromkeys(KINDS, 0)
         self._pending: dict[str, set[Any]] = {kind: set() for kind in KINDS}
         self._trigger_times: dict[Any, float] = {}  # earliest pending trigger time per slice
+        # Services whose object or slices changed since the last delta
+        self._changed: set[ServiceName] = set()
 
     def listen(self, on_change: Callable[[], None]) -> None:
         """Call `on_change` too whenever something really changed."""
@@ -80,7 +82,7 @@ class Tracker:
                     updates.append((before, value))
             changed = bool(updates)
             for before, value in updates:
-                self._count(kind, value or before, value)
+                self._count(kind, before, value)
             if changed:
                 current.clear()
                 current.update(store)
@@ -110,7 +112,7 @@ class Tracker:
                 if changed:
                     store[key] = value
             if changed:
-                self._count(kind, value or before, value)
+                self._count(kind, before, value)
             if changed and kind == ENDPOINT_SLICE:
                 self._by_service.update(before, value)
             if error is None:
@@ -137,6 +139,24 @@ class Tracker:
         if changed:
             self._on_change()
 
+    def delta(self, full: bool = False) -> ClusterDelta:
+        """The Services changed since the last delta, with their slices as they are now (or
+        every Service, when `full`). Taking it starts the next one: a sync that fails must
+        take a full one next."""
+        with self._lock:
+            names = sorted(self._services) if full else self._changed
+            self._changed = set()
+            return ClusterDelta(
+                full=full,
+                services={name: self._services.get(name) for name in names},
+                slices={name: self._by_service.group(name) for name in names},
+                nodes=dict(self._nodes),
+            )
+
+    def nodes(self) -> dict[str, NodeInfo]:
+        with self._lock:
+            return dict(self._nodes)
+
     def snapshot(self) -> ClusterState:
         # Shallow copies: the values are frozen, so sharing them is safe and cheap.
         with self._lock:
@@ -157,7 +177,11 @@ class Tracker:
             self._trigger_times = {}
         return triggers
 
-    def _count(self, kind: str, obj: Any, after: Any) -> None:  # under the lock
+    def _count(self, kind: str, before: Any, after: Any) -> None:  # under the lock
+        obj = after if after is not None else before
+        for changed in (before, after):
+            if changed is not None and kind in (SERVICE, ENDPOINT_SLICE):
+                self._changed.add(changed.name if kind == SERVICE else changed.service)
         if kind not in self._changes_total:
             return
         self._changes_total[kind] += 1
@@ -226,15 +250,24 @@ class SliceIndex:
             self._members.setdefault(after.service, {})[after.name] = after
             self._dirty.add(after.service)
 
+    def group(self, name: ServiceName) -> tuple[EndpointSlice, ...]:
+        """One Service's slices, sorted by name."""
+        if name in self._dirty:
+            self._regroup(name)
+        return self._grouped.get(name, ())
+
     def grouped(self) -> dict[ServiceName, tuple[EndpointSlice, ...]]:
-        for name in self._dirty:
-            members = self._members.get(name)
-            if not members:
-                self._grouped.pop(name, None)
-                continue
-            group = tuple(members[n] for n in sorted(members))
-            old = self._grouped.get(name)
-            if old is None or len(old) != len(group) or any(a is not b for a, b in zip(old, group, strict=True)):
-                self._grouped[name] = group
-        self._dirty = set()
+        for name in list(self._dirty):
+            self._regroup(name)
         return dict(self._grouped)
+
+    def _regroup(self, name: ServiceName) -> None:
+        self._dirty.discard(name)
+        members = self._members.get(name)
+        if not members:
+            self._grouped.pop(name, None)
+            return
+        group = tuple(members[n] for n in sorted(members))
+        old = self._grouped.get(name)
+        if old is None or len(old) != len(group) or any(a is not b for a, b in zip(old, group, strict=True)):
+            self._grouped[name] = group

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from kproxy.model import ClusterState, NodeConfig
+import pytest
+
+from kproxy.model import ClusterDelta, ClusterState, NodeConfig, ServiceName, ServicePortName
 from kproxy.parse import parse_endpoint_slice, parse_service
 from kproxy.plan import Frontend, FrontendKind, Plan
-from kproxy.planner import PlanCache, compute_plan
+from kproxy.planner import FamilyPlanner, compute_plan
 from tests.builders import endpoint, endpoint_slice, port, service
 
 NODE = NodeConfig(
@@ -161,19 +163,35 @@ def test_plan_is_deterministic_and_sorted():
     assert [str(sp.name) for sp in plan(*objs).service_ports] == ["default/a", "default/b", "default/c"]
 
 
-def test_cache_gives_the_same_plan_and_sees_changes():
-    objs = [service("web"), endpoint_slice("web", ["10.244.1.2"])]
-    st = state(*objs)
-    cache = PlanCache()
-    first = compute_plan(NODE, st, cache)
-    again = compute_plan(NODE, st, cache)
-    assert again == first
-    assert again.service_ports[0] is first.service_ports[0]  # reused, not recomputed
-    changed = state(service("web"), endpoint_slice("web", ["10.244.1.3"]))
-    changed.services.update(st.services)  # same Service object, new slice object
-    p = compute_plan(NODE, changed, cache)
-    assert [str(t) for t in p.service_ports[0].internal_targets] == ["10.244.1.3:80"]
-    assert p == compute_plan(NODE, changed)
+def test_a_delta_replans_only_the_services_it_names_and_gives_the_full_plan():
+    web, api = ServiceName("default", "web"), ServiceName("default", "api")
+    before = state(service("web"), endpoint_slice("web", ["10.244.1.2"]),
+                   service("api", cluster_ip="10.96.0.2"), endpoint_slice("api", ["10.244.1.9"]))
+    planner = FamilyPlanner()
+    first = planner.plan(NODE, ClusterDelta.of(before))
+    assert first.changed is None  # a full plan
+    after = state(service("web"), endpoint_slice("web", ["10.244.1.3"]),
+                  service("api", cluster_ip="10.96.0.2"), endpoint_slice("api", ["10.244.1.9"]))
+    p = planner.plan(NODE, ClusterDelta(full=False, services={web: after.services[web]},
+                                        slices={web: tuple(after.slices.values())[:1]}))
+    assert p.changed == {ServicePortName(web, "")}
+    assert p.service_ports.get(ServicePortName(api, "")) is first.service_ports.get(ServicePortName(api, ""))
+    assert [str(t) for t in p.service_ports.get(ServicePortName(web, "")).internal_targets] == ["10.244.1.3:80"]
+    assert p == compute_plan(NODE, after)
+    assert p.endpoints == 2
+    gone = planner.plan(NODE, ClusterDelta(full=False, services={api: None}))
+    assert gone.changed == {ServicePortName(api, "")} and [sp.name.service for sp in gone.service_ports] == [web]
+    assert gone.cluster_ips == (IPv4Address("10.96.0.1"),) and gone.endpoints == 1
+
+
+def test_a_new_node_config_needs_a_full_delta():
+    planner = FamilyPlanner()
+    assert planner.needs_full(NODE)
+    planner.plan(NODE, ClusterDelta.of(state(service("web"))))
+    assert not planner.needs_full(NODE)
+    assert planner.needs_full(NodeConfig(hostname="node1", zone="a"))
+    with pytest.raises(ValueError):
+        planner.plan(NodeConfig(hostname="node1", zone="a"), ClusterDelta(full=False))
 
 
 def test_masquerade_settings_pass_through():

@@ -19,20 +19,18 @@ from pathlib import Path
 import structlog
 
 from kproxy.backends.base import SyncResult
+from kproxy.backends.iptables.chains import ChainState
 from kproxy.backends.iptables.drift import differences
 from kproxy.backends.iptables.kernel import IptablesKernel
 from kproxy.backends.iptables.render import (
-    Chains,
     ServicePortRules,
-    assemble,
     jumps,
     render_node,
     render_service_port,
 )
-from kproxy.backends.iptables.restore import RestoreInput, cleanup_restore, full_restore, partial_restore
+from kproxy.backends.iptables.restore import cleanup_restore, full_restore, incremental_restore
 from kproxy.backends.iptables.save import parse_save_all, read_view
 from kproxy.backends.view import ProgrammedView
-from kproxy.model import IPNetwork, ServicePortName
 from kproxy.plan import Plan, ServicePortPlan
 
 log = structlog.get_logger(__name__)
@@ -57,9 +55,7 @@ class IptablesBackend:
         self.family = family
         self._localhost_nodeports = localhost_nodeports and family == 4
         self._route_localnet = route_localnet
-        self._applied: Chains | None = None  # None: the next sync is a full one
-        self._rules: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
-        self._render_key: tuple[bool, tuple[IPNetwork, ...], int] | None = None
+        self._state: ChainState | None = None  # None: the next sync is a full one
 
     @property
     def variant(self) -> str:
@@ -69,59 +65,48 @@ class IptablesBackend:
         if plan.family != self.family:
             raise ValueError(f"an IPv{plan.family} plan given to the IPv{self.family} iptables backend")
         started = time.perf_counter()
-        desired = self._render(plan)
-        full = full or self._applied is None
+        key = (plan.masquerade_all, plan.cluster_cidrs, plan.family)
+
+        def render(sp: ServicePortPlan) -> ServicePortRules:
+            return render_service_port(sp, plan.masquerade_all, plan.cluster_cidrs, plan.family)
+
+        state = self._state
+        full = full or state is None or state.key != key
         if full:
             if self._localhost_nodeports:
                 self._route_localnet()
+            state = ChainState(key)
+            node_changes = state.update([sp.name for sp in plan.service_ports], plan.service_ports, render)
+            state.set_node(render_node(plan, self._localhost_nodeports), node_changes)
             existing = parse_save_all(self._kernel.save_all())
-            restore = full_restore(desired, existing, jumps(self._localhost_nodeports))
+            restore = full_restore(state.chains(), existing, jumps(self._localhost_nodeports))
         else:
-            assert self._applied is not None
-            restore = partial_restore(self._applied, desired)
-        return self._apply(restore, desired, started, full)
-
-    def _apply(self, restore: RestoreInput, desired: Chains, started: float, full: bool) -> SyncResult:
+            assert state is not None
+            names = state.names() | {sp.name for sp in plan.service_ports} if plan.changed is None else plan.changed
+            changes = state.update(names, plan.service_ports, render)
+            state.set_node(render_node(plan, self._localhost_nodeports), changes)
+            restore = incremental_restore(changes)
+        self._state = None  # until the kernel took it
         rendered = time.perf_counter()
         if restore:
-            try:
-                self._kernel.restore(restore.text)
-            except Exception:
-                # A table may have kept its old state: trust nothing, rewrite all next time.
-                self._applied = None
-                raise
-        self._applied = desired
+            self._kernel.restore(restore.text)  # on failure the next sync rewrites everything
+        self._state = state
         done = time.perf_counter()
         return SyncResult(full=full, operations=restore.operations, transactions=restore.tables,
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
 
-    def _render(self, plan: Plan) -> Chains:
-        key = (plan.masquerade_all, plan.cluster_cidrs, plan.family)
-        if key != self._render_key:
-            self._rules, self._render_key = {}, key
-        old = self._rules
-        rules: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
-        for sp in plan.service_ports:
-            hit = old.get(sp.name)
-            if hit is not None and (hit[0] is sp or hit[0] == sp):
-                rules[sp.name] = hit
-            else:
-                rules[sp.name] = (sp, render_service_port(sp, *key))
-        self._rules = rules
-        return assemble(render_node(plan, self._localhost_nodeports), (r for _sp, r in rules.values()))
-
     def differences(self) -> list[str]:
         """What differs between iptables-save and what this backend last restored."""
-        if self._applied is None:
+        if self._state is None:
             return []
         existing = parse_save_all(self._kernel.save_all())
-        return differences(self._applied, existing, jumps(self._localhost_nodeports))
+        return differences(self._state.chains(), existing, jumps(self._localhost_nodeports))
 
     def read_view(self) -> ProgrammedView:
         return read_view(parse_save_all(self._kernel.save_all()))
 
     def cleanup(self) -> bool:
-        self._applied = None
+        self._state = None
         restore = cleanup_restore(parse_save_all(self._kernel.save_all()))
         if restore:
             self._kernel.restore(restore.text)

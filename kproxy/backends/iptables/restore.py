@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kproxy.backends.iptables.chains import TableChanges
 from kproxy.backends.iptables.render import (
     BUILTIN,
     FIREWALL,
@@ -86,6 +87,34 @@ def full_restore(desired: Chains, existing: dict[str, Table], wanted_jumps: Iter
         inserts = [f"-I {j.chain} {j.rule()}" for j in missing if j.table == table]
         # -I puts each at the top: insert in reverse to keep the listed order
         blocks.append(_table_block(table, desired[table], desired[table], stale, reversed(inserts)))
+    return _restore_input(blocks)
+
+
+def incremental_restore(changes: dict[str, TableChanges]) -> RestoreInput:
+    """A partial sync's changes: chains rewritten or deleted whole, and single lines deleted
+    from or added to shared chains (before the node's lines in a chain that ends in them)."""
+    blocks = []
+    for table in TABLES:
+        change = changes.get(table)
+        if not change:
+            continue
+        lines = [f"*{table}"]
+        lines += [f":{c} - [0:0]" for c in (*change.write, *sorted(change.delete))]
+        for rules in change.write.values():
+            lines.extend(rules)
+        for removed in change.remove.values():
+            lines += ["-D" + line[2:] for line in removed]
+        for chain, added in change.insert.items():
+            at = change.insert_at.get(chain)
+            if at is None:
+                lines += added
+            else:
+                lines += [f"-I {chain} {at + i}" + line[len(f"-A {chain}"):] for i, line in enumerate(added)]
+        lines += [f"-X {c}" for c in sorted(change.delete)]
+        lines.append("COMMIT")
+        count = (sum(len(r) for r in change.write.values()) + len(change.delete)
+                 + sum(len(r) for r in change.remove.values()) + sum(len(a) for a in change.insert.values()))
+        blocks.append((lines, count))
     return _restore_input(blocks)
 
 

@@ -10,6 +10,7 @@ makes any in-memory record that a failed batch left behind irrelevant.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import structlog
 
@@ -112,21 +113,26 @@ class NftBackend:
         if node != self._node:
             self._table.replace(NODE_OWNER, self._node, node, delta)
             self._node = node
-        wanted = {sp.name: sp for sp in plan.service_ports}
-        for name in [n for n in self._plans if n not in wanted]:
-            gone = self._plans.pop(name)
-            # render is pure, so what `gone` contributed is rendered again rather than kept
-            self._table.replace(str(name), render_service_port(gone), None, delta)
-            self._note_affinity(gone, None)
-        for name, sp in wanted.items():
+        # only the Service ports the planner says changed (all of them for a full sync, or a
+        # plan that is not relative to the previous one)
+        if delta is None or plan.changed is None:
+            names: Iterable[ServicePortName] = [*self._plans, *(sp.name for sp in plan.service_ports)]
+        else:
+            names = plan.changed
+        for name in names:
             old = self._plans.get(name)
+            sp = plan.service_ports.get(name)
             if old is sp or old == sp:
                 continue
             if old is not None:
                 self._note_affinity(old, sp)
+            # render is pure, so what `old` contributed is rendered again rather than kept
             before = render_service_port(old) if old is not None else None
-            self._table.replace(str(name), before, render_service_port(sp), delta)
-            self._plans[name] = sp
+            self._table.replace(str(name), before, render_service_port(sp) if sp is not None else None, delta)
+            if sp is None:
+                del self._plans[name]
+            else:
+                self._plans[name] = sp
 
     def _note_affinity(self, old: ServicePortPlan, new: ServicePortPlan | None) -> None:
         if old.affinity_timeout:
