@@ -100,9 +100,14 @@ class FamilyPlanner:
         ips_before = {sp.frontends[0].ip for sp in old}
         ips_after = {sp.frontends[0].ip for sp in new}
         if ips_before != ips_after:
-            self._cluster_ips.subtract(ip for ip in ips_before if ip is not None)
-            self._cluster_ips.update(ip for ip in ips_after if ip is not None)
-            self._cluster_ips += Counter()  # drop the addresses no Service holds any more
+            for ip in ips_before - ips_after:
+                if ip is not None:
+                    self._cluster_ips[ip] -= 1
+                    if self._cluster_ips[ip] <= 0:
+                        del self._cluster_ips[ip]  # no Service holds it any more
+            for ip in ips_after - ips_before:
+                if ip is not None:
+                    self._cluster_ips[ip] += 1
             self._sorted_cluster_ips = None
         check = health_check(service, new) if service is not None else None
         if check is None:

@@ -2,7 +2,7 @@
 
 Run as root with the venv's Python:
 
-    .venv/bin/python scripts/bench.py [--services 1000,10000,30000] [--endpoints 10]
+    .venv/bin/python scripts/bench.py [--services 1000,10000,50000] [--endpoints 10]
 
 For each size, in a fresh namespace (deleted afterwards, also on failure):
   1. cold `kproxy sync --once` from a generated manifests file: wall time and the
@@ -249,8 +249,24 @@ def iptables_ruleset_size(ns: Netns) -> dict[str, Any]:
     return counts
 
 
+def iptables_mode() -> bool:
+    return "--proxy-mode" in NODE_FLAGS and NODE_FLAGS[NODE_FLAGS.index("--proxy-mode") + 1] == "iptables"
+
+
+def nft_floor(ns: Netns, path: Path, cold_wall: float) -> dict[str, Any]:
+    """The floor under any nftables proxy: `nft -f` of the very ruleset kproxy programmed,
+    into an empty namespace, timed here; and kproxy's cold sync as a multiple of it."""
+    path.write_text(ns.run("nft", "list", "ruleset").stdout)
+    ns.run("nft", "flush", "ruleset")
+    started = time.monotonic()
+    ns.run("nft", "-f", str(path))
+    floor = time.monotonic() - started
+    path.unlink()
+    return {"nft_f_s": round(floor, 2), "cold_sync_over_floor": round(cold_wall / floor, 2)}
+
+
 def ruleset_size(ns: Netns) -> dict[str, Any]:
-    if "--proxy-mode" in NODE_FLAGS and NODE_FLAGS[NODE_FLAGS.index("--proxy-mode") + 1] == "iptables":
+    if iptables_mode():
         return iptables_ruleset_size(ns)
     counts: dict[str, int] = {}
     terse = json.loads(ns.run("nft", "-j", "-t", "list", "ruleset").stdout)["nftables"]
@@ -298,6 +314,8 @@ def bench_size(
                   if line.get("event") == "synced"]  # fmt: skip
         result["cold_sync"] = {"wall_s": round(wall, 2), **(synced_fields(synced[-1]) if synced else {})}
         result["ruleset"] = ruleset_size(ns)
+        if not iptables_mode():
+            result["nft_floor"] = nft_floor(ns, workdir / f"ruleset-{services}.nft", wall)
 
         ns.run(kproxy, "cleanup", timeout=timeout)
         log(f"{services} services: run, first sync")
