@@ -95,9 +95,9 @@ class SlicePort:
     protocol: Protocol
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SliceEndpoint:
-    """One address of an EndpointSlice with its conditions, as upstream reads them."""
+class SliceEndpoint(NamedTuple):
+    """One address of an EndpointSlice with its conditions, as upstream reads them. A
+    NamedTuple for the same reason as ServiceName: 500,000 of them at 50,000 Services."""
 
     ip: IPAddress
     ready: bool = True
