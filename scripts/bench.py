@@ -365,6 +365,7 @@ def main() -> int:
         "results": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="kproxy-bench-"))
+    os.environ["KPROXY_STATE_DIR"] = str(workdir)  # kproxy's records (route_localnet) go with the namespace
     status = 0
     try:
         for size in sizes:
