@@ -181,7 +181,7 @@ class Observability:
                     else:
                         failed.append(f"{wanted.name} on {wanted.address}: {error}")
                 if failed and time.monotonic() - started >= give_up_s:
-                    give_up(f"cannot serve {'; '.join(failed)} (retried for {give_up_s:.0f}s)")
+                    give_up(f"cannot serve {'; '.join(failed)} (retried for {give_up_s:g}s)")
                     return
                 for failure in failed:
                     log.error("cannot serve yet; retrying", failure=failure, retry_s=retry_s)
@@ -237,7 +237,7 @@ def start_observability(mode: str, changes: ChangeSource, sync_period: float,
         if hard_fail:
             obs.close()
             raise BindError(f"cannot serve {name} on {address}: {error} (bind address hard fail)")
-        log.error(f"cannot serve; retrying every {BIND_RETRY_S:.0f}s, exiting after {BIND_GIVE_UP_S:.0f}s",
+        log.error(f"cannot serve; retrying every {BIND_RETRY_S:g}s, exiting after {BIND_GIVE_UP_S:g}s",
                   server=name, address=address, error=error)
         obs.unbound.append(server)
     obs.queued()  # the first sync is due: /healthz fails if it does not happen in time

@@ -82,7 +82,7 @@ def test_an_address_that_never_binds_is_given_up_with_why(busy, quick, capsys):
     try:
         obs.keep_binding(stop, reasons.append)
         assert wait_for(lambda: bool(reasons))
-        assert reasons == [f"cannot serve healthz on {address}: Address already in use (retried for 0s)"]
+        assert reasons == [f"cannot serve healthz on {address}: Address already in use (retried for 0.5s)"]
         err = capsys.readouterr().err
         assert "cannot serve yet; retrying" in err and address in err
     finally:
