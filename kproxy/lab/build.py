@@ -57,6 +57,7 @@ from kproxy.lab.spec import (
     nginx_config,
     node_objects,
     place,
+    pod_mac,
     public_hosts,
     read_manifests,
     resolv_conf,
@@ -304,6 +305,7 @@ class Lab:
         node = next(n for n in self.nodes() if n.name == pod.node)
         veth = f"veth{pod.index}"
         netns.veth(node_ns, veth, ns, "eth0")
+        netns.ip(ns, "link", "set", "eth0", "address", pod_mac(pod.ip))
         netns.ip(node_ns, "link", "set", veth, "master", "cbr0")
         netns.sh("ip", "netns", "exec", node_ns, "bridge", "link", "set", "dev", veth, "hairpin", "on")
         netns.ip(ns, "addr", "add", f"{pod.ip}/{node.pod_cidr.prefixlen}", "dev", "eth0")

@@ -243,6 +243,13 @@ def place(workloads: Sequence[Workload], existing: Sequence[LabPod], nodes: Sequ
     return tuple(result)
 
 
+def pod_mac(ip: IPv4Address) -> str:
+    """A pod's MAC address, derived from its IP (as Docker does): a pod that reuses the IP of
+    one just removed (scale to 0 and back) also has its MAC, so no neighbour cache on the way
+    keeps sending to a MAC that is gone."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
 def _free_ip(node: LabNode, pods: Sequence[LabPod]) -> IPv4Address:
     used = {p.ip for p in pods}
     for offset in range(10, node.pod_cidr.num_addresses - 1):

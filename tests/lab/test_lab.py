@@ -190,8 +190,9 @@ def test_scaling_changes_slices_and_every_node_follows(lab):
         dump = json.loads(lab.kproxy("exec", node, "--", "kproxy", "dump", "--json").stdout)
         (sp,) = [sp for sp in dump["service_ports"] if sp["name"] == "default/website2fe:http"]
         assert all(fe["endpoints"] == [] for fe in sp["frontends"]), sp
-    lab.kproxy("scale", "website2fe", "2")
-    assert all(r["status"] == 200 for r in lab.requests("https://website2.com/", count=4))
+    lab.kproxy("scale", "website2fe", "2")  # the pods come back with the IPs (and MACs) they had
+    results = lab.requests("https://website2.com/", count=4)
+    assert all(r["status"] == 200 for r in results), results
 
 
 def test_status_into_a_closed_pipe_ends_quietly(lab):

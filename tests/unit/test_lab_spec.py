@@ -24,6 +24,7 @@ from kproxy.lab.spec import (
     lb_ruleset,
     nginx_config,
     place,
+    pod_mac,
     public_hosts,
     read_manifests,
 )
@@ -146,6 +147,16 @@ def test_the_endpoints_the_lab_waits_for_are_what_kproxys_planner_programs(leavi
                 {str(p.ip) for p in pods if p.name.startswith("website1fe-")}}
     assert website1 == ({f"{p.ip}:8080" for p in leaving} if len(leaving) == 3 else
                         {f"{p.ip}:8080" for p in staying if p.name.startswith("website1fe-")})
+
+
+def test_a_pod_that_comes_back_with_an_ip_comes_back_with_its_mac():
+    _m, nodes, pods, _services = default_lab()
+    gone = tuple(p for p in pods if not p.name.startswith("website2fe-"))
+    back = place(default_lab()[0].workloads, gone, nodes)
+    again = {p.name: p.ip for p in back if p.name.startswith("website2fe-")}
+    assert again == {p.name: p.ip for p in pods if p.name.startswith("website2fe-")}  # the same IPs
+    assert pod_mac(IPv4Address("10.244.2.10")) == "02:42:0a:f4:02:0a"
+    assert len({pod_mac(p.ip) for p in pods}) == len(pods)
 
 
 def test_dns_records_and_public_hosts():
