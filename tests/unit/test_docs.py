@@ -1,6 +1,7 @@
 """README.md cannot drift from the code: every `kproxy ...` command line it shows parses
 with kproxy's own parser, every flag and config field of its configuration table exists,
-and the `synced` log line it shows is what a sync prints (keys, order, kinds of value)."""
+the `synced` log line it shows is what a sync prints (keys, order, kinds of value), and its
+Performance table shows the committed bench results it links to."""
 
 from __future__ import annotations
 
@@ -239,3 +240,45 @@ def test_the_documented_synced_line_is_what_a_sync_prints(real_sync, doc):
         assert json_shape(line) == printed_json, (line, printed_json)
     if doc == "README.md":
         assert json_lines, "README shows no JSON synced line"
+
+
+# --- the Performance table -------------------------------------------------------------------
+
+PERFORMANCE_ROWS = {  # row label (start) -> the figures of one result it shows, in order
+    "cold `kproxy sync`": lambda r: [r["cold_sync"]["wall_s"]],
+    "of which plan / render / kernel apply":
+        lambda r: [r["cold_sync"][k] for k in ("plan_ms", "render_ms", "apply_ms")],
+    "one endpoint change in a running agent: kernel apply":
+        lambda r: [r["endpoint_change"]["apply_ms"][k] for k in ("median", "max")],
+    "same change, whole sync": lambda r: [r["endpoint_change"]["total_ms"][k] for k in ("median", "max")],
+    "same change end to end": lambda r: [r["endpoint_change"]["e2e_ms"][k] / 1000 for k in ("median", "max")],
+    "agent peak RSS": lambda r: [r["agent"]["VmHWM"]],
+    "ruleset": lambda r: [r["ruleset"]["set_and_map_elements"] / 1000],
+}
+
+
+def test_the_performance_table_shows_its_committed_results():
+    """Every figure of the table is in the bench JSON the section links to (as rounded)."""
+    text = section(README, "Performance")
+    (link,) = set(re.findall(r"\((docs/bench/[\w.-]+\.json)\)", text))
+    report = json.loads((TOP / link).read_text())
+    assert report["kproxy_uncommitted_changes"] is False and report["proxy_mode"] == "nftables"
+    results = {r["services"]: r for r in report["results"]}
+    lines = [line for line in text.splitlines() if line.startswith("|") and "---" not in line]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    sizes = [int(float(c.split("k ")[0]) * 1000) for c in header[1:]]
+    assert sizes and set(sizes) <= set(results)
+    shown = set()
+    for line in lines[1:]:
+        label, *cells = [c.strip() for c in line.strip("|").split("|")]
+        (figures,) = [f for start, f in PERFORMANCE_ROWS.items() if label.startswith(start)]
+        shown.add(label)
+        for size, cell in zip(sizes, cells, strict=True):
+            numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", cell.replace("MiB", ""))]
+            expected = figures(results[size])
+            if label == "ruleset":
+                numbers = numbers[-1:]  # the elements, in thousands
+            assert len(numbers) == len(expected), (label, cell)
+            for got, want in zip(numbers, expected, strict=True):
+                assert got == pytest.approx(want, rel=0.05, abs=0.06), (label, size, cell, want)
+    assert len(shown) == len(PERFORMANCE_ROWS)
