@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     tracker = Tracker()
     source = start_source(args, tracker, stop, watch=True)
+    node = node_config(args, source.node_ips)
     try:  # before the kernel is touched: with --bind-address-hard-fail, a busy port changes nothing
         obs = start_observability(args.proxy_mode, tracker, args.sync_period, args.metrics_bind_address,
                                   args.healthz_bind_address, hard_fail=args.bind_address_hard_fail)
@@ -44,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"kproxy: error: {err}\n")
         return EXIT_FAILED
     apply_conntrack_sysctls(args)
-    node = node_config(args, source.node_ips)
     health_checks = ServiceHealthServer()
     agent = Agent(node, backends_for(args, node), tracker,
                   on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync))
