@@ -362,9 +362,12 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "nft": subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip(),
         "python": platform.python_version(),
+        # other work on the machine skews every figure: the 1/5/15-minute load, before and after
+        "loadavg_before": os.getloadavg(),
         "results": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="kproxy-bench-"))
+    os.environ["KPROXY_STATE_DIR"] = str(workdir)  # kproxy's records (route_localnet) go with the namespace
     status = 0
     try:
         for size in sizes:
@@ -378,6 +381,7 @@ def main() -> int:
                 status = 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    report["loadavg_after"] = os.getloadavg()
     print(json.dumps(report, indent=2))
     return status
 

@@ -13,6 +13,7 @@ from kproxy.backends.iptables.kernel import IptablesError
 from kproxy.backends.nft.kernel import NftError
 from kproxy.cli.errors import EXIT_FAILED
 from kproxy.cli.wiring import (
+    BindError,
     apply_conntrack_sysctls,
     backends_for,
     generation_source,
@@ -38,16 +39,30 @@ def run(args: argparse.Namespace) -> int:
     raise_open_file_limit()
     tracker = Tracker()
     source = start_source(args, tracker, stop, watch=True)
-    apply_conntrack_sysctls(args)
     node = node_config(args, source.node_ips)
+    try:  # before the kernel is touched: with --bind-address-hard-fail, a busy port changes nothing
+        obs = start_observability(args.proxy_mode, tracker, args.sync_period, args.metrics_bind_address,
+                                  args.healthz_bind_address, hard_fail=args.bind_address_hard_fail,
+                                  families=node.families())
+    except BindError as err:
+        stop.set()
+        sys.stderr.write(f"kproxy: error: {err}\n")
+        return EXIT_FAILED
+    apply_conntrack_sysctls(args)
     health_checks = ServiceHealthServer()
     agent = Agent(node, backends_for(args, node), tracker,
                   on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync),
                   generation=generation_source(args), verify_interval=args.sync_period)
-    obs = start_observability(args.proxy_mode, tracker, args.sync_period,
-                              args.metrics_bind_address, args.healthz_bind_address, families=node.families())
     runner = SyncRunner(obs.observe(agent.sync, tracker), min_interval=args.min_sync_period,
                         max_interval=args.sync_period)
+    gave_up: list[str] = []
+
+    def give_up(why: str) -> None:
+        gave_up.append(why)
+        stop.set()
+        runner.wake()
+
+    obs.keep_binding(stop, give_up)
     tracker.listen(obs.queued)
     tracker.listen(runner.request)
     if source.read_node is not None:
@@ -58,14 +73,16 @@ def run(args: argparse.Namespace) -> int:
     log.info("starting", node=node.hostname, node_ips=[str(i) for i in node.node_ips],
              source=args.manifests or "api", min_sync_period_s=args.min_sync_period)
     # Never program a partial or empty view: rules stay as they are until a full list arrived.
-    while not source.wait_synced(1.0):
-        if stop.is_set():
-            return 0
+    while not source.wait_synced(1.0) and not stop.is_set():
         log.info("waiting for the first full list from the API")
-    runner.run(stop)
+    if not stop.is_set():
+        runner.run(stop)
     health_checks.close()
     obs.close()
     log.info("stopped; programmed rules stay in place")
+    if gave_up:
+        sys.stderr.write(f"kproxy: error: {gave_up[0]}\n")
+        return EXIT_FAILED
     return 0
 
 
