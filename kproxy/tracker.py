@@ -31,6 +31,7 @@ ENDPOINT_SLICE = "EndpointSlice"
 KINDS = (SERVICE, ENDPOINT_SLICE)  # what the change metrics count
 NODE = "Node"  # only this node's zone matters (topology hints)
 SOURCE_KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
+InvalidKey = tuple[str, str, str, int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,8 +52,9 @@ class Tracker:
         self._by_service = SliceIndex()
         self._nodes: dict[str, NodeInfo] = {}
         # Last error logged per invalid object: a relist or reload that brings the same
-        # broken object again does not log it again.
-        self._invalid: dict[tuple[str, str, str], tuple[str, str]] = {}
+        # broken object again does not log it again. Key: kind, namespace, name and an
+        # ordinal that tells apart the unnamed ones of one list (0 for the rest).
+        self._invalid: dict[InvalidKey, tuple[str, str]] = {}
         self._changes_total = dict.fromkeys(KINDS, 0)
         self._pending: dict[str, set[Any]] = {kind: set() for kind in KINDS}
         self._trigger_times: dict[Any, float] = {}  # earliest pending trigger time per slice
@@ -73,13 +75,16 @@ class Tracker:
         """The full state of several kinds in one transaction: a snapshot never sees one
         kind relisted and the other not (a relisted Service without its slices)."""
         parsed: dict[str, dict[Any, Any]] = {}
-        invalid: dict[tuple[str, str, str], tuple[str, str]] = {}
+        invalid: dict[InvalidKey, tuple[str, str]] = {}
         for kind, objects in objects_by_kind.items():
             store: dict[Any, Any] = {}
+            unnamed = 0
             for obj in objects:
                 key, value, error = self._parse(kind, obj)
                 if error is not None:
-                    invalid[(kind, *object_key(obj))] = error
+                    namespace, name = object_key(obj)
+                    unnamed += not name
+                    invalid[(kind, namespace, name, 0 if name else unnamed)] = error
                 elif value is not None:
                     store[key] = value
             parsed[kind] = store
@@ -118,7 +123,7 @@ class Tracker:
         """One ADDED/MODIFIED event. An object now skipped or invalid replaces (removes) the
         version stored before: upstream keeps nothing for it either."""
         key, value, error = self._parse(kind, obj)
-        invalid_key = (kind, *object_key(obj))
+        invalid_key = (kind, *object_key(obj), 0)
         log_it = False
         with self._lock:
             store = self._store(kind)
@@ -153,7 +158,7 @@ class Tracker:
                 self._count(kind, before, None)
             if changed and kind == ENDPOINT_SLICE:
                 self._by_service.update(before, None)
-            self._invalid.pop((kind, *object_key(obj)), None)
+            self._invalid.pop((kind, *object_key(obj), 0), None)
         if changed:
             self._on_change()
 
@@ -221,8 +226,8 @@ class Tracker:
             return key, None, ("(object)", f"cannot be parsed: {type(exc).__name__}: {exc}"[:300])
 
     @staticmethod
-    def _log_invalid(invalid: dict[tuple[str, str, str], tuple[str, str]]) -> None:
-        for (kind, namespace, name), (field, message) in sorted(invalid.items()):
+    def _log_invalid(invalid: dict[InvalidKey, tuple[str, str]]) -> None:
+        for (kind, namespace, name, _), (field, message) in sorted(invalid.items()):
             log.warning(
                 "skipping invalid object",
                 kind=kind,

@@ -141,6 +141,7 @@ class ApiSource:
         probe_backoff: float = 1.0,
         connect_timeout: float = 5.0,
         list_read_timeout: float = 60.0,
+        watch_read_timeout: float | None = None,
         label_selector: str = UPSTREAM_LABEL_SELECTOR,
         node_name: str | None = None,
         on_fatal: Callable[[str], object] = lambda _reason: None,
@@ -151,6 +152,8 @@ class ApiSource:
         self._backoff = (initial_backoff, max_backoff, probe_backoff)
         self._connect_timeout = connect_timeout
         self._list_read_timeout = list_read_timeout
+        # The server ends a watch after watch_timeout; a longer silence means a dead connection.
+        self._watch_read_timeout = watch_read_timeout or watch_timeout + 30
         self._label_selector = label_selector
         self._on_fatal = on_fatal
         self._resources: tuple[_Resource, ...] = (
@@ -323,9 +326,7 @@ class ApiSource:
                 timeout_seconds=self._watch_timeout,
                 label_selector=self._label_selector,
                 _preload_content=False,
-                # The server ends the watch after timeout_seconds; a longer silence means
-                # a dead connection.
-                _request_timeout=(self._connect_timeout, self._watch_timeout + 30),
+                _request_timeout=(self._connect_timeout, self._watch_read_timeout),
             )
         except ApiException as exc:
             if exc.status == 410:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -29,7 +30,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 4.0) -> bool:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, store: Store) -> None:
+    def __init__(self, tmp_path: Path, store: Store, **source_options: Any) -> None:
         self.store = store
         self.server = FakeApiServer(store)
         self.kubeconfig = tmp_path / "kubeconfig"
@@ -37,15 +38,9 @@ class Harness:
         self.changes = 0
         self.tracker = Tracker(self._changed)
         self.stop = threading.Event()
-        self.source = ApiSource(
-            load_api_client(str(self.kubeconfig)),
-            self.tracker,
-            self.stop,
-            watch_timeout=30,
-            initial_backoff=0.05,
-            max_backoff=0.2,
-            connect_timeout=1.0,
-        )
+        options: dict[str, Any] = {"watch_timeout": 30, "initial_backoff": 0.05, "max_backoff": 0.2,
+                                   "connect_timeout": 1.0, **source_options}
+        self.source = ApiSource(load_api_client(str(self.kubeconfig)), self.tracker, self.stop, **options)
 
     def _changed(self) -> None:
         self.changes += 1
