@@ -97,6 +97,17 @@ class FakeNft:
         present, self._state = self._state is not None, None
         return present
 
+    def listing(self) -> dict[str, Any] | None:
+        """The whole table as plain data to compare two fakes by: chains with their hook and
+        rules in order, sets with their definition and elements; None without a table."""
+        if self._state is None:
+            return None
+        return {
+            "comment": self._state.comment,
+            "chains": {name: (c.hook, list(c.rules)) for name, c in sorted(self._state.chains.items())},
+            "sets": {name: (s.spec, dict(sorted(s.elements.items()))) for name, s in sorted(self._state.sets.items())},
+        }
+
     # --- what the kernel does by itself ---------------------------------------------------------
 
     def fill(self, set_name: str, key: str, data: str | None = None) -> None:
