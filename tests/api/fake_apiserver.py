@@ -19,13 +19,16 @@ missed, as from a real API server that came back.
 from __future__ import annotations
 
 import copy
+import ctypes
 import json
+import os
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 PATHS = {
@@ -316,6 +319,37 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
             "message": message}
+
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def in_netns(netns: str, make: Callable[[], T]) -> T:
+    """Call `make` in a thread that joined network namespace `netns` (by its name under
+    /run/netns): sockets it opens, such as a FakeApiServer's, live there."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                out["error"] = OSError(ctypes.get_errno(), "setns failed")
+                return
+        finally:
+            os.close(fd)
+        try:
+            out["value"] = make()
+        except Exception as err:  # noqa: BLE001 - handed to the caller
+            out["error"] = err
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout=10)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]  # type: ignore[no-any-return]
 
 
 def write_kubeconfig(path: Any, url: str) -> None:
