@@ -108,6 +108,8 @@ def test_run_exits_non_zero_when_the_manifests_watcher_dies(
     monkeypatch.setattr(run_module, "backends_for", lambda _args, _node: {4: NftBackend(kernel)})
     monkeypatch.setattr(run_module, "ConntrackCleaner", NoConntrack)
     monkeypatch.setattr(run_module, "apply_conntrack_sysctls", lambda _args: None)
+    # no kernel at all: the ruleset generation (drift detection, where wired) is unknown
+    monkeypatch.setattr(run_module, "generation_source", lambda _args: lambda: None, raising=False)
     observed: list[Any] = []
     original_observability = run_module.start_observability
 
