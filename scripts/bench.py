@@ -163,9 +163,10 @@ def synced_fields(line: dict[str, Any]) -> dict[str, Any]:
 class Agent:
     """`kproxy run` in the background; its JSON log lines arrive on a queue."""
 
-    def __init__(self, ns: Netns, kproxy: str, manifests: Path) -> None:
+    def __init__(self, ns: Netns, kproxy: str, source: list[str]) -> None:
+        """`source`: ["--manifests", FILE] or ["--kubeconfig", FILE]."""
         argv = ns.argv(
-            kproxy, "--log-format", "json", "run", "--manifests", str(manifests),
+            kproxy, "--log-format", "json", "run", *source,
             "--min-sync-period", "0.1s", *NODE_FLAGS,
         )  # fmt: skip
         # ip netns exec execs kproxy, so this pid is the agent itself.
@@ -301,7 +302,7 @@ def bench_size(
 
         ns.run(kproxy, "cleanup", timeout=timeout)
         log(f"{services} services: run, first sync")
-        agent = Agent(ns, kproxy, manifests)
+        agent = Agent(ns, kproxy, ["--manifests", str(manifests)])
         try:
             started = time.monotonic()
             first, at = agent.next_synced(timeout)

@@ -27,6 +27,7 @@ from kproxy.health.proxier import HealthEndpoints, ProxyHealth
 from kproxy.metrics import ChangeSource, ObservedSync, ProxyMetrics, SyncReportLike
 from kproxy.model import IPAddress, NodeConfig
 from kproxy.sources.manifests import ManifestError, ManifestSource
+from kproxy.sources.threads import SourceFailure, start_guarded
 from kproxy.sysctls import ConntrackSettings, apply_sysctls, desired_sysctls
 from kproxy.tracker import Tracker
 
@@ -65,10 +66,14 @@ class StartedSource:
     wait_synced: Callable[[float], bool]  # True once a full state is known
     node_ips: Callable[[str], tuple[IPAddress, ...]]  # this node's IPs, if the source knows
     read_node: Callable[[str], dict[str, Any] | None] | None = None  # the Node object (None: unknown)
+    skipped: Callable[[], int] = lambda: 0  # malformed entries the source left out (the tracker's aside)
 
 
 def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Event,
-                 watch: bool) -> StartedSource:
+                 watch: bool, on_fatal: Callable[[str], object] | None = None) -> StartedSource:
+    """The source of --manifests or the API, started. A source thread that cannot continue
+    calls `on_fatal` (default: a SourceFailure that sets `stop`)."""
+    on_fatal = on_fatal or SourceFailure(stop)
     if args.manifests and args.kubeconfig:
         raise UsageError("--manifests and --kubeconfig exclude each other")
     if args.manifests:
@@ -78,8 +83,9 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
         except ManifestError as err:
             raise UsageError(str(err)) from None
         if watch:
-            threading.Thread(target=source.watch, args=(stop,), name="manifests", daemon=True).start()
-        return StartedSource(wait_synced=lambda _timeout: True, node_ips=lambda _name: ())
+            start_guarded("manifests", source.watch, on_fatal, stop)
+        return StartedSource(wait_synced=lambda _timeout: True, node_ips=lambda _name: (),
+                             skipped=lambda: source.skipped)
     from kproxy.sources.api import ApiSource, load_api_client  # 0.4 s of imports, only with the API
 
     if args.kubeconfig and not os.path.isfile(args.kubeconfig):
@@ -89,7 +95,7 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
         client = load_api_client(args.kubeconfig)
     except Exception as err:  # noqa: BLE001 - any config problem is one line for the user
         raise UsageError(f"kubeconfig: {err}") from None
-    api = ApiSource(client, tracker, stop, node_name=node_name(args))
+    api = ApiSource(client, tracker, stop, node_name=node_name(args), on_fatal=on_fatal)
     api.run()
     return StartedSource(wait_synced=api.wait_synced,
                          node_ips=lambda name: node_facts.node_ips_from_api(client, name),
