@@ -8,6 +8,7 @@ import structlog
 from kproxy.backends.base import Backend
 from kproxy.backends.iptables.backend import IptablesBackend
 from kproxy.backends.iptables.kernel import IptablesCommands, IptablesError, save_all
+from kproxy.backends.iptables.localnet import restore_route_localnet
 from kproxy.backends.iptables.save import programmed as iptables_programmed
 from kproxy.backends.iptables.variant import VARIANTS, detect_variant
 from kproxy.backends.nft.backend import NftBackend
@@ -56,7 +57,9 @@ def cleanup_nftables() -> bool:
 
 
 def cleanup_iptables() -> bool:
-    """Remove kproxy's iptables and ip6tables rules from both variants; True if there were any."""
+    """Remove kproxy's iptables and ip6tables rules from both variants, and set route_localnet
+    back if kproxy changed it; True if there were any rules."""
+    restore_route_localnet()
     removed = False
     for family in FAMILIES:
         for variant in VARIANTS:

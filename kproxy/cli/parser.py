@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from kproxy import values
@@ -16,9 +16,11 @@ from kproxy.cli.config_file import (
     METRICS_PORT,
     ConfigError,
     check_bind_address,
+    parse_node_port_addresses,
 )
 from kproxy.cli.errors import EXIT_USAGE
 from kproxy.lab.command import add_lab_parser
+from kproxy.model import IPNetwork
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,6 +44,25 @@ duration = _argument_type(values.parse_duration, "duration")
 boolean = _argument_type(values.parse_bool, "boolean")
 ip = _argument_type(values.parse_ip, "IP address")
 cidr_list = _argument_type(values.parse_cidr_list, "CIDR list")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer of at least 0 (upstream's validation refuses negative conntrack sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative (must be 0 or more)")
+    return value
+
+
+def node_port_addresses(text: str) -> tuple[IPNetwork, ...]:
+    """`primary` (the node IPs), `all` (every local address) or CIDRs, as the config field."""
+    try:
+        return parse_node_port_addresses(text.split(","))
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _bind_address(default_port: int) -> Callable[[str], str]:
@@ -72,10 +93,14 @@ def build_parser() -> Parser:
                          default=DEFAULT_HEALTHZ_BIND_ADDRESS,
                          metavar="IP:PORT",
                          help=f"serve /healthz and /livez here (default {DEFAULT_HEALTHZ_BIND_ADDRESS})")
+    sources.add_argument("--bind-address-hard-fail", action="store_true",
+                         help="exit at once when the metrics or healthz address cannot be bound "
+                         "(default: retry every 5s, exit after 60s)")
     sources.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     sources.add_argument("--manifests", metavar="PATH",
                          help="a YAML/JSON file or folder of Services and EndpointSlices, instead of the API")
-    sources.add_argument("--hostname-override", metavar="NAME", help="this node's name (default: hostname)")
+    sources.add_argument("--hostname-override", metavar="NAME",
+                         help="this node's name (default: $NODE_NAME, else the hostname)")
     sources.add_argument("--node-ip", type=ip, action="append", default=[], metavar="IP",
                          help="this node's primary IP, one per family for dual-stack (repeatable; "
                          "default: the Node object's, else the default route's source)")
@@ -84,9 +109,9 @@ def build_parser() -> Parser:
     sources.add_argument("--service-cluster-ip-range", type=cidr_list,
                          default=(), metavar="CIDRS", help="service CIDRs; unallocated IPs in them are dropped")
     sources.add_argument("--masquerade-all", action="store_true", help="masquerade all traffic to Services")
-    sources.add_argument("--nodeport-addresses", type=cidr_list, default=(),
-                         metavar="CIDRS", help="NodePorts answer on local addresses in these CIDRs "
-                         "(default: the node IPs; 0.0.0.0/0: every local address)")
+    sources.add_argument("--nodeport-addresses", type=node_port_addresses, default=(),
+                         metavar="primary|all|CIDRS", help="NodePorts answer on local addresses in these CIDRs "
+                         "(default primary: the node IPs; all or 0.0.0.0/0,::/0: every local address)")
     sources.add_argument("--proxy-mode", default="nftables", choices=("nftables", "iptables"),
                          help="backend (default nftables; ipvs is planned)")
     sources.add_argument("--iptables-localhost-nodeports", type=boolean, default=True, metavar="BOOL",
@@ -98,9 +123,10 @@ def build_parser() -> Parser:
     sources.add_argument("--sync-period", type=duration, default=30.0, metavar="DURATION",
                          help="sync at least this often, even without changes (default 30s)")
     # conntrack sysctls: left alone unless a flag asks (see kproxy/sysctls.py)
-    sources.add_argument("--conntrack-max-per-core", type=int, metavar="N",
-                         help="set nf_conntrack_max to N per CPU (at least --conntrack-min)")
-    sources.add_argument("--conntrack-min", type=int, metavar="N", help="lower bound for nf_conntrack_max")
+    sources.add_argument("--conntrack-max-per-core", type=non_negative_int, metavar="N",
+                         help="set nf_conntrack_max to N per CPU (at least --conntrack-min); 0: leave it")
+    sources.add_argument("--conntrack-min", type=non_negative_int, metavar="N",
+                         help="lower bound for nf_conntrack_max; only with --conntrack-max-per-core, as upstream")
     sources.add_argument("--conntrack-tcp-timeout-established", type=duration, metavar="DURATION",
                          help="idle timeout of established TCP connections")
     sources.add_argument("--conntrack-tcp-timeout-close-wait", type=duration, metavar="DURATION",
@@ -114,10 +140,12 @@ def build_parser() -> Parser:
 
     parser = Parser(prog="kproxy", parents=[common],
                     description="kube-proxy replacement: Services and EndpointSlices to nftables or iptables rules")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # not required here: parse_command_line says a command is missing after naming any bad flag
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", parents=[common, sources], help="the agent: watch and keep rules in sync")
     sync = sub.add_parser("sync", parents=[common, sources], help="program the rules once and exit")
-    sync.add_argument("--once", action="store_true", help="program once and exit (the only mode)")
+    # `sync` always programs once; --once is still accepted, so older scripts keep working
+    sync.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
     dump = sub.add_parser("dump", parents=[common], help="show what is programmed, read from the kernel")
     dump.add_argument("--json", action="store_true", help="machine-readable output")
     dump.add_argument("--raw", action="store_true", help="the kernel's own listing of kproxy's table")
@@ -141,3 +169,21 @@ def build_parser() -> Parser:
                         help="print it (the only action)")
     add_lab_parser(sub, common)
     return parser
+
+
+def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed. A missing command or lab action is reported only when
+    every flag was understood, so `kproxy --bogus` names --bogus."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = _subcommands(parser)
+    if args.command is None:
+        parser.error(f"the following arguments are required: COMMAND ({', '.join(commands)})")
+    if args.command == "lab" and args.lab_command is None:
+        actions = _subcommands(commands["lab"])
+        parser.error(f"lab: the following arguments are required: ACTION ({', '.join(actions)})")
+    return args
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(dict(a.choices) for a in parser._actions if isinstance(a, argparse._SubParsersAction))

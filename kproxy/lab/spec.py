@@ -243,6 +243,13 @@ def place(workloads: Sequence[Workload], existing: Sequence[LabPod], nodes: Sequ
     return tuple(result)
 
 
+def pod_mac(ip: IPv4Address) -> str:
+    """A pod's MAC address, derived from its IP (as Docker does): a pod that reuses the IP of
+    one just removed (scale to 0 and back) also has its MAC, so no neighbour cache on the way
+    keeps sending to a MAC that is gone."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
 def _free_ip(node: LabNode, pods: Sequence[LabPod]) -> IPv4Address:
     used = {p.ip for p in pods}
     for offset in range(10, node.pod_cidr.num_addresses - 1):
@@ -336,6 +343,25 @@ def endpoint_slices(services: Sequence[dict[str, Any]], pods: Sequence[LabPod],
                 } for pod, ready in sorted(group, key=lambda pr: pr[0].index)],
             })
     return slices
+
+
+def cluster_ip_endpoints(slices: Sequence[dict[str, Any]]) -> set[str]:
+    """The "ip:port" endpoints every node's ClusterIP rules should hold for these slices:
+    per Service port its ready endpoints, or, when none is ready, its serving-and-terminating
+    ones (upstream's terminating fallback, which kproxy's planner applies)."""
+    by_port: dict[tuple[str, str, str], list[tuple[dict[str, Any], int]]] = {}
+    for s in slices:
+        meta = s["metadata"]
+        service = (meta.get("namespace", "default"), meta["labels"]["kubernetes.io/service-name"])
+        for p in s["ports"]:
+            by_port.setdefault((*service, p.get("name", "")), []).extend((e, p["port"]) for e in s["endpoints"])
+    wanted = set()
+    for members in by_port.values():
+        ready = [(e, port) for e, port in members if e["conditions"].get("ready")]
+        serving = ready or [(e, port) for e, port in members
+                            if e["conditions"].get("serving") and e["conditions"].get("terminating")]
+        wanted |= {f"{e['addresses'][0]}:{port}" for e, port in serving}
+    return wanted
 
 
 def node_objects(nodes: Sequence[LabNode]) -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 
@@ -22,6 +21,7 @@ from kproxy.backends.base import SyncResult
 from kproxy.backends.iptables.chains import ChainState
 from kproxy.backends.iptables.drift import differences
 from kproxy.backends.iptables.kernel import IptablesKernel
+from kproxy.backends.iptables.localnet import enable_route_localnet  # KUBE-FIREWALL guards what it opens
 from kproxy.backends.iptables.render import (
     ServicePortRules,
     jumps,
@@ -34,16 +34,6 @@ from kproxy.backends.view import ProgrammedView
 from kproxy.plan import Plan, ServicePortPlan
 
 log = structlog.get_logger(__name__)
-
-ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
-
-
-def enable_route_localnet() -> None:
-    """NodePorts on 127.0.0.1 need route_localnet, in kproxy's own network namespace
-    (as upstream sets it); KUBE-FIREWALL keeps it from exposing other localhost services."""
-    if ROUTE_LOCALNET.read_text().strip() != "1":
-        ROUTE_LOCALNET.write_text("1\n")
-        log.info("set net.ipv4.conf.all.route_localnet=1 for localhost NodePorts")
 
 
 class IptablesBackend:

@@ -10,6 +10,7 @@ few lines of iptables-restore input, where rewriting KUBE-HAIRPIN whole took 0.6
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,10 +31,9 @@ class TableChanges:
     write: dict[str, tuple[str, ...]] = field(default_factory=dict)  # chains rewritten whole
     delete: set[str] = field(default_factory=set)
     remove: dict[str, list[str]] = field(default_factory=dict)  # chain -> its "-A ..." lines to delete
-    insert: dict[str, list[str]] = field(default_factory=dict)  # chain -> lines to add
-    # where the first added line goes in a chain that ends in node lines (1-based): after
-    # the lines it had, before that tail; other chains take new lines at their end
-    insert_at: dict[str, int] = field(default_factory=dict)
+    # chain -> (1-based position, line) to add, in ascending position: inserted in that
+    # order after the deletions, each lands where a full restore would have put it
+    insert: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.write or self.delete or self.remove or self.insert)
@@ -49,8 +49,10 @@ class ChainState:
         self.ports: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
         self.node: dict[Key, tuple[str, ...]] = {}
         # lines of shared chains by how many Service ports hold them (a pod backing two
-        # Services has one hairpin line), in the order they came
+        # Services has one hairpin line), and the held ones sorted: a full and a partial
+        # sync then put the Service ports' lines in the same order
         self.lines: dict[Key, Counter[str]] = {}
+        self.ordered: dict[Key, list[str]] = {}
 
     def names(self) -> set[ServicePortName]:
         return set(self.ports)
@@ -86,19 +88,21 @@ class ChainState:
                 self.ports[name] = (new, after)
         for (table, chain), held_before in touched.items():
             held = self.lines[(table, chain)]
+            ordered = self.ordered.setdefault((table, chain), [])
+            added = []
             for line, was in held_before.items():
                 now = held[line] > 0
                 if was and not now:
                     changes[table].remove.setdefault(chain, []).append(line)
                     del held[line]
+                    del ordered[bisect_left(ordered, line)]
                 elif now and not was:
-                    changes[table].insert.setdefault(chain, []).append(line)
-                    # new lines stand last among the Service ports' lines, in the kernel too
-                    held[line] = held.pop(line)
-            added = changes[table].insert.get(chain)
-            if added and (table, TAIL + chain) in self.node:
+                    insort(ordered, line)
+                    added.append(line)
+            if added:
                 head = len(self.node.get((table, HEAD + chain), ()))
-                changes[table].insert_at[chain] = head + len(held) - len(added) + 1
+                changes[table].insert[chain] = sorted(
+                    (head + bisect_left(ordered, line) + 1, line) for line in added)
         return changes
 
     def _count(self, key: Key, line: str, step: int, touched: dict[Key, dict[str, bool]]) -> None:
@@ -133,7 +137,7 @@ class ChainState:
     def chain(self, table: str, chain: str) -> tuple[str, ...]:
         """A shared chain's lines: the node's head, the Service ports' lines, the node's tail."""
         return (*self.node.get((table, HEAD + chain), ()),
-                *(line for line, n in self.lines.get((table, chain), Counter()).items() if n > 0),
+                *self.ordered.get((table, chain), ()),
                 *self.node.get((table, TAIL + chain), ()))
 
     def chains(self) -> Chains:

@@ -324,7 +324,7 @@ Chains = dict[str, dict[str, tuple[str, ...]]]  # table -> chain -> rules
 
 
 def assemble(node: dict[tuple[str, str], tuple[str, ...]], ports: Iterable[ServicePortRules]) -> Chains:
-    """All chains of the desired ruleset; shared chains joined in plan order."""
+    """All chains of the desired ruleset."""
     chains: Chains = {table: {c: () for c in STATIC_CHAINS[table]} for table in TABLES}
     shared: dict[tuple[str, str], list[str]] = {}
     for rules in ports:
@@ -337,8 +337,9 @@ def assemble(node: dict[tuple[str, str], tuple[str, ...]], ports: Iterable[Servi
             else:
                 bucket.extend(shared_lines)
     for (table, chain), joined in shared.items():
-        # one hairpin rule per local pod, however many Services it backs
-        chains[table][chain] = tuple(dict.fromkeys(joined)) if chain == HAIRPIN else tuple(joined)
+        # sorted, each line once (one hairpin rule per local pod, however many Services it
+        # backs): the order a partial sync's inserts keep (chains.ChainState)
+        chains[table][chain] = tuple(sorted(set(joined)))
     for (table, chain), lines in node.items():
         if chain.startswith("tail:"):
             chain = chain[5:]

@@ -92,7 +92,7 @@ def full_restore(desired: Chains, existing: dict[str, Table], wanted_jumps: Iter
 
 def incremental_restore(changes: dict[str, TableChanges]) -> RestoreInput:
     """A partial sync's changes: chains rewritten or deleted whole, and single lines deleted
-    from or added to shared chains (before the node's lines in a chain that ends in them)."""
+    from or inserted into shared chains (at their place in the chain's sorted order)."""
     blocks = []
     for table in TABLES:
         change = changes.get(table)
@@ -105,11 +105,7 @@ def incremental_restore(changes: dict[str, TableChanges]) -> RestoreInput:
         for removed in change.remove.values():
             lines += ["-D" + line[2:] for line in removed]
         for chain, added in change.insert.items():
-            at = change.insert_at.get(chain)
-            if at is None:
-                lines += added
-            else:
-                lines += [f"-I {chain} {at + i}" + line[len(f"-A {chain}"):] for i, line in enumerate(added)]
+            lines += [f"-I {chain} {at}" + line[len(f"-A {chain}"):] for at, line in added]
         lines += [f"-X {c}" for c in sorted(change.delete)]
         lines.append("COMMIT")
         count = (sum(len(r) for r in change.write.values()) + len(change.delete)

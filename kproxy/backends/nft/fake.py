@@ -101,6 +101,18 @@ class FakeNft:
         self._generation += present
         return present
 
+    def listing(self) -> dict[str, Any] | None:
+        """The whole table as plain data to compare two fakes by: chains with their hook and
+        rules in order, sets with their definition and elements; None without a table."""
+        if self._state is None:
+            return None
+        return {
+            "comment": self._state.comment,
+            "chains": {name: (c.hook, [rule for _handle, rule in c.rules])
+                       for name, c in sorted(self._state.chains.items())},
+            "sets": {name: (s.spec, dict(sorted(s.elements.items()))) for name, s in sorted(self._state.sets.items())},
+        }
+
     # --- what the kernel does by itself ---------------------------------------------------------
 
     def fill(self, set_name: str, key: str, data: str | None = None) -> None:
