@@ -52,9 +52,8 @@ def _cluster_ips(index: int, families: str) -> list[str]:
 
 
 @st.composite
-def service_with_slices(draw: st.DrawFn, index: int, v6_affinity: bool = True) -> list[dict[str, Any]]:
-    """One valid Service in slot `index` and 0-3 EndpointSlices for it; `v6_affinity`
-    False: no ClientIP affinity on a Service with an IPv6 ClusterIP."""
+def service_with_slices(draw: st.DrawFn, index: int) -> list[dict[str, Any]]:
+    """One valid Service in slot `index` and 0-3 EndpointSlices for it."""
     ns, name = SLOTS[index]
     families = draw(st.sampled_from(["4", "6", "46", "64"]))
     kind = draw(st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer"]))
@@ -64,7 +63,7 @@ def service_with_slices(draw: st.DrawFn, index: int, v6_affinity: bool = True) -
                   node_port=30000 + index * 4 + i if kind != "ClusterIP" else None)
              for i, (number, protocol) in enumerate(numbers)]
     extra: dict[str, Any] = {}
-    if (v6_affinity or "6" not in families) and draw(st.booleans()):
+    if draw(st.booleans()):
         extra["sessionAffinity"] = "ClientIP"
         extra["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": draw(st.sampled_from([1, 60, 10800]))}}
     if kind != "ClusterIP" and draw(st.booleans()):
@@ -99,10 +98,10 @@ def service_with_slices(draw: st.DrawFn, index: int, v6_affinity: bool = True) -
 
 
 @st.composite
-def clusters(draw: st.DrawFn, v6_affinity: bool = True) -> list[dict[str, Any]]:
+def clusters(draw: st.DrawFn) -> list[dict[str, Any]]:
     """Services (with their slices) in a random subset of the slots, as raw API objects."""
     indexes = draw(st.lists(st.integers(0, len(SLOTS) - 1), max_size=6, unique=True))
-    return [obj for i in indexes for obj in draw(service_with_slices(i, v6_affinity))]
+    return [obj for i in indexes for obj in draw(service_with_slices(i))]
 
 
 @st.composite

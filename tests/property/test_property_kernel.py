@@ -65,19 +65,16 @@ def nft_check(netns: str, objects: list[dict[str, Any]], node: NodeConfig) -> No
     in_netns(netns, ["nft", "-c", "-f", "-"], "\n".join(scripts))  # both families' tables, one batch
 
 
-# IPv6 ClientIP affinity is left out here: see the xfail test below.
 @examples(60)
-@given(objects=clusters(v6_affinity=False), node=nodes())
+@given(objects=clusters(), node=nodes())
 def test_nft_accepts_the_rendered_ruleset(netns: str, objects: list[dict[str, Any]], node: NodeConfig) -> None:
     nft_check(netns, objects, node)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the property test above: nft 1.0.6 aborts (netlink_linearize "
-                   "assertion dreg < ctx->reg_low) on `update @affinity-N { ip6 saddr . ... : ip6 daddr . th "
-                   "dport }`, a map update with more than 32 bytes of IPv6 key and data, so a Service with "
-                   "ClientIP affinity and an IPv6 ClusterIP makes every IPv6 sync fail. Needs another affinity "
-                   "layout for IPv6 (e.g. upstream's per-endpoint sets); remove the v6_affinity=False above then.")
 def test_nft_accepts_ipv6_client_ip_affinity(netns: str) -> None:
+    """Found by the property test above: nft 1.0.6 aborts (netlink_linearize assertion
+    dreg < ctx->reg_low) on the affinity map's update rule for IPv6, which made every IPv6
+    sync fail; IPv6 Services are now served without affinity in nftables mode."""
     svc = service("web", cluster_ip="fd00:96::a", sessionAffinity="ClientIP")
     svc["spec"]["clusterIPs"] = ["fd00:96::a"]
     nft_check(netns, [svc], NodeConfig(hostname="node1", node_ips=(ip_address("fd00:50::10"),)))

@@ -4,8 +4,10 @@ sends, what the fake then holds, and read-back of that."""
 from __future__ import annotations
 
 from dataclasses import replace
+from ipaddress import ip_address
 
 import pytest
+from structlog.testing import capture_logs
 
 from kproxy.backends.nft.backend import NftBackend
 from kproxy.backends.nft.fake import FakeNft
@@ -178,3 +180,27 @@ def test_affinity_to_an_endpoint_that_left_is_forgotten():
     backend.sync(make(sticky, endpoint_slice("web", ["10.244.1.2"])))
     assert lines(kernel.scripts[-1]) == [
         "delete element ip kproxy affinity-600 { 10.0.0.2 . 10.96.0.10 . tcp . 80 }"]
+
+
+def test_ipv6_affinity_is_left_out_with_one_warning_and_ipv4_keeps_it():
+    """nft 1.0.6 aborts on the IPv6 affinity map's update rule (tests/property); the IPv6
+    table is programmed without affinity, the IPv4 one of the same Service keeps it."""
+    sticky = service("web", cluster_ip="10.96.0.10", sessionAffinity="ClientIP",
+                     sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}})
+    sticky["spec"].update(clusterIPs=["10.96.0.10", "fd00:96::a"], ipFamilies=["IPv4", "IPv6"])
+    dual = replace(NODE, node_ips=(*NODE.node_ips, ip_address("fd00:50::10")),
+                   local_ips=(*NODE.local_ips, ip_address("fd00:50::10")))
+    objects = (sticky, endpoint_slice("web", ["10.244.1.2"]),
+               endpoint_slice("web", ["fd00:244::2"], name="web-v6", address_type="IPv6"))
+    kernels = {4: FakeNft("ip kproxy"), 6: FakeNft("ip6 kproxy")}
+    backends = {family: NftBackend(kernel, family) for family, kernel in kernels.items()}
+    with capture_logs() as logs:
+        for _ in range(2):  # the warning comes once, not every sync
+            for family, backend in backends.items():
+                backend.sync(compute_plan(dual.for_family(family), state(*objects), family=family), full=True)
+    sets = {family: kernel.listing()["sets"] for family, kernel in kernels.items()}
+    assert "affinity-600" in sets[4] and "affinity-frontends-600" in sets[4]
+    assert not [name for name in sets[6] if name.startswith("affinity")]
+    assert "fd00:96::a . tcp . 80" in sets[6]["frontends"][1]  # still served
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [e["service"] for e in warnings] == ["default/web"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import structlog
 
@@ -46,6 +47,7 @@ class NftBackend:
     def __init__(self, kernel: NftKernel, family: int = 4) -> None:
         self._kernel = kernel
         self.family = family
+        self._v6_affinity_warned: set[ServicePortName] = set()
         self._reset()
 
     def _reset(self) -> None:
@@ -127,15 +129,28 @@ class NftBackend:
             if old is not None:
                 self._note_affinity(old, sp)
             # render is pure, so what `old` contributed is rendered again rather than kept
-            before = render_service_port(old) if old is not None else None
-            self._table.replace(str(name), before, render_service_port(sp) if sp is not None else None, delta)
+            before = self._render(old) if old is not None else None
+            self._table.replace(str(name), before, self._render(sp) if sp is not None else None, delta)
             if sp is None:
                 del self._plans[name]
             else:
                 self._plans[name] = sp
 
+    def _render(self, sp: ServicePortPlan) -> Contribution:
+        if sp.affinity_timeout and self.family == 6:
+            # nft 1.0.6 (Debian 12) aborts on the affinity map's update rule for IPv6 (more
+            # than 32 bytes of key and data: assertion `dreg < ctx->reg_low`), which would
+            # fail every IPv6 sync; the Service is served without affinity instead
+            if sp.name not in self._v6_affinity_warned:
+                self._v6_affinity_warned.add(sp.name)
+                log.warning("sessionAffinity ClientIP is not programmed for IPv6 in nftables mode "
+                            "(use --proxy-mode iptables for it); the Service is served without it",
+                            service=str(sp.name))
+            sp = replace(sp, affinity_timeout=None)
+        return render_service_port(sp)
+
     def _note_affinity(self, old: ServicePortPlan, new: ServicePortPlan | None) -> None:
-        if old.affinity_timeout:
+        if old.affinity_timeout and self.family == 4:
             self._affinity_changes.append((old, new))
 
     def _forget_stale_affinity(self) -> None:
