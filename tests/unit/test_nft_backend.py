@@ -7,8 +7,8 @@ from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
-from structlog.testing import capture_logs
 
+from kproxy.backends.nft import affinity6
 from kproxy.backends.nft.backend import NftBackend
 from kproxy.backends.nft.fake import FakeNft
 from kproxy.backends.nft.kernel import NftError
@@ -182,25 +182,43 @@ def test_affinity_to_an_endpoint_that_left_is_forgotten():
         "delete element ip kproxy affinity-600 { 10.0.0.2 . 10.96.0.10 . tcp . 80 }"]
 
 
-def test_ipv6_affinity_is_left_out_with_one_warning_and_ipv4_keeps_it():
-    """nft 1.0.6 aborts on the IPv6 affinity map's update rule (tests/property); the IPv6
-    table is programmed without affinity, the IPv4 one of the same Service keeps it."""
-    sticky = service("web", cluster_ip="10.96.0.10", sessionAffinity="ClientIP",
+def test_ipv6_affinity_is_a_set_of_clients_per_endpoint():
+    """nft 1.0.6 aborts on the IPv4 layout's map update for IPv6 (tests/property), so IPv6
+    keeps one client set per endpoint (affinity6.py); an endpoint that leaves takes its set,
+    its chains' rules follow the endpoints, and drift checks skip the kernel-filled sets."""
+    sticky = service("web", cluster_ip="fd00:96::a", type="NodePort", node_port=30080, sessionAffinity="ClientIP",
                      sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}})
-    sticky["spec"].update(clusterIPs=["10.96.0.10", "fd00:96::a"], ipFamilies=["IPv4", "IPv6"])
-    dual = replace(NODE, node_ips=(*NODE.node_ips, ip_address("fd00:50::10")),
-                   local_ips=(*NODE.local_ips, ip_address("fd00:50::10")))
-    objects = (sticky, endpoint_slice("web", ["10.244.1.2"]),
-               endpoint_slice("web", ["fd00:244::2"], name="web-v6", address_type="IPv6"))
-    kernels = {4: FakeNft("ip kproxy"), 6: FakeNft("ip6 kproxy")}
-    backends = {family: NftBackend(kernel, family) for family, kernel in kernels.items()}
-    with capture_logs() as logs:
-        for _ in range(2):  # the warning comes once, not every sync
-            for family, backend in backends.items():
-                backend.sync(compute_plan(dual.for_family(family), state(*objects), family=family), full=True)
-    sets = {family: kernel.listing()["sets"] for family, kernel in kernels.items()}
-    assert "affinity-600" in sets[4] and "affinity-frontends-600" in sets[4]
-    assert not [name for name in sets[6] if name.startswith("affinity")]
-    assert "fd00:96::a . tcp . 80" in sets[6]["frontends"][1]  # still served
-    warnings = [e for e in logs if e["log_level"] == "warning"]
-    assert [e["service"] for e in warnings] == ["default/web"]
+    sticky["spec"].update(clusterIPs=["fd00:96::a"], ipFamilies=["IPv6"])
+    node = replace(NODE, node_ips=(ip_address("fd00:50::10"),), local_ips=(ip_address("fd00:50::10"),)).for_family(6)
+
+    def sync(*ips: str) -> None:
+        objects = (sticky, endpoint_slice("web", list(ips), address_type="IPv6"))
+        backend.sync(compute_plan(node, state(*objects), family=6))
+
+    kernel = FakeNft("ip6 kproxy")
+    backend = NftBackend(kernel, 6)
+    sync("fd00:244::2", "fd00:244::3")
+    listing = kernel.listing()
+    clients = sorted(name for name in listing["sets"] if affinity6.is_client_set(name))
+    assert len(clients) == 2 and not [n for n in listing["sets"] if n.startswith("affinity-")]
+    lookup = [n for n in listing["chains"] if affinity6.timeout_of_chain(n) == 600]
+    assert len(lookup) == 2  # ClusterIP (internal) and NodePort (external) endpoint lists
+    rules = listing["chains"][lookup[0]][1]
+    # one rule per endpoint: a client in that endpoint's set goes back to it
+    parsed = sorted(rule.removeprefix("ip6 saddr @").split(" meta l4proto tcp dnat ip6 to ") for rule in rules)
+    assert sorted(name for name, _ in parsed) == clients
+    assert sorted(target for _, target in parsed) == ["[fd00:244::2]:80", "[fd00:244::3]:80"]
+    frontends = listing["sets"][affinity6.FRONTENDS][1]
+    assert list(frontends) == ["fd00:96::a . tcp . 80"]
+    assert "fd00:96::a . tcp . 80" in listing["sets"]["frontends"][1]  # the random choice stays behind it
+
+    kernel.fill(clients[0], "fd00::1")  # what the kernel's update rule adds
+    assert backend.differences() == []
+    sync("fd00:244::3")
+    listing = kernel.listing()
+    assert len([n for n in listing["sets"] if affinity6.is_client_set(n)]) == 1
+    assert all(len(listing["chains"][n][1]) == 1 for n in lookup)
+    sync()  # no endpoints: rejected, no lookup chain is left to jump to
+    listing = kernel.listing()
+    assert not [n for n in listing["chains"] if affinity6.timeout_of_chain(n)]
+    assert not listing["sets"][affinity6.FRONTENDS][1]

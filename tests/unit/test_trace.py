@@ -175,6 +175,17 @@ def test_ipv6():
     assert run("fd00:244::9", "[fd00:99::1]:80", rules).verdict == "none"
     hairpin = run("fd00:244::2", "[fd00:96::10]:80", rules)  # a pod reaching itself
     assert any("hairpin" in r for r in hairpin.masquerade_reasons)
+    assert pod.affinity_seconds is None
+
+
+def test_ipv6_affinity():
+    sticky = dict(CLUSTER6[0], spec={**CLUSTER6[0]["spec"], "sessionAffinity": "ClientIP",
+                                     "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}})
+    rules = programmed(NODE6, sticky, CLUSTER6[1], family=6)
+    for dst in ("[fd00:96::10]:80", "[fd00:50::10]:30080"):
+        result = run("fd00:244::9", dst, rules)
+        assert (result.verdict, result.affinity_seconds) == ("dnat", 600), dst
+        assert result.endpoints == ("[fd00:244::2]:8080", "[fd00:244::3]:8080")
 
 
 def test_nothing_programmed():

@@ -16,6 +16,7 @@ from dataclasses import replace
 import structlog
 
 from kproxy.backends.base import SyncResult
+from kproxy.backends.nft import affinity6
 from kproxy.backends.nft.affinity import stale_entries
 from kproxy.backends.nft.drift import differences
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
@@ -27,6 +28,7 @@ from kproxy.backends.nft.render import (
     Contribution,
     affinity_timeouts,
     counts_in_use,
+    frontend_key,
     render_node,
     render_service_port,
     render_skeleton,
@@ -47,12 +49,12 @@ class NftBackend:
     def __init__(self, kernel: NftKernel, family: int = 4) -> None:
         self._kernel = kernel
         self.family = family
-        self._v6_affinity_warned: set[ServicePortName] = set()
         self._reset()
 
     def _reset(self) -> None:
         self._table = ElementTable()
         self._plans: dict[ServicePortName, ServicePortPlan] = {}
+        self._affinity6: dict[ServicePortName, ServicePortPlan] = {}  # IPv6 Service ports with affinity
         self._node: Contribution = {}
         self._skeleton: Skeleton | None = None
         self._transactions = 0  # kernel transactions committed by the current sync
@@ -135,19 +137,21 @@ class NftBackend:
                 del self._plans[name]
             else:
                 self._plans[name] = sp
+            if sp is not None and sp.affinity_timeout and self.family == 6:
+                self._affinity6[name] = sp
+            else:
+                self._affinity6.pop(name, None)
 
     def _render(self, sp: ServicePortPlan) -> Contribution:
-        if sp.affinity_timeout and self.family == 6:
-            # nft 1.0.6 (Debian 12) aborts on the affinity map's update rule for IPv6 (more
-            # than 32 bytes of key and data: assertion `dreg < ctx->reg_low`), which would
-            # fail every IPv6 sync; the Service is served without affinity instead
-            if sp.name not in self._v6_affinity_warned:
-                self._v6_affinity_warned.add(sp.name)
-                log.warning("sessionAffinity ClientIP is not programmed for IPv6 in nftables mode "
-                            "(use --proxy-mode iptables for it); the Service is served without it",
-                            service=str(sp.name))
-            sp = replace(sp, affinity_timeout=None)
-        return render_service_port(sp)
+        if not (sp.affinity_timeout and self.family == 6):
+            return render_service_port(sp)
+        # IPv6 affinity has a layout of its own (affinity6.py): the frontends' elements
+        # without the IPv4 affinity sets, plus verdict-map elements into its chains
+        out = render_service_port(replace(sp, affinity_timeout=None))
+        proto = sp.protocol.nft
+        frontends = [(frontend_key(fe, proto), fe.ip is None, fe.kind.is_external) for fe in sp.frontends]
+        out.update(affinity6.elements(sp, frontends))
+        return out
 
     def _note_affinity(self, old: ServicePortPlan, new: ServicePortPlan | None) -> None:
         if old.affinity_timeout and self.family == 4:
@@ -168,7 +172,8 @@ class NftBackend:
 
     def _render_skeleton(self, plan: Plan) -> Skeleton:
         in_use = self._table.set_names()
-        return render_skeleton(plan, counts_in_use(in_use), affinity_timeouts(in_use))
+        return render_skeleton(plan, counts_in_use(in_use), affinity_timeouts(in_use),
+                               [self._affinity6[name] for name in sorted(self._affinity6)])
 
     def read_view(self) -> ProgrammedView:
         return read_view(self._kernel.list_table())

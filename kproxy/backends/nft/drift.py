@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from kproxy.backends.nft.affinity6 import is_client_set
 from kproxy.backends.nft.elements import ElementTable
 from kproxy.backends.nft.names import is_affinity_map
 from kproxy.backends.nft.objects import Skeleton
@@ -80,7 +81,7 @@ def differences(skeleton: Skeleton, table: ElementTable, listing: dict[str, Any]
         if have is None:
             found.append(f"{'map' if spec.is_map else 'set'} {spec.name} missing")
             continue
-        if is_affinity_map(spec.name):
+        if is_affinity_map(spec.name) or is_client_set(spec.name):
             continue  # filled by the kernel, not by kproxy
         want = {_bare_key(k): e.data for k, e in table.elements(spec.name)}
         missing = [k for k in want if k not in have]

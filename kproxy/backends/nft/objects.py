@@ -28,6 +28,10 @@ class SetSpec:
     spec: str
     is_map: bool = False
 
+    @property
+    def is_verdict_map(self) -> bool:
+        return self.is_map and self.spec.rstrip().endswith(": verdict;")
+
     def definition(self, table: str) -> str:
         kind = "map" if self.is_map else "set"
         return f"add {kind} {table} {self.name} {{ {self.spec} }}"

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_network
 
 from kproxy.backends.base import MASQUERADE_MARK
+from kproxy.backends.nft import affinity6 as affinity6_parts
 from kproxy.backends.nft.names import (
     CLUSTER_CIDRS,
     CLUSTER_FRONTENDS,
@@ -183,7 +184,9 @@ def affinity_timeouts(set_names: Iterable[str]) -> list[int]:
     return sorted({t for t in map(affinity_timeout_of, set_names) if t is not None})
 
 
-def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeouts: Iterable[int]) -> Skeleton:
+def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeouts: Iterable[int],
+                    affinity6: Iterable[ServicePortPlan] = ()) -> Skeleton:
+    """`affinity6`: the IPv6 Service ports with sessionAffinity (affinity6.py)."""
     ip, addr, loopback = ("ip", "ipv4_addr", "127.0.0.0/8") if plan.family == 4 else ("ip6", "ipv6_addr", "::1")
     frontend = FRONTEND_KEY.format(ip=ip)
     nodeport = (f"fib daddr type local {ip} daddr != {loopback}" if plan.nodeport_all_local
@@ -204,6 +207,10 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
     ]
     # sessionAffinity: a client seen within the timeout goes to the endpoint it had
     services += [f"dnat {ip} to {ip} saddr . {frontend} map @{affinity_names(t)[0]}" for t in timeouts]
+    affinity6 = list(affinity6)
+    if affinity6:
+        lookups, recording, affinity6_maps = affinity6_parts.skeleton_parts(nodeport, plan.nodeport_all_local)
+        services += lookups
     services += [
         f"{node_own} {frontend} vmap @{SC_IPS.vmap}",
         f"{pods} {frontend} vmap @{SC_IPS.vmap}",
@@ -214,6 +221,8 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
     ]
     postrouting = [f"ct status dnat {ip} saddr . {ip} daddr @{HAIRPIN} {masq}"]
     postrouting += _affinity_recording(ip, timeouts, plan.nodeport_all_local)
+    if affinity6:
+        postrouting += recording
     postrouting.append(f"jump {MASQUERADING}")
     new = "ct state new"
     chains = [
@@ -269,6 +278,12 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
             SetSpec(name=ips_set, spec=f"typeof {frontend};"),
             SetSpec(name=nodeports_set, spec=f"typeof {NODEPORT_KEY};"),
         ]
+    if affinity6:
+        sets += affinity6_maps
+        for sp in affinity6:
+            sp_chains, sp_sets = affinity6_parts.chains_and_sets(sp)
+            chains += sp_chains
+            sets += sp_sets
     return Skeleton(chains=tuple(chains), sets=tuple(sets), table=table_of(plan.family))
 
 

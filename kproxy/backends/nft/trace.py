@@ -12,6 +12,7 @@ from __future__ import annotations
 from ipaddress import ip_network
 from typing import Any
 
+from kproxy.backends.nft import affinity6
 from kproxy.backends.nft.names import (
     AFFINITY_NODEPORTS_PREFIX,
     CLUSTER_CIDRS,
@@ -127,6 +128,11 @@ def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str)
         timeout = affinity_timeout_of(set_name)
         key = np_key if set_name.startswith(AFFINITY_NODEPORTS_PREFIX) else ip_key
         if timeout is not None and key in rules.keys(set_name):
+            affinity = timeout
+    for vmap, key in ((affinity6.FRONTENDS, ip_key), (affinity6.NODEPORTS, np_key)):
+        data = rules.keys(vmap).get(key, (None, None))[0]  # IPv6: {"jump": {"target": chain}}
+        timeout = affinity6.timeout_of_chain((data or {}).get("jump", {}).get("target", ""))
+        if timeout is not None:
             affinity = timeout
     if affinity:
         steps.append(f"sessionAffinity ClientIP: a client keeps its endpoint for {affinity}s")

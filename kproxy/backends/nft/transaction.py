@@ -101,10 +101,16 @@ def incremental_transaction(old: Skeleton, new: Skeleton, delta: ElementDelta) -
         if name in old_chains:
             tx.add(f"flush chain {table} {name}", 0)
     _add_chain_rules(tx, new, changed)
-    # 4. containers no longer used; chains first, since their rules refer to the maps
+    # 4. containers no longer used: verdict maps first (their elements jump to chains; the
+    # rules that looked them up were rewritten above), then chains, then the sets and
+    # maps the chains' rules refer to
+    gone = sorted(old_sets.keys() - new_sets.keys())
+    verdict_maps = [name for name in gone if old_sets[name].is_verdict_map]
+    for name in verdict_maps:
+        tx.add(f"delete map {table} {name}", 0)
     for name in sorted(old_chains.keys() - new_chains.keys()):
         tx.add(f"delete chain {table} {name}", 0)
-    for name in sorted(old_sets.keys() - new_sets.keys()):
-        kind = "map" if old_sets[name].is_map else "set"
-        tx.add(f"delete {kind} {table} {name}", 0)
+    for name in gone:
+        if name not in verdict_maps:
+            tx.add(f"delete {'map' if old_sets[name].is_map else 'set'} {table} {name}", 0)
     return tx
