@@ -6,7 +6,8 @@ off. It has a fresh /run, the kernel's modules tree, no network card at all, and
 directories given with `rw` shared read-write at the same path (for results). The command runs
 in the caller's cwd with the caller's PATH, HOME and venv; in the guest KPROXY_VM=1,
 KPROXY_VM_KERNEL=<release> and KPROXY_VM_TIME_SCALE=<factor> tell tests where they are
-(software emulation is 10-15 times slower than the host for Python).
+(software emulation is 10-15 times slower than the host for Python). KPROXY_VM_CPU picks
+the emulated CPU model (default max: every feature qemu emulates, AVX2 included).
 
 Stdlib only: runs with the system's Python 3 (tests/vm/run-in-vm) and inside pytest
 (tests/vm/test_kernels.py).
@@ -37,9 +38,11 @@ TIMEOUT = 124
 VM_FAILED = 125
 NO_CWD = 126
 
-# Always passed into the guest when set here.
+# Always passed into the guest when set here. Not PYTHONDONTWRITEBYTECODE: in the guest,
+# bytecode goes to the throwaway overlay, and compiling kproxy again in every one of the
+# dozens of processes a test run starts costs ~1 s each under emulation.
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TERM", "VIRTUAL_ENV",
-              "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS", "CI", "NO_COLOR")
+              "PYTHONPATH", "PYTEST_ADDOPTS", "CI", "NO_COLOR")
 
 # How much slower than the host a guest is, for tests that scale their timeouts.
 TCG_TIME_SCALE = 10
@@ -172,7 +175,7 @@ def qemu_argv(qemu: str, kernel: vmkernels.Kernel, initrd: Path, rundir: Path, r
         argv += ["-accel", "kvm", "-cpu", "host"]
     else:
         # The translation cache defaults to 1 GiB of host memory; 256 MiB is as fast here.
-        argv += ["-accel", "tcg,tb-size=256", "-cpu", "max"]
+        argv += ["-accel", "tcg,tb-size=256", "-cpu", os.environ.get("KPROXY_VM_CPU", "max")]
     argv += [
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-nic", "none",
         "-kernel", str(kernel.image), "-initrd", str(initrd), "-append", KERNEL_ARGS,
