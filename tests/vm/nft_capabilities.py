@@ -327,14 +327,34 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(reports: list[dict]) -> str:
+    """Construct x kernel, from several capabilities-*.json (for docs/kernels.md)."""
+    reports = sorted(reports, key=lambda r: [int(x) for x in re.findall(r"\d+", r["release"])[:2]])
+    head = "| | construct | " + " | ".join(r["release"] for r in reports) + " |"
+    lines = [head, "|" + "---|" * (len(reports) + 2)]
+    by_key = [{c["key"]: c for c in r["constructs"]} for r in reports]
+    for key, what, _ in CONSTRUCTS:
+        cells = []
+        for found in by_key:
+            c = found.get(key)
+            cells.append("?" if c is None else "ok" if c["load_ok"] else "**refused**")
+        lines.append(f"| {key} | {what.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="write capabilities-<release>.json here")
     ap.add_argument("--no-modprobe", action="store_true", help="do not load modules (on a host)")
+    ap.add_argument("--table", type=Path, nargs="+", metavar="JSON",
+                    help="print a markdown table (construct x kernel) of earlier reports and exit")
     ap.add_argument("--record-kproxy", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="nftables", help=argparse.SUPPRESS)
     ap.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.table:
+        print(markdown_table([json.loads(p.read_text()) for p in args.table]))
+        return 0
     if args.record_kproxy:
         return record_kproxy(args.record_kproxy, args.mode, args.keep_going)
     if os.geteuid() != 0:
