@@ -170,7 +170,13 @@ class Outcome:
     def problems(self) -> list[str]:
         """Failures, then skips (a skip inside the VM is a test that did not run: a
         failure here), then no tests at all."""
-        found = [f"FAILED {name}\n{indent(text)}" for name, text in self.failures]
+        by_text: dict[str, list[str]] = {}  # e.g. a failed fixture: one message for all
+        for name, text in self.failures:
+            by_text.setdefault(text, []).append(name)
+        found = []
+        for text, names in by_text.items():
+            also = f"\n  the same in: {', '.join(names[1:])}" if len(names) > 1 else ""
+            found.append(f"FAILED {names[0]}{also}\n{indent(text)}")
         found += [f"SKIPPED (counts as a failure in the VM) {name}: {why}" for name, why in self.skipped]
         if self.tests == 0:
             found.append("no test ran in the guest")
