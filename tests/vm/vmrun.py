@@ -15,6 +15,7 @@ Stdlib only: runs with the system's Python 3 (tests/vm/run-in-vm) and inside pyt
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import selectors
@@ -198,41 +199,40 @@ def boot(argv: list[str], timeout: float, stream: TextIO | None) -> VmResult:
                             stderr=subprocess.STDOUT)
     chunks: list[str] = []
     timed_out = False
-    pending = b""
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+    try:
+        timed_out = _follow(proc, start + timeout, chunks, decode, stream)
+    finally:  # also when interrupted (Ctrl-C, a test timeout): no qemu outlives us
+        if timed_out or proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    console = "".join(chunks) + decode(b"", final=True)
+    ready = re.search(r"^KPROXY_VM_READY uptime=([\d.]+)", console, re.M)
+    return VmResult(status=VM_FAILED, console=console, wall_seconds=time.monotonic() - start,
+                    boot_seconds=float(ready.group(1)) if ready else None, accel="", kernel="",
+                    timed_out=timed_out)
+
+
+def _follow(proc: subprocess.Popen, deadline: float, chunks: list[str], decode, stream: TextIO | None) -> bool:
+    """Collect (and stream) the console until qemu exits (False) or the deadline (True)."""
+    assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
-        assert proc.stdout is not None
         sel.register(proc.stdout, selectors.EVENT_READ)
         while True:
-            left = start + timeout - time.monotonic()
+            left = deadline - time.monotonic()
             if left <= 0:
-                timed_out = True
-                break
+                return True
             if not sel.select(timeout=min(left, 1.0)):
                 continue
             data = os.read(proc.stdout.fileno(), 65536)
             if not data:
-                break
-            pending += data
-            text, _, pending_tail = pending.rpartition(b"\n")
-            if not _:
-                continue
-            pending = pending_tail
-            line_text = text.decode(errors="replace").replace("\r", "") + "\n"
-            chunks.append(line_text)
+                return False
+            text = decode(data).replace("\r", "")
+            chunks.append(text)
             if stream is not None:
-                stream.write(line_text)
+                stream.write(text)
                 stream.flush()
-    if timed_out:
-        proc.kill()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if pending:
-        chunks.append(pending.decode(errors="replace").replace("\r", ""))
-    console = "".join(chunks)
-    ready = re.search(r"^KPROXY_VM_READY uptime=([\d.]+)", console, re.M)
-    return VmResult(status=VM_FAILED, console=console, wall_seconds=time.monotonic() - start,
-                     boot_seconds=float(ready.group(1)) if ready else None, accel="", kernel="",
-                     timed_out=timed_out)
