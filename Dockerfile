@@ -20,7 +20,7 @@ RUN python3 -m venv --system-site-packages /opt/kproxy \
     && if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
     && /opt/kproxy/bin/pip install --no-cache-dir --disable-pip-version-check /src \
     && rm -rf /src \
-    && /opt/kproxy/bin/python -c "import nftables, kproxy.commands"
+    && /opt/kproxy/bin/python -c "import nftables, kproxy.cli"
 
 ENV PATH=/opt/kproxy/bin:$PATH
 ENTRYPOINT ["kproxy"]

@@ -1,15 +1,17 @@
-"""The agent: wires a source, the tracker, the planner and a backend, and runs syncs."""
+"""The agent: one sync is a snapshot of the tracker, a plan per IP family, and each
+family's backend making the kernel match it; plus the check that nobody changed the
+rules behind kproxy's back since the last sync."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import structlog
 
-from kproxy.backends import Backend
+from kproxy.backends.base import Backend, SyncResult
 from kproxy.model import ClusterState, NodeConfig
 from kproxy.plan import Plan
 from kproxy.planner import PlanCache, compute_plan
@@ -18,8 +20,23 @@ from kproxy.tracker import Tracker
 log = structlog.get_logger(__name__)
 
 # Like upstream's nftables mode: partial syncs on changes, and a full rewrite now and
-# then, which repairs anything changed behind kproxy's back.
+# then, which repairs anything the drift check below could not see.
 FULL_SYNC_PERIOD_S = 3600.0
+# Without a ruleset generation to watch (iptables-legacy), the kernel is read back at most
+# this often to look for drift (the agent's --sync-period is passed in its place).
+DEFAULT_VERIFY_INTERVAL_S = 30.0
+
+Generation = Callable[[], int | None]  # the nftables ruleset generation, None: unknown
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FamilySync:
+    """One IP family's part of a sync, for the per-family metrics."""
+
+    family: int
+    full: bool
+    seconds: float  # plan + render + apply
+    drift: tuple[str, ...] = ()  # what differed from what kproxy applied (repaired by a full sync)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +49,43 @@ class SyncReport:
     render_ms: float
     apply_ms: float
     total_ms: float
+    families: tuple[FamilySync, ...] = ()
+
+
+SyncHook = Callable[[Plan, SyncReport], object]
+
+
+class GenerationLedger:
+    """The ruleset generation at which the kernel was last known to hold exactly what
+    kproxy applied. A kproxy transaction moves the generation by one; when it moved by
+    more, someone else committed, and the kernel must be read back once to be sure."""
+
+    def __init__(self, read: Generation, verify_interval: float, clock: Callable[[], float]) -> None:
+        self._read = read
+        self._verify_interval = verify_interval
+        self._clock = clock
+        self.known: int | None = None
+        self._last_verified = float("-inf")
+
+    def current(self) -> int | None:
+        return self._read()
+
+    def must_verify(self, generation: int | None) -> bool:
+        if generation is not None:
+            return generation != self.known
+        # no generation to watch: read the kernel back now and then
+        return self._clock() - self._last_verified >= self._verify_interval
+
+    def verified(self, generation: int | None) -> None:
+        self._last_verified = self._clock()
+        self.known = generation
+
+    def after_sync(self, known_before: bool, before: int | None, commits: int) -> None:
+        """After this sync's transactions: still known if the state before was known (or
+        replaced whole) and only kproxy committed since."""
+        after = self._read()
+        exact = before is not None and after is not None and after == before + commits
+        self.known = after if known_before and exact else None
 
 
 class Agent:
@@ -39,7 +93,9 @@ class Agent:
     by a lock (upstream runs one proxier per family the same way)."""
 
     def __init__(self, node: NodeConfig, backends: Mapping[int, Backend], tracker: Tracker,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 on_synced: Sequence[SyncHook] = (), clock: Callable[[], float] = time.monotonic,
+                 generation: Generation = lambda: None,
+                 verify_interval: float = DEFAULT_VERIFY_INTERVAL_S) -> None:
         self.node = node
         self.backends = dict(backends)
         self.tracker = tracker
@@ -48,14 +104,26 @@ class Agent:
         self.last_sync: SyncReport | None = None
         self._clock = clock
         self._last_full: float | None = None
-        # called after each successful sync, outside the lock (health checks, metrics)
-        self.on_synced: list[Callable[[Plan, SyncReport], None]] = []
+        self._ledger = GenerationLedger(generation, verify_interval, clock)
+        # called with each family's plan after each successful sync, outside the lock
+        # (healthCheckNodePorts, UDP conntrack cleanup)
+        self.on_synced = tuple(on_synced)
 
     def _node_now(self, state: ClusterState) -> NodeConfig:
         """The node config with this node's zone as its Node object says now."""
         info = state.nodes.get(self.node.hostname)
         zone = info.zone if info else None
         return self.node if zone == self.node.zone else replace(self.node, zone=zone)
+
+    def _drift(self, generation: int | None) -> dict[int, tuple[str, ...]] | None:
+        """What each backend's rules lack or have beyond what it applied, when the ruleset
+        generation says someone else may have changed them; None: not checked (no need)."""
+        if not self._ledger.must_verify(generation):
+            return None
+        found = {family: tuple(b.differences()) for family, b in self.backends.items()}
+        drifted = {family: diff for family, diff in found.items() if diff}
+        self._ledger.verified(generation if not drifted else None)
+        return drifted
 
     def sync(self, full: bool = False) -> SyncReport:
         with self._lock:
@@ -66,7 +134,27 @@ class Agent:
             planned = time.perf_counter()
             now = self._clock()
             full = full or self._last_full is None or now - self._last_full >= FULL_SYNC_PERIOD_S
-            results = [self.backends[plan.family].sync(plan, full=full) for plan in plans]
+            generation = self._ledger.current()
+            checked = None if full else self._drift(generation)
+            drift = checked or {}
+            # known: replaced whole, unchanged since kproxy's last commit, or just read back
+            # (what drifted is replaced whole below)
+            known_before = full or checked is not None or generation == self._ledger.known
+            results: list[SyncResult] = []
+            families = []
+            self._ledger.known = None  # until this sync's commits are accounted for
+            for plan in plans:
+                family_started = time.perf_counter()
+                repair = drift.get(plan.family, ())
+                if repair:
+                    log.warning("drift repaired", proxy_mode=self.backends[plan.family].mode,
+                                ip_family=f"IPv{plan.family}", drifted=_summary(repair))
+                result = self.backends[plan.family].sync(plan, full=full or bool(repair))
+                results.append(result)
+                families.append(FamilySync(family=plan.family, full=result.full, drift=repair,
+                                           seconds=time.perf_counter() - family_started
+                                           + (planned - started) / len(plans)))
+            self._ledger.after_sync(known_before, generation, sum(r.transactions for r in results))
             all_full = all(r.full for r in results)
             if all_full:
                 self._last_full = now
@@ -80,6 +168,7 @@ class Agent:
                 render_ms=round(sum(r.render_ms for r in results), 2),
                 apply_ms=round(sum(r.apply_ms for r in results), 2),
                 total_ms=round((done - started) * 1000, 2),
+                families=tuple(families),
             )
             self.last_sync = report
         for plan in plans:
@@ -89,3 +178,9 @@ class Agent:
                  operations=report.operations, full=report.full, plan_ms=report.plan_ms,
                  render_ms=report.render_ms, apply_ms=report.apply_ms, total_ms=report.total_ms)
         return report
+
+
+def _summary(found: tuple[str, ...], named: int = 5) -> str:
+    """One log line's worth: the first few differences, then how many more."""
+    shown = "; ".join(found[:named])
+    return shown + (f"; and {len(found) - named} more" if len(found) > named else "")

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import ip_address
+from typing import Any
 
 import structlog
 
@@ -50,10 +51,10 @@ def stale_flows(plan: Plan, changed: Iterable[ServicePortPlan], flows: Iterable[
     nodeport_ips = set(plan.nodeport_ips)
     stale = []
     for flow in flows:
-        valid = by_frontend.get((flow.orig_dst, flow.orig_dport))
-        if valid is None and (plan.nodeport_all_local or flow.orig_dst in nodeport_ips):
-            valid = by_nodeport.get(flow.orig_dport)
-        if valid is not None and (flow.reply_src, flow.reply_sport) not in valid:
+        answering = by_frontend.get((flow.orig_dst, flow.orig_dport))
+        if answering is None and (plan.nodeport_all_local or flow.orig_dst in nodeport_ips):
+            answering = by_nodeport.get(flow.orig_dport)
+        if answering is not None and (flow.reply_src, flow.reply_sport) not in answering:
             stale.append(flow)
     return stale
 
@@ -70,7 +71,7 @@ class ConntrackCleaner:
     def __init__(self) -> None:
         self._before: dict[int, dict[ServicePortName, ServicePortPlan]] = {}  # per IP family
 
-    def after_sync(self, plan: Plan) -> int:
+    def after_sync(self, plan: Plan, _report: object = None) -> int:
         changed = changed_udp_ports(self._before.get(plan.family, {}), plan)
         self._before[plan.family] = {sp.name: sp for sp in plan.service_ports if sp.protocol is Protocol.UDP}
         if not changed:
@@ -90,7 +91,7 @@ class ConntrackCleaner:
         family = socket.AF_INET if plan.family == 4 else socket.AF_INET6
         with Conntrack() as ct:
             entries = list(ct.dump_entries(tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP)))
-            flows = {}
+            flows: dict[Flow, list[Any]] = {}
             for entry in entries:
                 orig, reply = entry.tuple_orig, entry.tuple_reply
                 if orig.family != family:

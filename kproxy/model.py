@@ -1,6 +1,6 @@
 """The values kproxy reasons about, cleaned once at the edge.
 
-Kubernetes JSON is parsed into these (see kproxy.sources.parse); nothing further in
+Kubernetes JSON is parsed into these (see kproxy.parse); nothing further in
 reads raw dicts. Everything is frozen and ordered so plans and diffs are deterministic.
 """
 
@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import NamedTuple
-
+from typing import NamedTuple, TypeVar
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -171,9 +170,16 @@ class NodeConfig:
 
     def for_family(self, family: int) -> NodeConfig:
         """This node's settings of one IP family only."""
-        def pick(items: tuple) -> tuple:  # type: ignore[type-arg]
-            return tuple(i for i in items if i.version == family)
-        return NodeConfig(hostname=self.hostname, node_ips=pick(self.node_ips), local_ips=pick(self.local_ips),
-                          cluster_cidrs=pick(self.cluster_cidrs), service_cidrs=pick(self.service_cidrs),
-                          nodeport_cidrs=pick(self.nodeport_cidrs), masquerade_all=self.masquerade_all,
+        return NodeConfig(hostname=self.hostname, node_ips=_of_family(self.node_ips, family),
+                          local_ips=_of_family(self.local_ips, family),
+                          cluster_cidrs=_of_family(self.cluster_cidrs, family),
+                          service_cidrs=_of_family(self.service_cidrs, family),
+                          nodeport_cidrs=_of_family(self.nodeport_cidrs, family), masquerade_all=self.masquerade_all,
                           zone=self.zone)
+
+
+_Versioned = TypeVar("_Versioned", IPAddress, IPNetwork)
+
+
+def _of_family(items: tuple[_Versioned, ...], family: int) -> tuple[_Versioned, ...]:
+    return tuple(i for i in items if i.version == family)

@@ -1,13 +1,24 @@
-"""Facts about this node read from the kernel: its addresses. (I/O, kept out of the planner.)"""
+"""Everything kproxy learns about the node it runs on: its addresses (from the kernel)
+and its Node object (from the API). I/O, kept out of the planner."""
 
 from __future__ import annotations
 
+import json
 from ipaddress import IPv4Address, ip_address
+from typing import TYPE_CHECKING, Any
 
+import structlog
 from pyroute2 import IPRoute
 
 from kproxy.model import IPAddress
 
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+log = structlog.get_logger(__name__)
+
+
+# --- the kernel's view --------------------------------------------------------------------
 
 def local_addresses() -> tuple[IPAddress, ...]:
     """Every address on an interface of this network namespace, loopback and IPv6
@@ -36,4 +47,49 @@ def detect_node_ips() -> tuple[IPv4Address, ...]:
     ip = default_route_ipv4()
     if ip is not None:
         return (ip,)
-    return tuple(ip for ip in local_addresses() if ip.version == 4)[:1]
+    return tuple(ip for ip in local_addresses() if isinstance(ip, IPv4Address))[:1]
+
+
+# --- the API's view -----------------------------------------------------------------------
+
+def read_node_json(api_client: ApiClient, node_name: str, timeout: float = 10.0) -> dict[str, Any] | None:
+    """This node's Node object as a dict, or None when it cannot be read (the caller keeps
+    what it knew: API trouble must not change health or addresses)."""
+    from kubernetes import client  # only with the API: it takes 0.4 s to import
+
+    try:
+        response = client.CoreV1Api(api_client).read_node(node_name, _preload_content=False,
+                                                          _request_timeout=timeout)
+        node = json.loads(response.data)  # type: ignore[attr-defined]  # raw: _preload_content=False
+    except Exception as exc:  # noqa: BLE001 - unknown node or API trouble: caller falls back
+        log.debug("cannot read this node", node=node_name, error=" ".join(str(exc).split())[:300])
+        return None
+    return node if isinstance(node, dict) else None
+
+
+def node_ips_of(node: dict[str, Any] | None) -> tuple[IPAddress, ...]:
+    """Upstream's GetNodeHostIPs: InternalIPs, then ExternalIPs; the first address, and the
+    first of the other family after it (a dual-stack node has one of each). Pure."""
+    status = (node or {}).get("status")
+    entries = status.get("addresses") if isinstance(status, dict) else None
+    found: list[IPAddress] = []
+    for wanted in ("InternalIP", "ExternalIP"):
+        for entry in entries if isinstance(entries, list) else ():
+            if not isinstance(entry, dict) or entry.get("type") != wanted:
+                continue
+            try:
+                found.append(ip_address(str(entry.get("address", ""))))
+            except ValueError:
+                continue
+    if not found:
+        return ()
+    other = next((ip for ip in found if ip.version != found[0].version), None)
+    return (found[0],) if other is None else (found[0], other)
+
+
+def node_ips_from_api(api_client: ApiClient, node_name: str) -> tuple[IPAddress, ...]:
+    """This node's IPs from its Node object; empty when it cannot tell."""
+    node = read_node_json(api_client, node_name)
+    if node is None:
+        log.warning("cannot read this node's addresses from the API", node=node_name)
+    return node_ips_of(node)

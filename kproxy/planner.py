@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from ipaddress import ip_network
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_network
 
 from kproxy.model import (
-    IPAddress,
-    IPNetwork,
     ClusterState,
     EndpointSlice,
+    IPAddress,
+    IPNetwork,
     NodeConfig,
     Protocol,
     Service,
@@ -99,7 +99,7 @@ def plan_service(node: NodeConfig, service: Service, slices: Iterable[EndpointSl
 
 
 def _same_objects(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def plan_service_port(
@@ -125,13 +125,16 @@ def plan_service_port(
 
 def source_ranges(node: NodeConfig, port: ServicePort) -> tuple[IPNetwork, ...]:
     """loadBalancerSourceRanges; when one holds a node IP, the LB IPs are allowed too:
-    a node reaching an LB IP that is local to it loops back with the LB IP as source."""
+    a node reaching an LB IP that is local to it loops back with the LB IP as source.
+    Overlapping ranges are merged: the kernel refuses overlapping intervals in one set
+    (10.0.0.0/8 with 10.1.0.0/16, or an LB IP inside a range), which failed the whole sync."""
     if not port.source_ranges or not port.load_balancer_ips:
         return ()
     ranges = list(port.source_ranges)
     if any(ip in cidr for cidr in port.source_ranges for ip in node.node_ips):
         ranges += [ip_network(ip) for ip in port.load_balancer_ips]
-    return tuple(dict.fromkeys(ranges))
+    return (*collapse_addresses(r for r in ranges if isinstance(r, IPv4Network)),
+            *collapse_addresses(r for r in ranges if isinstance(r, IPv6Network)))
 
 
 def frontends_of(port: ServicePort) -> tuple[Frontend, ...]:

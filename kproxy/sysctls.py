@@ -1,7 +1,8 @@
 """Conntrack sysctls kube-proxy can set, applied only when asked for by a flag.
 
 Upstream sets nf_conntrack_max to max(--conntrack-max-per-core * CPUs, --conntrack-min)
-and the TCP/UDP timeouts and be_liberal when given. kproxy leaves every value alone unless
+when --conntrack-max-per-core is above 0 (--conntrack-min alone sets nothing), and the
+TCP/UDP timeouts and be_liberal when given. kproxy leaves every value alone unless
 its flag is passed: a node's conntrack tuning is often someone else's decision. Values are
 per network namespace except nf_conntrack_max, which only the host's namespace may write.
 """
@@ -33,9 +34,8 @@ class ConntrackSettings:
 def desired_sysctls(settings: ConntrackSettings, cpus: int) -> dict[str, int]:
     """sysctl name (under net/netfilter) -> value. Pure."""
     wanted: dict[str, int] = {}
-    if settings.max_per_core or settings.min:
-        per_core = (settings.max_per_core or 0) * cpus
-        wanted["nf_conntrack_max"] = max(per_core, settings.min or 0)
+    if settings.max_per_core:  # upstream's getConntrackMax: min is only a floor for per-core
+        wanted["nf_conntrack_max"] = max(settings.max_per_core * cpus, settings.min or 0)
     for name, seconds in (
         ("nf_conntrack_tcp_timeout_established", settings.tcp_timeout_established),
         ("nf_conntrack_tcp_timeout_close_wait", settings.tcp_timeout_close_wait),

@@ -8,14 +8,21 @@ manifests reload that brings nothing new costs no sync.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from kproxy.model import ClusterState, EndpointSlice, NodeInfo, Service, ServiceName
-from kproxy.sources.parse import InvalidObject, object_key, parse_endpoint_slice, parse_node, parse_service
+from kproxy.parse import (
+    InvalidObject,
+    describe_key,
+    object_key,
+    parse_endpoint_slice,
+    parse_node,
+    parse_service,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +31,7 @@ ENDPOINT_SLICE = "EndpointSlice"
 KINDS = (SERVICE, ENDPOINT_SLICE)  # what the change metrics count
 NODE = "Node"  # only this node's zone matters (topology hints)
 SOURCE_KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
+InvalidKey = tuple[str, str, str, int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,61 +44,86 @@ class ChangeCounts:
 
 
 class Tracker:
-    def __init__(self, on_change: Callable[[], None]) -> None:
-        self._on_change = on_change
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self._listeners: list[Callable[[], None]] = [on_change] if on_change else []
         self._lock = threading.Lock()
         self._services: dict[ServiceName, Service] = {}
         self._slices: dict[tuple[str, str], EndpointSlice] = {}
         self._by_service = SliceIndex()
         self._nodes: dict[str, NodeInfo] = {}
         # Last error logged per invalid object: a relist or reload that brings the same
-        # broken object again does not log it again.
-        self._invalid: dict[tuple[str, str, str], tuple[str, str]] = {}
+        # broken object again does not log it again. Key: kind, namespace, name and an
+        # ordinal that tells apart the unnamed ones of one list (0 for the rest).
+        self._invalid: dict[InvalidKey, tuple[str, str]] = {}
         self._changes_total = dict.fromkeys(KINDS, 0)
         self._pending: dict[str, set[Any]] = {kind: set() for kind in KINDS}
         self._trigger_times: dict[Any, float] = {}  # earliest pending trigger time per slice
 
-    def replace(self, kind: str, objects: Iterable[dict[str, Any]]) -> None:
+    def listen(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` too whenever something really changed."""
+        self._listeners.append(on_change)
+
+    def _on_change(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def replace(self, kind: str, objects: Iterable[Any]) -> None:
         """The full state of one kind, after a (re)list or a manifests reload."""
-        store: dict[Any, Any] = {}
-        invalid: dict[tuple[str, str, str], tuple[str, str]] = {}
-        for obj in objects:
-            key, value, error = self._parse(kind, obj)
-            if error is not None:
-                invalid[(kind, *object_key(obj))] = error
-            elif value is not None:
-                store[key] = value
+        self.replace_all({kind: objects})
+
+    def replace_all(self, objects_by_kind: Mapping[str, Iterable[Any]]) -> None:
+        """The full state of several kinds in one transaction: a snapshot never sees one
+        kind relisted and the other not (a relisted Service without its slices)."""
+        parsed: dict[str, dict[Any, Any]] = {}
+        invalid: dict[InvalidKey, tuple[str, str]] = {}
+        for kind, objects in objects_by_kind.items():
+            store: dict[Any, Any] = {}
+            unnamed = 0
+            for obj in objects:
+                key, value, error = self._parse(kind, obj)
+                if error is not None:
+                    namespace, name = object_key(obj)
+                    unnamed += not name
+                    invalid[(kind, namespace, name, 0 if name else unnamed)] = error
+                elif value is not None:
+                    store[key] = value
+            parsed[kind] = store
+        changed = False
         with self._lock:
-            current = self._store(kind)
-            updates = [(current.pop(key), None) for key in current.keys() - store.keys()]
-            for key, value in store.items():
-                before = current.get(key)
-                if before is not None and before == value:
-                    # keep the stored object: the planner's cache recognises it by identity
-                    store[key] = before
-                else:
-                    updates.append((before, value))
-            changed = bool(updates)
-            for before, value in updates:
-                self._count(kind, value or before, value)
-            if changed:
-                current.clear()
-                current.update(store)
-                if kind == ENDPOINT_SLICE:
-                    for before, value in updates:
-                        self._by_service.update(before, value)
+            for kind, store in parsed.items():
+                changed = self._replace_locked(kind, store) or changed
             to_log = {k: e for k, e in invalid.items() if self._invalid.get(k) != e}
-            self._invalid = {k: e for k, e in self._invalid.items() if k[0] != kind}
+            self._invalid = {k: e for k, e in self._invalid.items() if k[0] not in parsed}
             self._invalid.update(invalid)
         self._log_invalid(to_log)
         if changed:
             self._on_change()
 
-    def upsert(self, kind: str, obj: dict[str, Any]) -> None:
+    def _replace_locked(self, kind: str, store: dict[Any, Any]) -> bool:
+        current = self._store(kind)
+        updates = [(current.pop(key), None) for key in current.keys() - store.keys()]
+        for key, value in store.items():
+            before = current.get(key)
+            if before is not None and before == value:
+                # keep the stored object: the planner's cache recognises it by identity
+                store[key] = before
+            else:
+                updates.append((before, value))
+        for before, value in updates:
+            self._count(kind, value or before, value)
+        if updates:
+            current.clear()
+            current.update(store)
+            if kind == ENDPOINT_SLICE:
+                for before, value in updates:
+                    self._by_service.update(before, value)
+        return bool(updates)
+
+    def upsert(self, kind: str, obj: Any) -> None:
         """One ADDED/MODIFIED event. An object now skipped or invalid replaces (removes) the
         version stored before: upstream keeps nothing for it either."""
         key, value, error = self._parse(kind, obj)
-        invalid_key = (kind, *object_key(obj))
+        invalid_key = (kind, *object_key(obj), 0)
         log_it = False
         with self._lock:
             store = self._store(kind)
@@ -115,7 +148,7 @@ class Tracker:
         if changed:
             self._on_change()
 
-    def delete(self, kind: str, obj: dict[str, Any]) -> None:
+    def delete(self, kind: str, obj: Any) -> None:
         """One DELETED event: only the object's namespace/name matter."""
         key = self._key(kind, obj)
         with self._lock:
@@ -125,9 +158,14 @@ class Tracker:
                 self._count(kind, before, None)
             if changed and kind == ENDPOINT_SLICE:
                 self._by_service.update(before, None)
-            self._invalid.pop((kind, *object_key(obj)), None)
+            self._invalid.pop((kind, *object_key(obj), 0), None)
         if changed:
             self._on_change()
+
+    def invalid_count(self) -> int:
+        """How many objects are left out now because they are malformed."""
+        with self._lock:
+            return len(self._invalid)
 
     def snapshot(self) -> ClusterState:
         # Shallow copies: the values are frozen, so sharing them is safe and cheap.
@@ -169,13 +207,13 @@ class Tracker:
         raise ValueError(f"unknown kind {kind!r}; expected one of {SOURCE_KINDS}")
 
     @staticmethod
-    def _key(kind: str, obj: dict[str, Any]) -> Any:
+    def _key(kind: str, obj: Any) -> Any:
         namespace, name = object_key(obj)
         if kind == NODE:
             return name
         return ServiceName(namespace, name) if kind == SERVICE else (namespace, name)
 
-    def _parse(self, kind: str, obj: dict[str, Any]) -> tuple[Any, Any, tuple[str, str] | None]:
+    def _parse(self, kind: str, obj: Any) -> tuple[Any, Any, tuple[str, str] | None]:
         """(key, parsed value or None, (field, message) or None)."""
         self._store(kind)  # rejects unknown kinds before anything is parsed
         parse = {SERVICE: parse_service, ENDPOINT_SLICE: parse_endpoint_slice, NODE: parse_node}[kind]
@@ -184,14 +222,16 @@ class Tracker:
             return key, parse(obj), None
         except InvalidObject as exc:
             return key, None, (exc.field, exc.message)
+        except Exception as exc:  # noqa: BLE001 - a parser bug must cost one object, not the watch
+            return key, None, ("(object)", f"cannot be parsed: {type(exc).__name__}: {exc}"[:300])
 
     @staticmethod
-    def _log_invalid(invalid: dict[tuple[str, str, str], tuple[str, str]]) -> None:
-        for (kind, namespace, name), (field, message) in sorted(invalid.items()):
+    def _log_invalid(invalid: dict[InvalidKey, tuple[str, str]]) -> None:
+        for (kind, namespace, name, _), (field, message) in sorted(invalid.items()):
             log.warning(
                 "skipping invalid object",
                 kind=kind,
-                object=f"{namespace}/{name}",
+                object=describe_key(namespace, name),
                 field=field,
                 error=message,
             )
@@ -226,7 +266,7 @@ class SliceIndex:
                 continue
             group = tuple(members[n] for n in sorted(members))
             old = self._grouped.get(name)
-            if old is None or len(old) != len(group) or any(a is not b for a, b in zip(old, group)):
+            if old is None or len(old) != len(group) or any(a is not b for a, b in zip(old, group, strict=True)):
                 self._grouped[name] = group
         self._dirty = set()
         return dict(self._grouped)

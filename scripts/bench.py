@@ -163,9 +163,10 @@ def synced_fields(line: dict[str, Any]) -> dict[str, Any]:
 class Agent:
     """`kproxy run` in the background; its JSON log lines arrive on a queue."""
 
-    def __init__(self, ns: Netns, kproxy: str, manifests: Path) -> None:
+    def __init__(self, ns: Netns, kproxy: str, source: list[str]) -> None:
+        """`source`: ["--manifests", FILE] or ["--kubeconfig", FILE]."""
         argv = ns.argv(
-            kproxy, "--log-format", "json", "run", "--manifests", str(manifests),
+            kproxy, "--log-format", "json", "run", *source,
             "--min-sync-period", "0.1s", *NODE_FLAGS,
         )  # fmt: skip
         # ip netns exec execs kproxy, so this pid is the agent itself.
@@ -196,7 +197,7 @@ class Agent:
                 line = self.lines.get(timeout=min(left, 1.0))
             except queue.Empty:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"agent exited ({self.proc.returncode}): {self.tail}")
+                    raise RuntimeError(f"agent exited ({self.proc.returncode}): {self.tail}") from None
                 continue
             if line.get("event") != "synced":
                 continue
@@ -301,7 +302,7 @@ def bench_size(
 
         ns.run(kproxy, "cleanup", timeout=timeout)
         log(f"{services} services: run, first sync")
-        agent = Agent(ns, kproxy, manifests)
+        agent = Agent(ns, kproxy, ["--manifests", str(manifests)])
         try:
             started = time.monotonic()
             first, at = agent.next_synced(timeout)
@@ -362,9 +363,12 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "nft": subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip(),
         "python": platform.python_version(),
+        # other work on the machine skews every figure: the 1/5/15-minute load, before and after
+        "loadavg_before": os.getloadavg(),
         "results": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="kproxy-bench-"))
+    os.environ["KPROXY_STATE_DIR"] = str(workdir)  # kproxy's records (route_localnet) go with the namespace
     status = 0
     try:
         for size in sizes:
@@ -372,12 +376,13 @@ def main() -> int:
                 report["results"].append(
                     bench_size(args.kproxy, size, args.endpoints, args.changes, args.timeout, workdir)
                 )
-            except Exception as e:  # one size failing must not hide the others' numbers
+            except Exception as e:  # noqa: BLE001 - one size failing must not hide the others' numbers
                 log(f"{size} services failed: {e}")
                 report["results"].append({"services": size, "error": str(e)[-3000:]})
                 status = 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    report["loadavg_after"] = os.getloadavg()
     print(json.dumps(report, indent=2))
     return status
 

@@ -10,7 +10,9 @@
 
 Everything lives under RUN_ROOT/<lab name> (state, the manifests the agents watch, pod
 files, certificates, logs) and in namespaces named <lab name>-*. The state file records
-each namespace before it is created, so `down` (and `up` after a crash) finds everything.
+each namespace before it is created, so `down` (and `up` after a crash) finds everything;
+it removes only what the state file records. Another namespace that happens to carry the
+lab's prefix is someone else's: it is named, never touched.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from typing import Any
 import yaml
 
 from kproxy.lab import namespaces as netns
-from kproxy.sources.manifests import ManifestError, load_manifests, manifest_files
 from kproxy.lab.spec import (
     CLIENT_IP,
     CLIENT_NET,
@@ -46,19 +47,22 @@ from kproxy.lab.spec import (
     LabPod,
     Manifests,
     Workload,
+    cluster_ip_endpoints,
     complete_services,
     dns_records,
     endpoint_slices,
+    lab_nodes,
     lb_forwards,
     lb_ruleset,
-    lab_nodes,
     nginx_config,
     node_objects,
     place,
+    pod_mac,
     public_hosts,
     read_manifests,
     resolv_conf,
 )
+from kproxy.sources.manifests import ManifestError, load_manifests, manifest_files
 
 RUN_ROOT = Path(os.environ.get("KPROXY_LAB_DIR", "/run/kproxy-lab"))
 DEFAULT_NAME = "kplab"
@@ -67,6 +71,7 @@ ROUTER_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0"
                   "net.ipv4.conf.default.rp_filter": "0", "net.ipv4.conf.all.send_redirects": "0",
                   "net.ipv4.conf.default.send_redirects": "0"}
 
+PROGRESS_AFTER_S = 2.0  # a wait for the rules longer than this says which nodes it waits for
 Say = Callable[[str], None]
 
 
@@ -89,7 +94,7 @@ def pod_to_json(pod: LabPod) -> dict[str, Any]:
 def pod_from_json(data: dict[str, Any]) -> LabPod:
     return LabPod(**{**data, "ip": IPv4Address(data["ip"]),
                      "ports": tuple(ContainerPort(**p) for p in data["ports"]),
-                     "labels": tuple(tuple(kv) for kv in data["labels"])})  # type: ignore[arg-type]
+                     "labels": tuple((k, v) for k, v in data["labels"])})
 
 
 def load_objects(path: Path) -> list[dict[str, Any]]:
@@ -174,7 +179,7 @@ class Lab:
     # -- up ----------------------------------------------------------------------------------------
     def up(self, nodes: int, manifests: Path | None, proxy_mode: str, say: Say) -> None:
         check_tools()
-        if self.exists() or self._leftover_namespaces():
+        if self.exists():
             say(f"removing the leftovers of lab {self.name}")
             self.down(say=lambda _m: None)
         lab_nodes(nodes)  # validates the count before anything is made
@@ -194,9 +199,12 @@ class Lab:
         m = self.manifests()
         for warning in m.warnings:
             say(f"warning: {warning}")
+        pods = place(self.workloads(m), (), self.nodes())
+        self._refuse_taken_names(["lan", "lb", "client", *(n.name for n in self.nodes()), *(p.name for p in pods)])
+        if others := self.others():
+            say(f"note: {', '.join(others)} carry this lab's prefix but are not this lab's; left alone")
         say(f"building {nodes} node(s), a load balancer and a client (namespaces {self.name}-*)")
         self._network()
-        pods = place(self.workloads(m), (), self.nodes())
         say(f"starting {len(pods)} pod(s)")
         self._certificates(m)
         for pod in pods:
@@ -209,7 +217,7 @@ class Lab:
         say(f"starting one kproxy agent per node ({proxy_mode} mode)")
         for node in self.nodes():
             self._start_agent(node)
-        self.wait_rules(services, pods)
+        self.wait_rules(services, pods, say)
 
     @staticmethod
     def _user_files(path: Path) -> list[Path]:
@@ -218,16 +226,38 @@ class Lab:
         except ManifestError as err:
             raise LabError(str(err)) from None
 
-    def _leftover_namespaces(self) -> list[str]:
-        return [ns for ns in netns.existing() if ns.startswith(f"{self.name}-")]
+    def recorded(self) -> list[str]:
+        """The namespaces the state file says this lab made (or was about to make)."""
+        try:
+            return list(json.loads(self.state_file.read_text()).get("namespaces", []))
+        except (OSError, ValueError, AttributeError):
+            return []  # no lab, or an unreadable record: nothing is known to be ours
+
+    def others(self) -> list[str]:
+        """Namespaces that carry this lab's prefix but that it did not make: not ours to touch."""
+        recorded = set(self.recorded())
+        return sorted(ns for ns in netns.existing() if ns.startswith(f"{self.name}-") and ns not in recorded)
+
+    def _refuse_taken_names(self, shorts: Iterable[str]) -> None:
+        taken = sorted(set(netns.existing()) & {self.ns(s) for s in shorts})
+        if taken:
+            raise LabError(f"namespace(s) {', '.join(taken)} exist but are not lab {self.name}'s; "
+                           f"not touching them (choose another --name, or remove them if they are yours)")
 
     def _add_ns(self, short: str) -> str:
-        """Record, then create: a crash in between still leaves a record for `down`."""
+        """Record, then create: a crash in between still leaves a record for `down`. A name
+        someone else holds is refused before it is recorded, so `down` never removes it."""
         assert self.state is not None
+        self._refuse_taken_names([short])
         name = self.ns(short)
         self.state.namespaces.append(name)
         self.save()
-        netns.add(name)
+        try:
+            netns.add(name)
+        except netns.CommandFailed:
+            self.state.namespaces.remove(name)  # not made by us (it may have appeared meanwhile)
+            self.save()
+            raise
         return name
 
     def _network(self) -> None:
@@ -275,6 +305,7 @@ class Lab:
         node = next(n for n in self.nodes() if n.name == pod.node)
         veth = f"veth{pod.index}"
         netns.veth(node_ns, veth, ns, "eth0")
+        netns.ip(ns, "link", "set", "eth0", "address", pod_mac(pod.ip))
         netns.ip(node_ns, "link", "set", veth, "master", "cbr0")
         netns.sh("ip", "netns", "exec", node_ns, "bridge", "link", "set", "dev", veth, "hairpin", "on")
         netns.ip(ns, "addr", "add", f"{pod.ip}/{node.pod_cidr.prefixlen}", "dev", "eth0")
@@ -348,23 +379,26 @@ class Lab:
             "--hostname-override", node.name, "--node-ip", str(node.ip),
             "--cluster-cidr", str(CLUSTER_CIDR), "--service-cluster-ip-range", str(SERVICE_CIDR),
             "--proxy-mode", self.state.proxy_mode, "--min-sync-period", "0.2s",
-        ], self.logs / f"kproxy-{node.name}.log")
+        ], self.logs / f"kproxy-{node.name}.log", env={"KPROXY_STATE_DIR": str(self.dir / "state")})
 
-    def wait_rules(self, services: list[dict[str, Any]], pods: tuple[LabPod, ...], timeout: float = 30) -> None:
+    def wait_rules(self, services: list[dict[str, Any]], pods: tuple[LabPod, ...], say: Say,
+                   terminating: tuple[LabPod, ...] = (), timeout: float = 30) -> None:
         """Until every node's programmed rules (read back with `kproxy dump`) hold exactly
-        the ready endpoints of every Service: the rules have followed the slices."""
-        want = set()
-        for s in endpoint_slices(services, pods, self.nodes()):
-            for e in s["endpoints"]:
-                if e["conditions"]["ready"]:
-                    want |= {f"{e['addresses'][0]}:{p['port']}" for p in s["ports"]}
-        deadline = time.monotonic() + timeout
+        the endpoints the slices call for (ready ones, else terminating ones): the rules have
+        followed the slices. Says which nodes it still waits for when that takes a while."""
+        want = cluster_ip_endpoints(endpoint_slices(services, pods, self.nodes(), terminating))
+        started = time.monotonic()
         pending = [n.name for n in self.nodes()]
+        told: list[str] = []
         while pending:
             pending = [n for n in pending if self.programmed_endpoints(n) != want]
-            if pending and time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            if pending and waited > timeout:
                 raise LabError(f"the rules on {', '.join(pending)} did not follow within {timeout:.0f}s "
                                f"(agent logs in {self.logs})")
+            if pending and waited > PROGRESS_AFTER_S and pending != told:
+                say(f"waiting for {', '.join(pending)}...")
+                told = pending
             if pending:
                 time.sleep(0.2)
 
@@ -401,7 +435,7 @@ class Lab:
         if removed:
             # As the endpoint-slice controller does: a terminating pod first leaves the ready set.
             self._write_cluster(m, services, after, terminating=removed)
-            self.wait_rules(services, after)
+            self.wait_rules(services, after, say, terminating=removed)
             netns.kill_all([self.ns(p.name) for p in removed])
             for pod in removed:
                 netns.delete(self.ns(pod.name))
@@ -410,7 +444,7 @@ class Lab:
         state.pods = [pod_to_json(p) for p in after]
         self.save()
         self._write_cluster(m, services, after)
-        self.wait_rules(services, after)
+        self.wait_rules(services, after, say)
         count = sum(p.workload == wl.key for p in after)
         say(f"{wl.key}: {count} replica(s) (+{len(added)} -{len(removed)}); every node's rules follow")
 
@@ -424,21 +458,26 @@ class Lab:
 
     # -- down ---------------------------------------------------------------------------------------
     def down(self, say: Say, keep_failed_logs: bool = False) -> None:
-        recorded = []
-        if self.state_file.exists():
-            try:
-                recorded = json.loads(self.state_file.read_text()).get("namespaces", [])
-            except ValueError:
-                pass  # a torn state file: the name prefix still finds the namespaces
-        found = [ns for ns in netns.existing() if ns.startswith(f"{self.name}-")]
-        targets = sorted(set(recorded) | set(found))
-        netns.kill_all([ns for ns in targets if ns in found])
-        for ns in targets:
-            netns.delete(ns)
+        """Remove what the state file records: its namespaces, their processes, the lab's
+        folder. Namespaces that merely share the prefix are named and left alone."""
+        known = self.exists()
+        recorded = self.recorded()
+        existing = set(netns.existing())
+        ours = [ns for ns in recorded if ns in existing]
+        netns.kill_all(ours)
+        for ns in recorded:
+            netns.delete(ns)  # a recorded name never made: only its /etc/netns folder, if any
+        others = sorted(ns for ns in existing if ns.startswith(f"{self.name}-") and ns not in recorded)
         shutil.rmtree(self.dir, ignore_errors=True)
         if not keep_failed_logs:
             shutil.rmtree(self.dir.parent / f"{self.name}.failed-logs", ignore_errors=True)
-        say(f"lab {self.name}: removed {len(found)} namespace(s), their processes and {self.dir}")
+        if known:
+            say(f"lab {self.name}: removed {len(ours)} namespace(s), their processes and {self.dir}")
+        else:
+            say(f"lab {self.name}: no such lab ({self.state_file} does not exist); nothing removed")
+        if others:
+            say(f"left alone: {', '.join(others)} (not made by lab {self.name}; "
+                "remove them yourself if they are yours)")
 
 
 def check_tools() -> None:

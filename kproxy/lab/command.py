@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from kproxy.lab import namespaces as netns
 from kproxy.lab.build import DEFAULT_NAME, Lab
@@ -14,31 +15,37 @@ from kproxy.lab.spec import LabError
 EXIT_FAILED = 1
 
 
-def add_lab_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_lab_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     lab = sub.add_parser("lab", parents=[common], help="a cluster of network namespaces on this machine (root)",
                          description="A Kubernetes-like cluster made of network namespaces: nodes running "
                                      "kproxy, pods, an L4 load balancer, an ingress controller, cluster DNS.")
-    lab.add_argument("--name", default=DEFAULT_NAME, help=f"lab name, the prefix of its namespaces ({DEFAULT_NAME})")
-    actions = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
-    up = actions.add_parser("up", help="build the lab (removing the leftovers of an earlier one) and walk a request")
+    name_help = f"lab name, the prefix of its namespaces ({DEFAULT_NAME}); before or after the action"
+    lab.add_argument("--name", default=DEFAULT_NAME, help=name_help)
+    # --name after the action too (`kproxy lab up --name x`); given there, it wins
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument("--name", default=argparse.SUPPRESS, help=name_help)
+    # not required here: kproxy's parser says which action is missing, after naming any bad flag
+    actions = lab.add_subparsers(dest="lab_command", metavar="ACTION")
+    up = actions.add_parser("up", parents=[named],
+                            help="build the lab (removing the leftovers of an earlier one) and walk a request")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (3)")
     up.add_argument("--manifests", type=Path, metavar="DIR",
                     help="your Deployments, Services and Ingresses instead of the two websites")
     up.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables")
     up.add_argument("--no-walk", action="store_true", help="skip the walks at the end")
-    actions.add_parser("status", help="nodes, pods, Services and agents")
-    actions.add_parser("walk", help="walk one request end to end with kproxy trace on each hop")
-    curl = actions.add_parser("curl", help="GET a URL from the client or a pod, and show who answered")
+    actions.add_parser("status", parents=[named], help="nodes, pods, Services and agents")
+    actions.add_parser("walk", parents=[named], help="walk one request end to end with kproxy trace on each hop")
+    curl = actions.add_parser("curl", parents=[named], help="GET a URL from the client or a pod, and show who answered")
     curl.add_argument("url")
     curl.add_argument("--from", dest="source", default="client", metavar="NODE_OR_POD", help="(client)")
     curl.add_argument("-n", "--count", type=int, default=6)
-    scale = actions.add_parser("scale", help="change a Deployment's replicas; slices and rules follow")
+    scale = actions.add_parser("scale", parents=[named], help="change a Deployment's replicas; slices and rules follow")
     scale.add_argument("deployment", help="name or namespace/name")
     scale.add_argument("replicas", type=int)
-    run = actions.add_parser("exec", help="run a command inside a node, pod, lb or client")
+    run = actions.add_parser("exec", parents=[named], help="run a command inside a node, pod, lb or client")
     run.add_argument("target", metavar="NODE_OR_POD")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
-    actions.add_parser("down", help="remove every namespace, process and file of the lab")
+    actions.add_parser("down", parents=[named], help="remove every namespace, process and file of the lab")
 
 
 def say(message: str) -> None:
@@ -114,7 +121,8 @@ def status(lab: Lab) -> str:
     for svc in lab.services():
         spec = svc["spec"]
         ports = ", ".join(f"{p['port']}/{p.get('protocol', 'TCP').lower()}"
-                          + (f" (NodePort {p['nodePort']})" if p.get("nodePort") else "") for p in spec.get("ports") or [])
+                          + (f" (NodePort {p['nodePort']})" if p.get("nodePort") else "")
+                          for p in spec.get("ports") or [])
         vips = [i["ip"] for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
         name = f"{svc['metadata'].get('namespace', 'default')}/{svc['metadata']['name']}"
         lines.append(f"    {name:40} {spec.get('type', 'ClusterIP'):12} {spec.get('clusterIP')!s:12} {ports}"

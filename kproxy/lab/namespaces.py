@@ -22,7 +22,8 @@ class CommandFailed(RuntimeError):
     pass
 
 
-def sh(*args: str, check: bool = True, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+def sh(*args: str, check: bool = True, timeout: float = 30,
+       input: str | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input)
     if check and proc.returncode != 0:
         raise CommandFailed(f"{' '.join(args)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
@@ -30,7 +31,7 @@ def sh(*args: str, check: bool = True, timeout: float = 30, input: str | None = 
 
 
 def in_ns(ns: str, *args: str, check: bool = True, timeout: float = 30,
-          input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+          input: str | None = None) -> subprocess.CompletedProcess[str]:
     return sh("ip", "netns", "exec", ns, *args, check=check, timeout=timeout, input=input)
 
 

@@ -23,7 +23,7 @@ def http_server(port: int, pod: str, node: str) -> http.server.ThreadingHTTPServ
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             body = answer(pod, node, self.client_address[0])
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -31,7 +31,7 @@ def http_server(port: int, pod: str, node: str) -> http.server.ThreadingHTTPServ
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     http.server.ThreadingHTTPServer.allow_reuse_address = True

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from typing import Any
 
-LAN = ip_network("10.1.1.0/24")
+LAN = IPv4Network("10.1.1.0/24")
 LAN_GATEWAY = IPv4Address("10.1.1.1")  # the load balancer's address on the node network
 CLUSTER_CIDR = ip_network("10.244.0.0/16")
 SERVICE_CIDR = ip_network("10.96.0.0/16")
@@ -118,7 +118,7 @@ def lab_nodes(count: int) -> tuple[LabNode, ...]:
     if not 1 <= count <= MAX_NODES:
         raise LabError(f"--nodes must be between 1 and {MAX_NODES}, not {count}")
     return tuple(
-        LabNode(name=f"node{i}", ip=LAN.network_address + 9 + i, pod_cidr=ip_network(f"10.244.{i}.0/24"),
+        LabNode(name=f"node{i}", ip=LAN.network_address + 9 + i, pod_cidr=IPv4Network(f"10.244.{i}.0/24"),
                 gateway=IPv4Address(f"10.244.{i}.1"), zone=ZONES[(i - 1) % len(ZONES)])
         for i in range(1, count + 1)
     )
@@ -243,6 +243,13 @@ def place(workloads: Sequence[Workload], existing: Sequence[LabPod], nodes: Sequ
     return tuple(result)
 
 
+def pod_mac(ip: IPv4Address) -> str:
+    """A pod's MAC address, derived from its IP (as Docker does): a pod that reuses the IP of
+    one just removed (scale to 0 and back) also has its MAC, so no neighbour cache on the way
+    keeps sending to a MAC that is gone."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
 def _free_ip(node: LabNode, pods: Sequence[LabPod]) -> IPv4Address:
     used = {p.ip for p in pods}
     for offset in range(10, node.pod_cidr.num_addresses - 1):
@@ -317,11 +324,12 @@ def endpoint_slices(services: Sequence[dict[str, Any]], pods: Sequence[LabPod],
         for pod, ready in members:
             if pod.namespace != namespace or not _matches(selector, pod):
                 continue
-            resolved = tuple((p.get("name", ""), _target_port(p, pod), p.get("protocol", "TCP"))
-                             for p in spec.get("ports") or [])
-            if any(port is None for _, port, _ in resolved):
-                continue
-            groups.setdefault(resolved, []).append((pod, ready))  # type: ignore[arg-type]
+            wanted = [(p.get("name", ""), _target_port(p, pod), p.get("protocol", "TCP"))
+                      for p in spec.get("ports") or []]
+            resolved = tuple((pname, port, proto) for pname, port, proto in wanted if port is not None)
+            if len(resolved) < len(wanted):
+                continue  # a named targetPort this pod does not have
+            groups.setdefault(resolved, []).append((pod, ready))
         for n, (ports, group) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
             slices.append({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
@@ -335,6 +343,25 @@ def endpoint_slices(services: Sequence[dict[str, Any]], pods: Sequence[LabPod],
                 } for pod, ready in sorted(group, key=lambda pr: pr[0].index)],
             })
     return slices
+
+
+def cluster_ip_endpoints(slices: Sequence[dict[str, Any]]) -> set[str]:
+    """The "ip:port" endpoints every node's ClusterIP rules should hold for these slices:
+    per Service port its ready endpoints, or, when none is ready, its serving-and-terminating
+    ones (upstream's terminating fallback, which kproxy's planner applies)."""
+    by_port: dict[tuple[str, str, str], list[tuple[dict[str, Any], int]]] = {}
+    for s in slices:
+        meta = s["metadata"]
+        service = (meta.get("namespace", "default"), meta["labels"]["kubernetes.io/service-name"])
+        for p in s["ports"]:
+            by_port.setdefault((*service, p.get("name", "")), []).extend((e, p["port"]) for e in s["endpoints"])
+    wanted = set()
+    for members in by_port.values():
+        ready = [(e, port) for e, port in members if e["conditions"].get("ready")]
+        serving = ready or [(e, port) for e, port in members
+                            if e["conditions"].get("serving") and e["conditions"].get("terminating")]
+        wanted |= {f"{e['addresses'][0]}:{port}" for e, port in serving}
+    return wanted
 
 
 def node_objects(nodes: Sequence[LabNode]) -> list[dict[str, Any]]:
@@ -471,7 +498,8 @@ def lb_ruleset(forwards: Sequence[LbForward]) -> str:
             rules.append(f"        ip daddr {f.vip} {f.protocol} dport {f.port} dnat ip to numgen inc mod "
                          f"{len(f.targets)} map {{ {spread} }} comment \"{f.service}\"")
         else:
-            rules.append(f"        ip daddr {f.vip} {f.protocol} dport {f.port} reject comment \"{f.service}: no healthy node\"")
+            rules.append(f"        ip daddr {f.vip} {f.protocol} dport {f.port} reject "
+                         f"comment \"{f.service}: no healthy node\"")
     body = "\n".join(rules)
     return ("table ip kproxy-lab-lb\ndelete table ip kproxy-lab-lb\n"
             "table ip kproxy-lab-lb {\n    chain prerouting {\n"

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from kproxy.backends.trace import TraceResult, format_trace
 from kproxy.lab import namespaces as netns
 from kproxy.lab.build import Lab
 from kproxy.lab.spec import (
@@ -22,7 +23,6 @@ from kproxy.lab.spec import (
     lb_forwards,
     service_port_number,
 )
-from kproxy.trace import TraceResult, format_trace
 
 REQUESTS = 6  # real requests shown per walk
 
@@ -49,9 +49,7 @@ def where_is(lab: Lab, endpoint: str) -> str:
 
 def trace_hop(lab: Lab, node: str, src: str, dst: str, why: str) -> Hop:
     result = trace_on(lab, node, src, dst)
-    known = {f.name for f in fields(TraceResult)}
-    text = format_trace(src, dst, TraceResult(**{k: tuple(v) if isinstance(v, list) else v
-                                                 for k, v in result.items() if k in known}))
+    text = format_trace(src, dst, TraceResult.from_json(result))
     notes = [f"{e} is {where_is(lab, e)}" for e in result.get("endpoints", [])]
     return Hop(node, f"{why}\n$ kproxy trace --from {src} --to {dst}   (in {node})\n{text.rstrip()}",
                result, notes)

@@ -1,4 +1,4 @@
 """Sources of cluster state: the API watcher (api) and manifest files (manifests).
 
-Both parse with `kproxy.sources.parse` (through the Tracker) and feed a Tracker.
+Both feed raw objects to a Tracker, which parses them with `kproxy.parse`.
 """

@@ -11,20 +11,23 @@ programmed from the last known state keep traffic flowing.
 from __future__ import annotations
 
 import functools
+import http.client
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 import structlog
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kproxy.sources.parse import UPSTREAM_LABEL_SELECTOR
+from kproxy.parse import UPSTREAM_LABEL_SELECTOR
+from kproxy.sources.threads import start_guarded
 from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, Tracker
 
 log = structlog.get_logger(__name__)
@@ -46,7 +49,7 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
                 config.load_incluster_config(client_configuration=cfg)
             except config.ConfigException:
                 config.load_kube_config(client_configuration=cfg)
-    except Exception as exc:  # the loaders raise ConfigException, OSError, YAML errors...
+    except Exception as exc:  # noqa: BLE001 - the loaders raise ConfigException, OSError, YAML errors...
         where = kubeconfig or "the in-cluster service account or the default kubeconfig"
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ApiConfigError(f"cannot configure the Kubernetes client from {where}: {detail}") from None
@@ -57,6 +60,27 @@ class _Gone(Exception):
     """410: the resourceVersion we hold is too old; only a relist recovers."""
 
 
+class _Trouble(Exception):
+    """An API request failed. `answered`: the server sent something (an error status, a
+    body that broke off or made no sense); otherwise it could not be reached at all."""
+
+    def __init__(self, error: BaseException | str, answered: bool) -> None:
+        super().__init__(error if isinstance(error, str) else _describe(error))
+        self.answered = answered
+
+
+# What talking to the API may raise; anything else escaping a watch thread is a bug, and
+# stops the agent (sources/threads.py) instead of being retried forever.
+_API_ERRORS = (ApiException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
+LISTED_TOGETHER = (SERVICE, ENDPOINT_SLICE)
+
+
+def _answered(exc: BaseException) -> bool:
+    return isinstance(exc, ApiException) and bool(exc.status)  # status 0: no response
+
+
 @dataclass(frozen=True, slots=True)
 class _Resource:
     kind: str
@@ -64,11 +88,44 @@ class _Resource:
 
 
 @dataclass(slots=True)
-class _Progress:
-    """Where a watch got to; kept when the stream breaks, so the next watch resumes there."""
+class _Cursor:
+    """Where a kind's watch resumes (None: list first), and the generation of the list it
+    follows: a newer list makes a watch of an older one stale."""
 
-    version: str
+    version: str | None = None
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class _Progress:
+    """One watch request: the list generation it follows and the events it delivered."""
+
+    generation: int
     events: int = 0
+
+
+class Backoff:
+    """Exponential backoff with jitter. While the server cannot be reached at all, retries
+    stay at most `probe` apart (a refused connection costs the server nothing, and the
+    agent catches up within about that long of its return); a server that answers with
+    errors gets the full exponential backoff up to `maximum`."""
+
+    def __init__(self, initial: float, maximum: float, probe: float,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.probe = probe
+        self._rng = rng
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def next(self, answered: bool) -> float:
+        cap = self.maximum if answered else min(self.probe, self.maximum)
+        delay: float = min(cap, self.initial * 2.0 ** min(self.failures, 30))
+        self.failures += 1
+        return delay * (0.5 + 0.5 * self._rng())  # jitter: nodes do not retry in step
 
 
 class ApiSource:
@@ -81,20 +138,25 @@ class ApiSource:
         watch_timeout: int = 300,
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
+        probe_backoff: float = 1.0,
         connect_timeout: float = 5.0,
         list_read_timeout: float = 60.0,
+        watch_read_timeout: float | None = None,
         label_selector: str = UPSTREAM_LABEL_SELECTOR,
         node_name: str | None = None,
+        on_fatal: Callable[[str], object] = lambda _reason: None,
     ) -> None:
         self._tracker = tracker
         self._stop = stop_event
         self._watch_timeout = watch_timeout
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
+        self._backoff = (initial_backoff, max_backoff, probe_backoff)
         self._connect_timeout = connect_timeout
         self._list_read_timeout = list_read_timeout
+        # The server ends a watch after watch_timeout; a longer silence means a dead connection.
+        self._watch_read_timeout = watch_read_timeout or watch_timeout + 30
         self._label_selector = label_selector
-        self._resources = (
+        self._on_fatal = on_fatal
+        self._resources: tuple[_Resource, ...] = (
             _Resource(SERVICE, client.CoreV1Api(api_client).list_service_for_all_namespaces),
             _Resource(
                 ENDPOINT_SLICE,
@@ -107,21 +169,22 @@ class ApiSource:
                 client.CoreV1Api(api_client).list_node, field_selector=f"metadata.name={node_name}")),)
         self._synced = {r.kind: threading.Event() for r in self._resources}
         self._threads: list[threading.Thread] = []
-        # Responses being read, so a stop can shut their sockets down: a blocked read
-        # returns at once instead of waiting for the next event.
-        self._open: set[Any] = set()
+        # Services and EndpointSlices are always listed together and applied in one tracker
+        # transaction: no sync sees relisted Services without their slices. _state guards
+        # the cursors and orders events against lists; _relist_lock lets one thread list.
+        self._cursors = {r.kind: _Cursor() for r in self._resources}
+        self._state = threading.Lock()
+        self._relist_lock = threading.Lock()
+        # Responses being read, per kind, so a stop (or a relist that makes a watch stale)
+        # can shut their sockets down: a blocked read returns at once.
+        self._open: dict[str, set[Any]] = {r.kind: set() for r in self._resources}
         self._open_lock = threading.Lock()
 
     def run(self) -> None:
         """Start the watch threads (and a stopper) and return."""
         for resource in self._resources:
-            thread = threading.Thread(
-                target=self._loop, args=(resource,), name=f"api-{resource.kind}", daemon=True
-            )
-            self._threads.append(thread)
-        self._threads.append(threading.Thread(target=self._stopper, name="api-stop", daemon=True))
-        for thread in self._threads:
-            thread.start()
+            self._threads.append(start_guarded(f"api-{resource.kind}", self._loop, self._on_fatal, resource))
+        self._threads.append(start_guarded("api-stop", self._stopper, self._on_fatal))
 
     def wait_synced(self, timeout: float | None = None) -> bool:
         """True once the first list of both kinds has reached the tracker."""
@@ -142,58 +205,108 @@ class ApiSource:
 
     # --- one kind --------------------------------------------------------------------------
 
+    def _cursor(self, kind: str) -> _Cursor:
+        with self._state:
+            cursor = self._cursors[kind]
+            return _Cursor(cursor.version, cursor.generation)
+
     def _loop(self, resource: _Resource) -> None:
-        version: str | None = None  # None: (re)list first
-        backoff = self._initial_backoff
+        kind = resource.kind
+        backoff = Backoff(*self._backoff)
         while not self._stop.is_set():
+            cursor = self._cursor(kind)
+            progress = _Progress(cursor.generation)
+            started = time.monotonic()
             try:
-                if version is None:
-                    version = self._list(resource)
-                    self._synced[resource.kind].set()
-                    backoff = self._initial_backoff
-                started = time.monotonic()
-                progress = _Progress(version)
-                try:
-                    self._watch(resource, progress)
-                finally:
-                    version = progress.version
-                if progress.events or time.monotonic() - started > 1.0:
-                    backoff = self._initial_backoff
+                if cursor.version is None:
+                    self._list_group(kind, cursor.generation)
+                    backoff.reset()
+                    continue
+                self._watch(resource, cursor.version, progress)
+                if progress.events or time.monotonic() - started > 1.0 or self._stale(kind, progress):
+                    backoff.reset()
                     continue
                 # A watch closed at once with nothing in it: don't spin on such a server.
+                delay = backoff.next(answered=True)
             except _Gone:
-                log.info("resource version expired, relisting", kind=resource.kind)
-                version = None
+                log.info("resource version expired, relisting", kind=kind)
+                with self._state:
+                    if self._cursors[kind].generation == cursor.generation:
+                        self._cursors[kind].version = None
                 continue
-            except Exception as exc:
+            except _Trouble as exc:
                 if self._stop.is_set():
                     break
+                if self._stale(kind, progress):
+                    continue  # another kind's relist ended this watch: resume from the new list
+                if progress.events or time.monotonic() - started > 1.0:
+                    backoff.reset()  # a watch that had been working: this is a new outage
+                delay = backoff.next(exc.answered)
                 log.warning(
                     "api request failed",
-                    kind=resource.kind,
-                    phase="list" if version is None else "watch",
-                    error=_describe(exc),
-                    retry_in=round(backoff, 2),
+                    kind=kind,
+                    phase="list" if cursor.version is None else "watch",
+                    error=str(exc),
+                    retry_in=round(delay, 2),
                 )
-            if self._stop.wait(backoff):
+            if self._stop.wait(delay):
                 break
-            backoff = min(backoff * 2, self._max_backoff)
-        log.debug("api watch stopped", kind=resource.kind)
+        log.debug("api watch stopped", kind=kind)
 
-    def _list(self, resource: _Resource) -> str:
+    def _stale(self, kind: str, progress: _Progress) -> bool:
+        with self._state:
+            return self._cursors[kind].generation != progress.generation
+
+    def _group(self, kind: str) -> tuple[_Resource, ...]:
+        """The resources listed together with `kind`: Services and EndpointSlices; the Node alone."""
+        kinds = LISTED_TOGETHER if kind in LISTED_TOGETHER else (kind,)
+        return tuple(r for r in self._resources if r.kind in kinds)
+
+    def _list_group(self, kind: str, generation: int) -> None:
+        """List `kind` and the kinds it goes with, then apply them in one transaction and
+        make every watch of theirs that followed an older list stale."""
+        group = self._group(kind)
+        with self._relist_lock:
+            if self._cursor(kind).generation != generation:
+                return  # another thread listed while this one waited
+            lists = {r.kind: self._list(r) for r in group}
+            with self._state:
+                self._tracker.replace_all({k: items for k, (items, _) in lists.items()})
+                for k, (_, version) in lists.items():
+                    self._cursors[k] = _Cursor(version, self._cursors[k].generation + 1)
+        for r in group:
+            self._synced[r.kind].set()
+            if r.kind != kind:
+                self._cut(r.kind)
+
+    def _list(self, resource: _Resource) -> tuple[list[Any], str]:
+        """One list call: (items, resourceVersion)."""
         started = time.monotonic()
-        response = resource.list_call(
-            label_selector=self._label_selector,
-            _preload_content=False,
-            _request_timeout=(self._connect_timeout, self._list_read_timeout),
-        )
-        with self._reading(response):
-            body = json.loads(response.read())
-        items = body.get("items") or []
+        try:
+            response = resource.list_call(
+                label_selector=self._label_selector,
+                _preload_content=False,
+                _request_timeout=(self._connect_timeout, self._list_read_timeout),
+            )
+        except _API_ERRORS as exc:
+            raise _Trouble(exc, answered=_answered(exc)) from None
+        with self._reading(resource.kind, response):
+            try:
+                raw = response.read()
+            except _API_ERRORS as exc:
+                raise _Trouble(exc, answered=True) from None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise _Trouble(f"the {resource.kind} list is not JSON ({len(raw)} bytes)", answered=True) from None
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list | None):
+            raise _Trouble(f"the {resource.kind} list has no list of items", answered=True)
+        items = items or []
         for item in items:
-            item["kind"] = resource.kind  # list items carry no kind
-        self._tracker.replace(resource.kind, items)
-        version = (body.get("metadata") or {}).get("resourceVersion") or ""
+            if isinstance(item, dict):
+                item["kind"] = resource.kind  # list items carry no kind
+        version = _resource_version(body)
         log.info(
             "listed",
             kind=resource.kind,
@@ -201,119 +314,123 @@ class ApiSource:
             resource_version=version,
             ms=round((time.monotonic() - started) * 1000),
         )
-        return version
+        return items, version
 
-    def _watch(self, resource: _Resource, progress: _Progress) -> None:
-        """Follow one watch request until it ends, advancing `progress`."""
+    def _watch(self, resource: _Resource, version: str, progress: _Progress) -> None:
+        """Follow one watch request until it ends or a newer list makes it stale."""
         try:
             response = resource.list_call(
                 watch=True,
-                resource_version=progress.version,
+                resource_version=version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=self._watch_timeout,
                 label_selector=self._label_selector,
                 _preload_content=False,
-                # The server ends the watch after timeout_seconds; a longer silence means
-                # a dead connection.
-                _request_timeout=(self._connect_timeout, self._watch_timeout + 30),
+                _request_timeout=(self._connect_timeout, self._watch_read_timeout),
             )
         except ApiException as exc:
             if exc.status == 410:
                 raise _Gone() from exc
-            raise
-        with self._reading(response):
+            raise _Trouble(exc, answered=_answered(exc)) from None
+        except _API_ERRORS as exc:
+            raise _Trouble(exc, answered=False) from None
+        with self._reading(resource.kind, response):
+            if self._stale(resource.kind, progress):
+                return  # a relist ran since this watch began (and may have missed cutting it)
             buffer = b""
             while not self._stop.is_set():
-                data = response.read1(65536)
+                try:
+                    data = response.read1(65536)
+                except _API_ERRORS as exc:
+                    raise _Trouble(exc, answered=True) from None
                 if not data:
                     break
                 buffer += data
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if line.strip():
-                        progress.version = self._handle(resource, json.loads(line), progress.version)
-                        progress.events += 1
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        raise _Trouble("a watch event is not JSON", answered=True) from None
+                    if not self._handle(resource, event, progress):
+                        return
 
-    def _handle(self, resource: _Resource, event: dict[str, Any], version: str) -> str:
-        kind, obj = event.get("type"), event.get("object") or {}
-        if kind == "ERROR":
-            if obj.get("code") == 410 or obj.get("reason") in ("Expired", "Gone"):
+    def _handle(self, resource: _Resource, event: Any, progress: _Progress) -> bool:
+        """Apply one watch event; False when the watch is stale (a newer list was applied)."""
+        kind = resource.kind
+        if not isinstance(event, dict):
+            log.warning("skipping a malformed watch event", kind=kind, event=str(event)[:100])
+            return True
+        event_type, obj = event.get("type"), event.get("object")
+        if event_type == "ERROR":
+            status = obj if isinstance(obj, dict) else {}
+            if status.get("code") == 410 or status.get("reason") in ("Expired", "Gone"):
                 raise _Gone()
-            raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
-        new_version = (obj.get("metadata") or {}).get("resourceVersion") or version
-        if kind in ("ADDED", "MODIFIED"):
-            obj["kind"] = resource.kind
-            self._tracker.upsert(resource.kind, obj)
-        elif kind == "DELETED":
-            obj["kind"] = resource.kind
-            self._tracker.delete(resource.kind, obj)
-        elif kind != "BOOKMARK":
-            log.warning("unknown watch event", kind=resource.kind, type=kind)
-            return version
-        return new_version
+            raise _Trouble(f"watch error {status.get('code')}: {status.get('message')}", answered=True)
+        if event_type not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+            log.warning("unknown watch event", kind=kind, type=str(event_type)[:40])
+            return True
+        if isinstance(obj, dict):
+            obj["kind"] = kind
+        with self._state:  # ordered against lists: an event of a stale watch is dropped
+            cursor = self._cursors[kind]
+            if cursor.generation != progress.generation:
+                return False
+            if event_type == "DELETED":
+                self._tracker.delete(kind, obj)
+            elif event_type != "BOOKMARK":
+                self._tracker.upsert(kind, obj)  # a malformed object: one warning, then skipped
+            cursor.version = _resource_version(obj) or cursor.version
+        progress.events += 1
+        return True
 
     # --- stopping promptly -------------------------------------------------------------
 
     @contextmanager
-    def _reading(self, response: Any) -> Iterator[None]:
+    def _reading(self, kind: str, response: Any) -> Iterator[None]:
         """Register a response while it is read, so the stopper can cut it; close it after."""
         with self._open_lock:
-            self._open.add(response)
+            self._open[kind].add(response)
         try:
             if self._stop.is_set():
                 _shutdown(response)  # the stopper may have run just before we registered
             yield
         finally:
             with self._open_lock:
-                self._open.discard(response)
+                self._open[kind].discard(response)
             response.close()
+
+    def _cut(self, kind: str) -> None:
+        with self._open_lock:
+            responses = list(self._open[kind])
+        for response in responses:
+            _shutdown(response)
 
     def _stopper(self) -> None:
         self._stop.wait()
-        with self._open_lock:
-            responses = list(self._open)
-        for response in responses:
-            _shutdown(response)
+        for kind in self._open:
+            self._cut(kind)
+
+
+def _resource_version(obj: Any) -> str:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else ""
 
 
 def _shutdown(response: Any) -> None:
     try:
         response.shutdown()  # urllib3 >= 2.3: shuts the socket's read side
-    except Exception:
+    except Exception:  # noqa: BLE001 - older urllib3, or already closed
         try:
             response.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing is best effort
             pass
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-
-
-def node_ips_from_api(api_client: client.ApiClient, node_name: str, timeout: float = 10.0) -> tuple[IPv4Address, ...]:
-    """This node's IPv4 addresses from its Node object: InternalIP first, else ExternalIP,
-    as upstream picks node IPs when --node-ip is not given. Empty when it cannot tell."""
-    try:
-        response = client.CoreV1Api(api_client).read_node(
-            node_name, _preload_content=False, _request_timeout=timeout)
-        node = json.loads(response.data)
-    except Exception as exc:  # noqa: BLE001 - unknown node or API trouble: caller falls back
-        log.warning("cannot read this node's addresses from the API", node=node_name, error=_describe(exc))
-        return ()
-    addresses = node.get("status", {}).get("addresses") or []
-    for wanted in ("InternalIP", "ExternalIP"):
-        found = []
-        for entry in addresses:
-            if entry.get("type") != wanted:
-                continue
-            try:
-                ip = ip_address(entry.get("address", ""))
-            except ValueError:
-                continue
-            if isinstance(ip, IPv4Address):
-                found.append(ip)
-        if found:
-            return tuple(found[:1])
-    return ()

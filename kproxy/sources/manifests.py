@@ -55,13 +55,16 @@ def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
     return [p]
 
 
-def load_manifests(path: str | os.PathLike[str],
-                   kinds: Collection[str] | None = SOURCE_KINDS) -> list[dict[str, Any]]:
-    """The objects of these kinds (None: every kind) in `path`, in file then document order."""
+def load_manifests(path: str | os.PathLike[str], kinds: Collection[str] | None = SOURCE_KINDS,
+                   skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """The objects of these kinds (None: every kind) in `path`, in file then document order.
+    A list item that is not an object is left out with a warning (and described in
+    `skipped` when given); a document that is not one is a ManifestError."""
     objects: list[dict[str, Any]] = []
+    left_out = [] if skipped is None else skipped
     for file in manifest_files(path):
         for doc in _documents(file):
-            objects.extend(obj for obj in _flatten(doc, file) if kinds is None or obj.get("kind") in kinds)
+            objects.extend(obj for obj in _flatten(doc, file, left_out) if kinds is None or obj.get("kind") in kinds)
     return objects
 
 
@@ -174,26 +177,36 @@ def _build(parser: Any) -> list[Any]:
 _NO_KEY = object()
 
 
-def _flatten(doc: Any, file: Path) -> Iterator[dict[str, Any]]:
+def _flatten(doc: Any, file: Path, skipped: list[str], where: str = "") -> Iterator[dict[str, Any]]:
     """Objects of one document: a `List`/`*List` is unpacked; empty documents are skipped."""
     if doc is None:
         return
     if isinstance(doc, list):  # a bare JSON array of objects
-        for item in doc:
-            yield from _flatten(item, file)
+        for i, item in enumerate(doc):
+            yield from _item(item, file, skipped, f"{where}[{i}]")
         return
     if not isinstance(doc, dict):
         raise ManifestError(f"{file}: not an object: a document is {str(doc)[:60]!r}")
-    kind = doc.get("kind") or ""
+    kind = doc.get("kind")
+    kind = kind if isinstance(kind, str) else ""  # another shape: not a kind kproxy reads
     if kind.endswith("List") and isinstance(doc.get("items"), list):
         # API list bodies (ServiceList) carry no kind on their items: restore it.
         item_kind = kind[: -len("List")] or None
-        for item in doc["items"]:
+        for i, item in enumerate(doc["items"]):
             if isinstance(item, dict) and item_kind and "kind" not in item:
                 item = {**item, "kind": item_kind}
-            yield from _flatten(item, file)
+            yield from _item(item, file, skipped, f"{where}.items[{i}]")
         return
     yield doc
+
+
+def _item(item: Any, file: Path, skipped: list[str], where: str) -> Iterator[dict[str, Any]]:
+    if isinstance(item, dict | list) or item is None:
+        yield from _flatten(item, file, skipped, where)
+        return
+    log.warning("skipping a list item that is not an object", file=str(file), item=where.lstrip("."),
+                value=str(item)[:60])
+    skipped.append(f"{file}: {where.lstrip('.')}")
 
 
 def _one_line(exc: Exception) -> str:
@@ -207,15 +220,18 @@ class ManifestSource:
         self.path = Path(path)
         self._tracker = tracker
         self._fingerprint: Fingerprint | None = None
+        self.skipped = 0  # list items of the last load that were not objects
 
     def load_once(self) -> None:
         """Load everything and replace the tracker's state. Raises ManifestError."""
         # Fingerprint before reading: a write racing the read is seen by the next poll.
         fingerprint = self.fingerprint()
-        objects = load_manifests(self.path)
-        for kind in SOURCE_KINDS:
-            self._tracker.replace(kind, [o for o in objects if o.get("kind") == kind])
+        skipped: list[str] = []
+        objects = load_manifests(self.path, skipped=skipped)
+        # One transaction: a sync never sees the new Services with the old slices.
+        self._tracker.replace_all({kind: [o for o in objects if o.get("kind") == kind] for kind in SOURCE_KINDS})
         self._fingerprint = fingerprint
+        self.skipped = len(skipped)
         log.debug("manifests loaded", path=str(self.path), objects=len(objects))
 
     def fingerprint(self) -> Fingerprint:

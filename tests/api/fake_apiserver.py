@@ -6,7 +6,10 @@ Serves /api/v1/services and /apis/discovery.k8s.io/v1/endpointslices:
 - watch (`?watch=true&resourceVersion=N`): chunked newline-delimited JSON events after N
   (ADDED/MODIFIED/DELETED/BOOKMARK), ending after timeoutSeconds;
 - 410 Gone for a watch from a version older than the last `expire()`, either as an
-  ERROR event in a 200 stream (the watch cache's way) or as an HTTP 410 Status.
+  ERROR event in a 200 stream (the watch cache's way) or as an HTTP 410 Status;
+- faults: `drop_watches()` cuts open watches mid-stream, `stall_next()` makes the next
+  list or watch response stop halfway through its body, and `apply(obj, kind=, key=)`
+  stores an object of any shape (a malformed one) as a server that does not validate.
 
 The `Store` outlives a `FakeApiServer`, so a test can stop the server, change objects
 and start a new server on the same port: a client resuming its watch gets the events it
@@ -16,13 +19,16 @@ missed, as from a real API server that came back.
 from __future__ import annotations
 
 import copy
+import ctypes
 import json
+import os
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 PATHS = {
@@ -31,6 +37,7 @@ PATHS = {
     "/api/v1/nodes": ("nodes", "Node", "v1"),
 }
 RESOURCE_OF_KIND = {"Service": "services", "EndpointSlice": "endpointslices", "Node": "nodes"}
+STALL_S = 30.0  # a stalled response is given up by the server after this long at most
 
 
 class Store:
@@ -45,20 +52,33 @@ class Store:
         self.generation = 0  # bumped by expire(): open watches end with 410
         self.frozen = False  # open watches deliver nothing while frozen
         self.gone_mode = gone_mode  # "event" or "http"
+        self.drops = 0  # bumped by drop_watches(): open watches are cut mid-stream
+        self.stalls: list[tuple[str, str]] = []  # one-shot (resource, "list"|"watch") stalls mid-body
+        self.stalled: Counter[tuple[str, str]] = Counter()  # stalls served
         self.calls: Counter[tuple[str, str]] = Counter()  # (resource, "list"|"watch")
         self.watch_versions: list[tuple[str, str]] = []  # (resource, resourceVersion asked)
 
     # --- changes, as a controller would make them -------------------------------------
 
-    def apply(self, obj: dict[str, Any]) -> int:
-        """Create or replace an object (by kind/namespace/name); returns its version."""
-        resource = RESOURCE_OF_KIND[obj["kind"]]
+    def apply(self, obj: Any, *, kind: str | None = None, key: tuple[str, str] | None = None) -> int:
+        """Create or replace an object (by kind/namespace/name); returns its version.
+
+        With `kind` and `key` the object is stored under that key as it is, whatever its
+        shape (a malformed object: a list, metadata a string, ...), as a server that does
+        not validate would serve it; its resourceVersion is set if it has metadata."""
         obj = copy.deepcopy(obj)
-        meta = obj.setdefault("metadata", {})
-        key = (meta.setdefault("namespace", "default"), meta["name"])
+        if key is None:
+            kind = obj["kind"]
+            meta = obj.setdefault("metadata", {})
+            key = (meta.setdefault("namespace", "default"), meta["name"])
+        else:
+            meta = obj.get("metadata") if isinstance(obj, dict) else None
+        assert kind is not None
+        resource = RESOURCE_OF_KIND[kind]
         with self.cond:
             self.version += 1
-            meta["resourceVersion"] = str(self.version)
+            if isinstance(meta, dict):
+                meta["resourceVersion"] = str(self.version)
             event = "MODIFIED" if key in self.objects[resource] else "ADDED"
             self.objects[resource][key] = obj
             self.history[resource].append((self.version, event, obj))
@@ -70,7 +90,9 @@ class Store:
         with self.cond:
             obj = copy.deepcopy(self.objects[resource].pop((namespace, name)))
             self.version += 1
-            obj["metadata"]["resourceVersion"] = str(self.version)
+            meta = obj.get("metadata") if isinstance(obj, dict) else None
+            if isinstance(meta, dict):
+                meta["resourceVersion"] = str(self.version)
             self.history[resource].append((self.version, "DELETED", obj))
             self.cond.notify_all()
 
@@ -89,6 +111,27 @@ class Store:
         with self.cond:
             self.frozen = True
 
+    def drop_watches(self) -> None:
+        """Cut every open watch mid-stream (no terminating chunk); the server stays up."""
+        with self.cond:
+            self.drops += 1
+            self.cond.notify_all()
+
+    def stall_next(self, resource: str, what: str) -> None:
+        """The next `what` ("list" or "watch") response of `resource` sends half of its body
+        (for a watch: half of its next event's line) and then nothing, until the client
+        gives up or the server stops (at most STALL_S)."""
+        with self.cond:
+            self.stalls.append((resource, what))
+
+    def take_stall(self, resource: str, what: str) -> bool:
+        with self.cond:
+            if (resource, what) not in self.stalls:
+                return False
+            self.stalls.remove((resource, what))
+            self.stalled[(resource, what)] += 1
+            return True
+
     def expire(self) -> None:
         """Compact history: open watches end with 410 and older versions are Gone."""
         with self.cond:
@@ -105,8 +148,9 @@ class Store:
             items = []
             for key in sorted(self.objects[resource]):
                 item = copy.deepcopy(self.objects[resource][key])
-                item.pop("kind", None)
-                item.pop("apiVersion", None)
+                if isinstance(item, dict):
+                    item.pop("kind", None)
+                    item.pop("apiVersion", None)
                 items.append(item)
             return {
                 "kind": f"{kind}List",
@@ -183,7 +227,22 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             resource, kind, api_version = PATHS[url.path]
             if query.get("watch") in ("true", "1"):
                 return self._watch(resource, query)
-            return self._json(200, store.list_body(resource, kind, api_version))
+            body = store.list_body(resource, kind, api_version)
+            if store.take_stall(resource, "list"):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                return self._stall()
+            return self._json(200, body)
+
+        def _stall(self) -> None:
+            """Send nothing more: wait for the server to stop (bounded), then close."""
+            server.stopping.wait(STALL_S)
+            self.close_connection = True
 
         def _json(self, code: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
@@ -205,6 +264,7 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 store.watch_versions.append((resource, query.get("resourceVersion", "")))
                 gone = since < store.oldest
                 generation = store.generation
+                drops = store.drops
                 history = store.history[resource]
                 index = next((i for i, (v, _, _) in enumerate(history) if v > since), len(history))
             gone_event = {"type": "ERROR", "object": _status(410, "Expired", f"too old resource version: {since}")}
@@ -222,14 +282,23 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                     while not server.stopping.is_set() and time.monotonic() < deadline:
                         with store.cond:
                             store.cond.wait_for(
-                                lambda: server.stopping.is_set()
+                                lambda index=index: server.stopping.is_set()
                                 or store.generation != generation
+                                or store.drops != drops
                                 or (not store.frozen and len(history) > index),
                                 timeout=min(0.1, max(0.0, deadline - time.monotonic())),
                             )
                             expired = store.generation != generation
+                            dropped = store.drops != drops
                             pending = [] if store.frozen else history[index:]
                             index += len(pending)
+                        if dropped:
+                            self.close_connection = True
+                            return  # cut mid-stream, no terminating chunk
+                        if pending and store.take_stall(resource, "watch"):
+                            line = json.dumps({"type": pending[0][1], "object": pending[0][2]}).encode()
+                            self._chunk(line[: len(line) // 2])
+                            return self._stall()
                         if expired:
                             if store.gone_mode == "event":
                                 self._chunk(json.dumps(gone_event).encode() + b"\n")
@@ -248,7 +317,39 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message}
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
+            "message": message}
+
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def in_netns(netns: str, make: Callable[[], T]) -> T:
+    """Call `make` in a thread that joined network namespace `netns` (by its name under
+    /run/netns): sockets it opens, such as a FakeApiServer's, live there."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                out["error"] = OSError(ctypes.get_errno(), "setns failed")
+                return
+        finally:
+            os.close(fd)
+        try:
+            out["value"] = make()
+        except Exception as err:  # noqa: BLE001 - handed to the caller
+            out["error"] = err
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout=10)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]  # type: ignore[no-any-return]
 
 
 def write_kubeconfig(path: Any, url: str) -> None:

@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,12 @@ class LabRun:
                               env=self.env, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"kproxy lab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def kproxy_raw(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`kproxy lab ACTION ...` as given (say, --name after the action)."""
+        proc = subprocess.run([*KPROXY, "lab", *args], capture_output=True, text=True, env=self.env, timeout=120)
+        assert proc.returncode == 0, f"kproxy lab {' '.join(args)} exited {proc.returncode}\n{proc.stderr}"
         return proc
 
     def state(self) -> dict:
@@ -127,7 +134,7 @@ def test_trace_on_each_hop_matches_where_requests_landed(lab):
     lab.requests("https://website1.com/", count=6)
     access = (lab.root / lab.name / "pods" / "ingress-nginx-controller-1" / "access.log").read_text()
     sources = {line.split()[0] for line in access.splitlines()}
-    assert sources and all(s.startswith("10.1.1.") or s.startswith("10.244.") for s in sources)
+    assert sources and all(s.startswith(("10.1.1.", "10.244.")) for s in sources)
     assert "198.51.100.100" not in sources
     # hop ClusterIP on the controller's node: the website pods, not masqueraded
     status = lab.kproxy("status").stdout
@@ -175,6 +182,26 @@ def test_scaling_changes_slices_and_every_node_follows(lab):
     assert not [ns for ns in lab.namespaces() if ns.endswith(("website2fe-3", "website2fe-5"))]
     results = lab.requests("https://website2.com/", count=12)
     assert all(r["status"] == 200 for r in results) and {pod_of(r["body"])[0] for r in results} <= remaining
+    # to 0: while every pod is terminating the rules keep them (the fallback); then none
+    scaled = lab.kproxy("scale", "website2fe", "0", timeout=90)
+    assert "website2fe: 0 replica(s) (+0 -2)" in scaled.stdout, scaled.stdout
+    assert lab.pods("website2fe-") == {}
+    for node in ("node1", "node2"):
+        dump = json.loads(lab.kproxy("exec", node, "--", "kproxy", "dump", "--json").stdout)
+        (sp,) = [sp for sp in dump["service_ports"] if sp["name"] == "default/website2fe:http"]
+        assert all(fe["endpoints"] == [] for fe in sp["frontends"]), sp
+    lab.kproxy("scale", "website2fe", "2")  # the pods come back with the IPs (and MACs) they had
+    results = lab.requests("https://website2.com/", count=4)
+    assert all(r["status"] == 200 for r in results), results
+
+
+def test_status_into_a_closed_pipe_ends_quietly(lab):
+    proc = subprocess.Popen([*KPROXY, "lab", "status", "--name", lab.name], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=lab.env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # `| head` that has already gone
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and err == "", err
 
 
 def test_exec_and_bad_input_get_one_line_errors(lab):
@@ -187,22 +214,83 @@ def test_exec_and_bad_input_get_one_line_errors(lab):
 
 def test_up_after_a_crash_cleans_leftovers_and_down_leaves_nothing(tmp_path):
     run = LabRun(f"kpt{secrets.token_hex(3)}", tmp_path)
+    state = tmp_path / run.name / "state.json"
     try:
-        run.kproxy("up", "--nodes", "2", "--no-walk")
-        first = sorted(run.namespaces())
-        # a crash: the state file is gone, namespaces and processes are still there
-        (tmp_path / run.name / "state.json").unlink()
-        assert run.processes()
+        # a crash: `up` killed half-way, once pods are being made (namespaces, processes left)
+        up = subprocess.Popen([*KPROXY, "lab", "--name", run.name, "up", "--nodes", "2", "--no-walk"],
+                              env=run.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while up.poll() is None and time.monotonic() < deadline:
+            recorded = json.loads(state.read_text())["namespaces"] if state.exists() else []
+            if any("website" in ns for ns in recorded):
+                break
+            time.sleep(0.05)
+        up.kill()
+        up.wait(10)
+        assert run.namespaces()
         again = run.kproxy("up", "--nodes", "2", "--no-walk")
-        assert "removing the leftovers" in again.stdout
-        assert sorted(run.namespaces()) == first
+        assert "removing the leftovers" in again.stdout and "left alone" not in again.stdout
+        first = sorted(run.namespaces())
         assert all(r["status"] == 200 for r in run.requests("https://website1.com/", count=4))
+        assert sorted(run.state()["namespaces"]) == first
     finally:
         run.kproxy("down", check=False)
     assert run.namespaces() == []
     assert run.processes() == []
     assert not (tmp_path / run.name).exists()
     assert not list(Path("/etc/netns").glob(f"{run.name}-*"))
+
+
+class Foreign:
+    """A namespace someone else made that happens to carry a lab's prefix, with a process
+    in it. Made and removed by the test itself (by its own record, never by prefix)."""
+
+    def __init__(self, name: str) -> None:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.name = name
+        self.proc = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "600"])
+
+    def intact(self) -> bool:
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return self.proc.poll() is None and self.name in {line.split()[0] for line in listing.splitlines() if line}
+
+    def remove(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        subprocess.run(["ip", "netns", "delete", self.name], check=False)
+
+
+def test_the_lab_never_touches_namespaces_it_did_not_make(tmp_path):
+    """`down` of a lab that never existed, `up` (twice: the second removes the first's
+    leftovers) and `down` remove only what the state file records; a namespace that merely
+    carries the prefix, and its process, survive every step and are named."""
+    run = LabRun(f"kpt{secrets.token_hex(3)}", tmp_path)
+    mine = Foreign(f"{run.name}-mine")
+    taken = Foreign(f"kpt{secrets.token_hex(3)}-lan")  # a name a lab would need
+    try:
+        down = run.kproxy("down")
+        assert mine.intact() and "nothing removed" in down.stdout and f"left alone: {mine.name}" in down.stdout
+        up = run.kproxy("up", "--nodes", "1", "--no-walk")
+        assert mine.intact() and mine.name in up.stdout
+        assert mine.name not in run.state()["namespaces"]
+        # --name after the action works too
+        again = run.kproxy_raw("up", "--name", run.name, "--nodes", "1", "--no-walk")
+        assert "removing the leftovers" in again.stdout and mine.intact()
+        assert all(r["status"] == 200 for r in run.requests("https://website1.com/", count=2))
+        down = run.kproxy_raw("down", "--name", run.name)
+        assert mine.intact() and f"left alone: {mine.name}" in down.stdout
+        assert run.namespaces() == [mine.name]
+
+        # a name the lab needs is someone else's: refused before anything is made
+        other = LabRun(taken.name.split("-")[0], tmp_path)
+        refused = other.kproxy("up", "--nodes", "1", "--no-walk", check=False)
+        assert refused.returncode == 1 and f"namespace(s) {taken.name} exist but are not lab" in refused.stderr
+        assert taken.intact() and other.namespaces() == [taken.name]
+        assert not (tmp_path / other.name).exists()
+    finally:
+        run.kproxy("down", check=False)
+        mine.remove()
+        taken.remove()
 
 
 def test_own_manifests_local_policy_keeps_the_client_address_and_affinity_holds(tmp_path):

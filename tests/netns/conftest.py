@@ -48,11 +48,5 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture(params=PROXY_MODES)
 def kproxy(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Kproxy]:
     """kproxy in node1, once per backend: every data-plane test runs for each."""
-    k = Kproxy(cluster, tmp_path, mode=request.param)
-    k.reset()
-    try:
+    with Kproxy.in_node1(cluster, tmp_path, request.param) as k:
         yield k
-    finally:
-        # Shown by pytest only when the test fails.
-        k.report()
-        k.reset()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from manifests import write_manifests
 from topology import CLUSTER_CIDR, NODE1_IP, SERVICE_CIDR, TIME_SCALE, Cluster
+
+from manifests import write_manifests
 
 HERE = Path(__file__).resolve().parent
 
@@ -119,6 +121,18 @@ class Kproxy:
                     self.cluster.run("node1", f"{cmd}-legacy", "-t", table, "-X", check=False)
         self.cluster.run("node1", "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0", check=False)
         self.cluster.run("node1", "conntrack", "-F", check=False)
+
+    @classmethod
+    @contextmanager
+    def in_node1(cls, cluster: Cluster, workdir: Path, mode: str) -> Iterator[Kproxy]:
+        """A clean node1 for one test; what the test left is shown on failure, then removed."""
+        k = cls(cluster, workdir, mode=mode)
+        k.reset()
+        try:
+            yield k
+        finally:
+            k.report()  # pytest shows it only when the test failed
+            k.reset()
 
     def report(self) -> None:
         for proc, log in self.agents:

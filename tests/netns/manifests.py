@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
-
 from topology import Pod
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import traffic
-from kproxy_lab import Kproxy
-from manifests import endpoint, endpoint_slice, port, service, slice_port
+from kproxy_lab import NODE_FLAGS, Kproxy
 from topology import Cluster
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
 
 pytestmark = pytest.mark.netns
 
@@ -108,3 +110,32 @@ def test_established_connection_survives_agent_restart_and_cleanup_removes_table
     # With no rules, the ClusterIP is just an address node1 routes to its default gateway.
     r = traffic.tcp(pod1.ns, "10.96.0.80", 80, count=1, timeout=1.0)
     assert not r.pods, r
+
+
+@pytest.mark.parametrize("kproxy", ["nftables"], indirect=True)
+def test_a_busy_metrics_or_healthz_port_is_retried_then_fatal(cluster: Cluster, kproxy: Kproxy) -> None:
+    """Upstream retries a server that cannot bind every 5 s (bindAddressHardFail: exit at
+    once). kproxy retries too, then exits non-zero, so the cause is not hidden behind a
+    failing liveness probe."""
+    first = kproxy.start(svc(cluster, "echo", "10.96.0.81", ["pod4"]))  # holds :10249 and :10256
+    kproxy.wait_synced(first)
+    base = [kproxy.binary, "run", "--manifests", str(kproxy.manifests), *NODE_FLAGS]
+
+    hard = kproxy.cli(*base[1:], "--bind-address-hard-fail", check=False, timeout=30)
+    assert hard.returncode == 1, hard.stderr
+    assert hard.stderr.splitlines()[-1] == (
+        "kproxy: error: cannot serve metrics on 127.0.0.1:10249: Address already in use (bind address hard fail)")
+    assert "synced" not in hard.stderr  # nothing was programmed
+
+    # the default: retried (every 5 s, for 60 s; shortened here), then exit 1 naming the address
+    quick = ("import sys; from kproxy.cli import main, wiring; wiring.BIND_RETRY_S = 0.2; "
+             "wiring.BIND_GIVE_UP_S = 1.0; sys.exit(main(sys.argv[1:]))")
+    soft = cluster.run("node1", sys.executable, "-c", quick, *base[1:], "--healthz-bind-address", "0.0.0.0:10256",
+                       "--metrics-bind-address", "127.0.0.1:10249", check=False, timeout=30)
+    assert soft.returncode == 1, soft.stderr
+    assert "cannot serve; retrying every 0.2s, exiting after 1s" in soft.stderr  # 5s and 60s unpatched
+    assert "cannot serve yet; retrying" in soft.stderr
+    assert soft.stderr.splitlines()[-1].startswith(
+        "kproxy: error: cannot serve metrics on 127.0.0.1:10249: Address already in use; "
+        "healthz on 0.0.0.0:10256: Address already in use (retried for 1s)"), soft.stderr
+    assert first.poll() is None  # the first agent is untouched

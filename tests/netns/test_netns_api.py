@@ -7,53 +7,20 @@ crosses into the host's network namespace.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
-
 from kproxy_lab import NODE_FLAGS, Kproxy
-from tests.api.fake_apiserver import FakeApiServer, Store, write_kubeconfig
-from tests.builders import endpoint, endpoint_slice, service
 from topology import Cluster
 
+from tests.api.fake_apiserver import FakeApiServer, Store, in_netns, write_kubeconfig
+from tests.builders import endpoint, endpoint_slice, service
+
 pytestmark = pytest.mark.netns
-
-CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
-
-
-def in_netns(netns: str, make: Callable[[], T]) -> T:
-    """Call `make` in a thread that joined `netns`: sockets it opens live there."""
-    out: dict[str, object] = {}
-
-    def target() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                out["error"] = OSError(ctypes.get_errno(), "setns failed")
-                return
-        finally:
-            os.close(fd)
-        try:
-            out["value"] = make()
-        except Exception as err:  # noqa: BLE001 - handed to the caller
-            out["error"] = err
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(timeout=10)
-    if "error" in out:
-        raise out["error"]  # type: ignore[misc]
-    return out["value"]  # type: ignore[return-value]
 
 
 def web_slice(*ips: str) -> dict:
@@ -113,7 +80,7 @@ def start_with_web(cluster: Cluster, kproxy: Kproxy, store: Store, kubeconfig: P
 
 
 def test_create_update_delete_reach_the_kernel(cluster, kproxy, api):
-    store, servers, kubeconfig = api
+    store, _servers, kubeconfig = api
     agent = start_with_web(cluster, kproxy, store, kubeconfig)
 
     store.apply(web_slice("10.244.1.2", "10.244.1.3"))  # update
@@ -125,7 +92,7 @@ def test_create_update_delete_reach_the_kernel(cluster, kproxy, api):
 
 
 def test_410_gone_triggers_a_relist_that_catches_up(cluster, kproxy, api):
-    store, servers, kubeconfig = api
+    store, _servers, kubeconfig = api
     agent = start_with_web(cluster, kproxy, store, kubeconfig)
     lists_before = store.calls[("endpointslices", "list")]
 

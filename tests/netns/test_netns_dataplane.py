@@ -13,13 +13,14 @@ import json
 import pytest
 import traffic
 from kproxy_lab import Kproxy
-from manifests import endpoint, endpoint_slice, port, service, slice_port
 from topology import (
     NODE1_BRIDGE_IP,
     NODE1_IP,
     NODE1_OTHER_IP,
     Cluster,
 )
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
 
 pytestmark = pytest.mark.netns
 

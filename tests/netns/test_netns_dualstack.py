@@ -8,7 +8,6 @@ import json
 import pytest
 import traffic
 from kproxy_lab import Kproxy
-from manifests import endpoint_slice, port, service, slice_port
 from topology import (
     CLIENT_IP6,
     CLUSTER_CIDR,
@@ -19,6 +18,8 @@ from topology import (
     SERVICE_CIDR6,
     Cluster,
 )
+
+from manifests import endpoint_slice, port, service, slice_port
 
 # both backends (the kproxy fixture is parametrized over the proxy modes)
 pytestmark = pytest.mark.netns
@@ -78,6 +79,7 @@ def test_dump_shows_both_families(cluster: Cluster, kproxy: Kproxy) -> None:
     view = json.loads(kproxy.cli("dump", "--json").stdout)
     (sp,) = [p for p in view["service_ports"] if p["name"] == "default/dual"]
     got = {(fe["kind"], fe["address"]): fe["endpoints"] for fe in sp["frontends"] if fe["kind"] == "ClusterIP"}
+    # IPv6 bracketed, as trace prints it
     assert got == {("ClusterIP", f"{V4}:80"): [f"{cluster.pods['pod2'].ip}:8080"],
-                   ("ClusterIP", f"{V6}:80"): [f"{cluster.pods['pod2'].ip6}:8080"]}
+                   ("ClusterIP", f"[{V6}]:80"): [f"[{cluster.pods['pod2'].ip6}]:8080"]}
     assert CLIENT_IP6  # the client's IPv6 address exists in the lab (used above as the source)

@@ -8,8 +8,9 @@ import json
 import pytest
 import traffic
 from kproxy_lab import Kproxy
-from manifests import endpoint, endpoint_slice, port, service, slice_port
 from topology import NODE1_BRIDGE_IP, NODE1_IP, Cluster
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
 
 pytestmark = [pytest.mark.netns, pytest.mark.parametrize("kproxy", ["iptables"], indirect=True)]
 
@@ -50,7 +51,7 @@ def test_variant_follows_the_node_and_the_flag(cluster: Cluster, kproxy: Kproxy)
     serves(cluster)
     view = json.loads(kproxy.cli("dump", "--json").stdout)
     (web_port,) = [sp for sp in view["service_ports"] if sp["name"] == "default/web"]
-    cluster_ip = [fe for fe in web_port["frontends"] if fe["kind"] == "ClusterIP"][0]
+    cluster_ip = next(fe for fe in web_port["frontends"] if fe["kind"] == "ClusterIP")
     assert sorted(cluster_ip["endpoints"]) == sorted(f"{cluster.pods[p].ip}:8080" for p in ("pod2", "pod4"))
 
     # The flag wins over detection; the legacy rules of the earlier run are removed
@@ -63,15 +64,25 @@ def test_variant_follows_the_node_and_the_flag(cluster: Cluster, kproxy: Kproxy)
     serves(cluster)
 
 
+def switch_line(stderr: str) -> str:
+    (line,) = [line for line in stderr.splitlines() if "removed the rules of" in line]
+    return line.split("] ", 1)[1]
+
+
 def test_switching_modes_removes_the_other_modes_rules(cluster: Cluster, kproxy: Kproxy) -> None:
-    kproxy.sync(web(cluster), "--proxy-mode", "nftables")
-    assert "table ip kproxy" in kproxy.tables()
+    out = kproxy.sync(web(cluster), "--proxy-mode", "nftables")
+    assert "table ip kproxy" in kproxy.tables() and "removed the rules of" not in out.stderr
     serves(cluster)
-    kproxy.sync(web(cluster), "--proxy-mode", "iptables")
+    out = kproxy.sync(web(cluster), "--proxy-mode", "iptables")
     assert "table ip kproxy" not in kproxy.tables() and holds_rules(kproxy, "nft")
+    # the log names the mode whose rules went, then the one now programmed
+    assert switch_line(out.stderr) == ("removed the rules of the nftables mode before programming iptables "
+                                       "removed_mode=nftables proxy_mode=iptables")
     serves(cluster)
-    kproxy.sync(web(cluster), "--proxy-mode", "nftables")
+    out = kproxy.sync(web(cluster), "--proxy-mode", "nftables")
     assert "table ip kproxy" in kproxy.tables()
+    assert switch_line(out.stderr) == ("removed the rules of the iptables mode before programming nftables "
+                                       "removed_mode=iptables proxy_mode=nftables")
     assert not holds_rules(kproxy, "nft") and not holds_rules(kproxy, "legacy")
     serves(cluster)
     kproxy.cli("cleanup")
@@ -97,7 +108,35 @@ def test_node_ports_on_localhost_and_their_flag(cluster: Cluster, kproxy: Kproxy
     assert set(r.pods) == {"pod2", "pod4"} and not r.failures, r
 
 
+def route_localnet(kproxy: Kproxy) -> str:
+    return kproxy.cluster.run("node1", "sysctl", "-n", "net.ipv4.conf.all.route_localnet").stdout.strip()
+
+
+def test_route_localnet_is_set_back_only_when_kproxy_changed_it(cluster: Cluster, kproxy: Kproxy) -> None:
+    assert route_localnet(kproxy) == "0"
+    kproxy.sync(web(cluster))
+    kproxy.sync(web(cluster))  # a second agent start keeps the first record (the value before kproxy)
+    assert route_localnet(kproxy) == "1"
+    kproxy.cli("cleanup")
+    assert route_localnet(kproxy) == "0"
+    # switching to nftables mode removes the rules that needed it: set back too
+    kproxy.sync(web(cluster))
+    kproxy.sync(web(cluster), "--proxy-mode", "nftables")
+    assert route_localnet(kproxy) == "0"
+    serves(cluster)
+    kproxy.cli("cleanup")
+    # someone else's setting: kproxy found 1, so it leaves 1
+    kproxy.cluster.sysctl("node1", "net.ipv4.conf.all.route_localnet", "1")
+    kproxy.sync(web(cluster))
+    kproxy.cli("cleanup")
+    assert route_localnet(kproxy) == "1"
+
+
 def test_dump_text_and_raw(cluster: Cluster, kproxy: Kproxy) -> None:
+    # nothing programmed yet: said, in every form, exit 0
+    for args in (("dump",), ("dump", "--raw"), ("dump", "--raw", "--proxy-mode", "iptables"),
+                 ("dump", "--raw", "--proxy-mode", "nftables")):
+        assert kproxy.cli(*args).stdout == "kproxy has programmed nothing on this node (no kproxy table)\n", args
     kproxy.sync(web(cluster))
     text = kproxy.cli("dump").stdout
     assert "default/web (TCP)" in text and f"{WEB_IP}:80" in text, text

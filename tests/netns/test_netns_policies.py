@@ -7,12 +7,13 @@ the cluster. Each test asserts which pod answered and the source address it saw.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import traffic
-from kproxy_lab import Kproxy
-from manifests import endpoint, endpoint_slice, port, service, slice_port
 from topology import CLIENT_IP, CLIENT_OTHER_IP, NODE1_BRIDGE_IP, NODE1_IP, Cluster
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
 
 pytestmark = pytest.mark.netns
 
@@ -221,7 +222,8 @@ def test_udp_flow_started_without_endpoints_works_once_they_appear(cluster, kpro
 
 def test_conntrack_sysctls_are_set_in_the_nodes_namespace_only_when_asked(cluster, kproxy):
     key = "net.netfilter.nf_conntrack_tcp_timeout_established"
-    before_host = open("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established").read().strip()
+    host_value = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established")
+    before_host = host_value.read_text().strip()
     read = lambda: cluster.run("node1", "sysctl", "-n", key).stdout.strip()  # noqa: E731
     cluster.run("node1", "sysctl", "-w", f"{key}=432000")
     kproxy.sync(udp_service(cluster, ["pod2"]))
@@ -230,7 +232,7 @@ def test_conntrack_sysctls_are_set_in_the_nodes_namespace_only_when_asked(cluste
                 "--conntrack-tcp-be-liberal")
     assert read() == "7200"
     assert cluster.run("node1", "sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal").stdout.strip() == "1"
-    assert open("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established").read().strip() == before_host
+    assert host_value.read_text().strip() == before_host
     cluster.run("node1", "sysctl", "-w", f"{key}=432000", "net.netfilter.nf_conntrack_tcp_be_liberal=0")
 
 

@@ -8,7 +8,6 @@ import json
 import pytest
 import traffic
 from kproxy_lab import PROXY_MODES, Kproxy
-from manifests import endpoint, endpoint_slice, port, service, slice_port
 from topology import (
     CLIENT_IP,
     CLIENT_IP6,
@@ -21,6 +20,8 @@ from topology import (
     SERVICE_CIDR6,
     Cluster,
 )
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
 
 pytestmark = [pytest.mark.netns, pytest.mark.parametrize("kproxy", PROXY_MODES, indirect=True)]
 
@@ -67,7 +68,8 @@ def test_cluster_ip_node_port_and_local_policy(cluster, kproxy):
     kproxy.sync(objects(cluster))
     pod1 = cluster.pods["pod1"].ip
     t = trace(kproxy, pod1, "10.96.0.50:80")
-    assert (t["verdict"], t["frontend"], t["service_port"], t["masquerade"]) == ("dnat", "ClusterIP", "default/web", False)
+    assert (t["verdict"], t["frontend"], t["service_port"], t["masquerade"]) == (
+        "dnat", "ClusterIP", "default/web", False)
     real = traffic.tcp(cluster.ns("pod1"), "10.96.0.50", 80, count=30)
     assert endpoints_of(cluster, *real.pods) == set(t["endpoints"]) == endpoints_of(cluster, "pod2", "pod4")
     assert set(t["local_endpoints"]) == endpoints_of(cluster, "pod2")  # pod4 is on node2

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 import traffic
-from manifests import endpoint, endpoint_slice, port, service, slice_port
 from topology import CLIENT_IP, NODE1_BRIDGE_IP, NODE1_IP, Cluster
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
 
 pytestmark = [pytest.mark.netns, pytest.mark.parametrize("kproxy", ["nftables"], indirect=True)]
 

@@ -322,7 +322,7 @@ class Cluster:
         for proc in self.processes:
             try:
                 self.stop(proc)
-            except Exception as exc:  # keep going: namespaces must go regardless
+            except Exception as exc:  # noqa: BLE001 - keep going: namespaces must go regardless
                 print(f"could not stop pid {proc.pid}: {exc}", file=sys.stderr)
         # Anything else still running inside our namespaces (e.g. a stray probe).
         for ns in self.namespaces:

@@ -132,7 +132,8 @@ class Holder:
             raise AssertionError("no answer from the held connection")
         line = self.proc.stdout.readline().strip()
         if not line:
-            raise AssertionError(f"held connection ended: {self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+            why = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            raise AssertionError(f"held connection ended: {why}")
         return line
 
     def send(self, text: str) -> str:

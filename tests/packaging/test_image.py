@@ -1,5 +1,5 @@
 """The agent image: built from the Dockerfile with podman (no Docker engine here) and run in
-a throw-away network namespace, as DESIGN.md §7 describes.
+a throw-away network namespace, as docs/DESIGN.md §6 describes.
 
 The Dockerfile's `FROM debian:bookworm-slim` is replaced by a local base made with
 debootstrap (no registry is contacted). That base, localhost/debian:bookworm-min, is kept

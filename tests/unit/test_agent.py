@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kproxy.agent import FULL_SYNC_PERIOD_S, Agent
-from kproxy.backends import SyncResult
+from kproxy.agent import FULL_SYNC_PERIOD_S, Agent, SyncHook
+from kproxy.backends.base import SyncResult
 from kproxy.plan import Plan
 from kproxy.tracker import Tracker
 from tests.builders import endpoint, endpoint_slice, service
@@ -22,6 +22,9 @@ class RecordingBackend:
         self.calls.append((plan, full))
         return SyncResult(full=full and not self.refuse_full, operations=1, render_ms=0.0, apply_ms=0.0)
 
+    def differences(self) -> list[str]:
+        return []
+
 
 class Clock:
     def __init__(self) -> None:
@@ -31,11 +34,12 @@ class Clock:
         return self.now
 
 
-def agent(backend: RecordingBackend, clock: Clock | None = None) -> tuple[Agent, Tracker]:
+def agent(backend: RecordingBackend, clock: Clock | None = None,
+          on_synced: list[SyncHook] | None = None) -> tuple[Agent, Tracker]:
     tracker = Tracker(on_change=lambda: None)
     tracker.replace("Service", [service("web", cluster_ip="10.96.0.10")])
     tracker.replace("EndpointSlice", [endpoint_slice("web", ["10.244.1.2"])])
-    return Agent(NODE, {4: backend}, tracker, clock=clock or Clock()), tracker
+    return Agent(NODE, {4: backend}, tracker, on_synced=on_synced or [], clock=clock or Clock()), tracker
 
 
 def test_first_sync_is_full_then_partial_until_the_full_sync_period_passes():
@@ -81,9 +85,8 @@ def test_zone_comes_from_this_nodes_node_object():
 
 def test_each_plan_and_the_report_go_to_every_callback_after_the_sync():
     backend = RecordingBackend()
-    agent_, _ = agent(backend)
     seen: list[tuple[Plan, object]] = []
-    agent_.on_synced.append(lambda plan, report: seen.append((plan, report)))
+    agent_, _ = agent(backend, on_synced=[lambda plan, report: seen.append((plan, report))])
     report = agent_.sync()
     assert seen == [(backend.calls[0][0], report)]
     assert agent_.last_sync is report

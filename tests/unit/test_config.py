@@ -7,8 +7,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 import yaml
 
-from kproxy.cli import build_parser, main
-from kproxy.config import apply_config_file, format_duration, parse_config, parse_go_duration
+from kproxy.cli import main
+from kproxy.cli.config_file import apply_config_file, parse_config
+from kproxy.cli.parser import build_parser
+from kproxy.values import format_duration
+from kproxy.values import parse_duration as parse_go_duration
 
 # What `kubeadm init` writes into the kube-proxy ConfigMap: every field, zero values mean default.
 KUBEADM = """\
@@ -89,7 +92,9 @@ def effective(tmp_path, text: str, *flags: str):
     path.write_text(text)
     argv = ["run", "--config", str(path), *flags]
     args = build_parser().parse_args(argv)
-    return apply_config_file(args, argv, build_parser)
+    args, cfg = apply_config_file(args, argv, build_parser)
+    assert cfg.unknown == (), cfg.unknown
+    return args, cfg.ignored_fields()
 
 
 def test_kubeadm_file_is_accepted_and_only_real_settings_apply(tmp_path):
@@ -113,7 +118,7 @@ healthzBindAddress: 127.0.0.1
 mode: nftables
 nftables: {masqueradeAll: true, syncPeriod: 1m0s, minSyncPeriod: 250ms}
 iptables: {syncPeriod: 5s}
-nodePortAddresses: [192.168.1.0/24, primary]
+nodePortAddresses: [192.168.1.0/24]
 detectLocalMode: ClusterCIDR
 logging: {format: json}
 conntrack: {maxPerCore: 32768}
@@ -146,9 +151,11 @@ metricsBindAddress: 0.0.0.0:10249
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    (HEADER + "clusterCIRD: 10.0.0.0/8\n", "unknown field 'clusterCIRD'"),
-    (HEADER + "nftables: {syncPeriods: 5s}\n", "unknown field 'nftables.syncPeriods'"),
     (HEADER + "nftables: {syncPeriod: 5}\n", "field 'nftables.syncPeriod': expected a duration"),
+    (HEADER + "udpIdleTimeout: 5\nnftables: {syncPeriod: 5}\n", "field 'nftables.syncPeriod': expected a duration"),
+    (HEADER + "conntrack: {maxPerCore: -3}\n", "field 'conntrack.maxPerCore': -3 is negative"),
+    (HEADER + "conntrack: {min: -1}\n", "field 'conntrack.min': -1 is negative"),
+    (HEADER + "nodePortAddresses: [primary, 10.0.0.0/8]\n", "field 'nodePortAddresses': 'primary' cannot be combined"),
     (HEADER + "nftables: {masqueradeAll: 'yes'}\n", "field 'nftables.masqueradeAll': expected true or false"),
     (HEADER + "nodePortAddresses: 10.0.0.0/8\n", "field 'nodePortAddresses': expected a list of strings"),
     (HEADER + "conntrack: 5\n", "field 'conntrack': expected a section"),
@@ -167,6 +174,70 @@ def test_bad_files_are_one_line_naming_the_field_and_exit_2(tmp_path, capsys, te
     assert code == 2
     assert err.startswith(f"kproxy: error: {path}: ") and err.count("\n") == 1
     assert needle in err
+
+
+def test_unknown_fields_are_skipped_with_a_warning_naming_them(tmp_path, capsys):
+    """As upstream's loader: strict decoding fails on an unknown field, lenient decoding then
+    loads the file and warns. An older kubeadm ConfigMap (udpIdleTimeout) keeps working."""
+    path = tmp_path / "config.yaml"
+    path.write_text(HEADER + "udpIdleTimeout: 250ms\nclusterCIRD: 10.0.0.0/8\n"
+                    "nftables: {syncPeriods: 5s, syncPeriod: 7s}\nhostnameOverride: node-x\n")
+    assert main(["config", "--print", "--config", str(path)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "unknown config field" in line]
+    assert [line.split("field=")[1] for line in warnings] == ["udpIdleTimeout", "clusterCIRD", "nftables.syncPeriods"]
+    doc = yaml.safe_load(captured.out)  # the known fields still apply
+    assert doc["nftables"]["syncPeriod"] == "7s" and doc["hostnameOverride"] == "node-x"
+    cfg = parse_config(path.read_text(), str(path))
+    assert cfg.unknown == ("udpIdleTimeout", "clusterCIRD", "nftables.syncPeriods")
+
+
+def test_conntrack_sizes_must_not_be_negative_on_the_command_line(capsys):
+    for flag in ("--conntrack-max-per-core", "--conntrack-min"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["config", "--print", flag, "-3"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1
+        assert f"argument {flag}: -3 is negative (must be 0 or more)" in err
+
+
+@pytest.mark.parametrize(("value", "printed"), [("primary", ["primary"]), ("all", ["all"]),
+                                                ("10.1.0.0/16,fd00::/64", ["10.1.0.0/16", "fd00::/64"])])
+def test_nodeport_addresses_flag_takes_what_the_field_takes(capsys, value, printed):
+    assert main(["config", "--print", "--nodeport-addresses", value]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["nodePortAddresses"] == printed
+
+
+@pytest.mark.parametrize(("value", "needle"), [("primary,10.0.0.0/8", "'primary' cannot be combined"),
+                                               ("banana", "'banana' is not a CIDR"),
+                                               ("localhost", "'localhost' is not supported")])
+def test_bad_nodeport_addresses_flag_is_one_line(capsys, value, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["config", "--print", "--nodeport-addresses", value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "argument --nodeport-addresses: " in err and needle in err
+
+
+def test_print_shows_the_node_name_in_effect(monkeypatch, capsys):
+    monkeypatch.setenv("NODE_NAME", "Node-From-Env")
+    assert main(["config", "--print"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["hostnameOverride"] == "node-from-env"
+    assert main(["config", "--print", "--hostname-override", "flag-node"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["hostnameOverride"] == "flag-node"
+    monkeypatch.delenv("NODE_NAME")
+    monkeypatch.setattr("socket.gethostname", lambda: "Host-Name")
+    assert main(["config", "--print"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["hostnameOverride"] == "host-name"
+
+
+def test_bind_address_hard_fail_from_the_file_and_the_flag(tmp_path):
+    args, ignored = effective(tmp_path, HEADER + "bindAddressHardFail: true\n")
+    assert args.bind_address_hard_fail is True and ignored == []
+    args, _ = effective(tmp_path, HEADER, "--bind-address-hard-fail")
+    assert args.bind_address_hard_fail is True
+    args, _ = effective(tmp_path, HEADER)
+    assert args.bind_address_hard_fail is False
 
 
 def test_missing_file_exits_2(tmp_path, capsys):

@@ -7,7 +7,7 @@ import socket
 import urllib.error
 import urllib.request
 
-from kproxy.healthcheck import ServiceHealthServer, health_answer
+from kproxy.health.services import ServiceHealthServer, health_answer
 from kproxy.model import ServiceName
 from kproxy.plan import HealthCheck
 

@@ -9,10 +9,13 @@ import pytest
 
 from kproxy.lab.build import load_objects
 from kproxy.lab.spec import (
+    CLUSTER_CIDR,
     ROLE_DNS,
     ROLE_INGRESS,
     ROLE_WEB,
+    SERVICE_CIDR,
     LabError,
+    cluster_ip_endpoints,
     complete_services,
     dns_records,
     endpoint_slices,
@@ -21,10 +24,14 @@ from kproxy.lab.spec import (
     lb_ruleset,
     nginx_config,
     place,
+    pod_mac,
     public_hosts,
     read_manifests,
 )
-from kproxy.sources.parse import parse_endpoint_slice, parse_service
+from kproxy.model import NodeConfig
+from kproxy.parse import parse_endpoint_slice, parse_service
+from kproxy.planner import compute_plan
+from kproxy.tracker import Tracker
 
 DEFAULTS = Path(__file__).resolve().parents[2] / "kproxy" / "lab" / "default"
 
@@ -99,7 +106,7 @@ def test_services_get_cluster_ips_node_ports_and_lb_ips_but_keep_explicit_ones()
 
 
 def test_endpoint_slices_resolve_named_ports_and_mark_terminating_pods():
-    m, nodes, pods, services = default_lab()
+    _m, nodes, pods, services = default_lab()
     slices = {s["metadata"]["name"]: s for s in endpoint_slices(services, pods, nodes)}
     web = slices["website1fe-0"]
     assert web["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
@@ -115,6 +122,41 @@ def test_endpoint_slices_resolve_named_ports_and_mark_terminating_pods():
     states = {e["targetRef"]["name"]: e["conditions"] for e in after["website1fe-0"]["endpoints"]}
     assert states["website1fe-3"] == {"ready": False, "serving": True, "terminating": True}
     assert states["website1fe-1"]["ready"]
+
+
+@pytest.mark.parametrize("leaving_names", [(), ("website1fe-3",), ("website1fe-1", "website1fe-2", "website1fe-3")],
+                         ids=["steady", "scale-down", "scale-to-zero"])
+def test_the_endpoints_the_lab_waits_for_are_what_kproxys_planner_programs(leaving_names):
+    """`lab scale` waits until every node's ClusterIP rules hold cluster_ip_endpoints(slices):
+    with every pod of a Service terminating, that is the terminating ones (upstream's
+    fallback), so scaling to 0 no longer waits for rules that never come."""
+    _m, nodes, pods, services = default_lab()
+    leaving = tuple(p for p in pods if p.name in leaving_names)
+    staying = tuple(p for p in pods if p not in leaving)
+    slices = endpoint_slices(services, staying, nodes, leaving)
+    tracker = Tracker(on_change=lambda: None)
+    tracker.replace("Service", services)
+    tracker.replace("EndpointSlice", slices)
+    node = NodeConfig(hostname="node1", node_ips=(nodes[0].ip,), cluster_cidrs=(CLUSTER_CIDR,),
+                      service_cidrs=(SERVICE_CIDR,))
+    plan = compute_plan(node, tracker.snapshot())
+    programmed = {str(t) for sp in plan.service_ports for t in sp.internal_targets}
+    expected = cluster_ip_endpoints(slices)
+    assert expected == programmed
+    website1 = {e for e in expected if e.endswith(":8080") and e.split(":")[0] in
+                {str(p.ip) for p in pods if p.name.startswith("website1fe-")}}
+    assert website1 == ({f"{p.ip}:8080" for p in leaving} if len(leaving) == 3 else
+                        {f"{p.ip}:8080" for p in staying if p.name.startswith("website1fe-")})
+
+
+def test_a_pod_that_comes_back_with_an_ip_comes_back_with_its_mac():
+    _m, nodes, pods, _services = default_lab()
+    gone = tuple(p for p in pods if not p.name.startswith("website2fe-"))
+    back = place(default_lab()[0].workloads, gone, nodes)
+    again = {p.name: p.ip for p in back if p.name.startswith("website2fe-")}
+    assert again == {p.name: p.ip for p in pods if p.name.startswith("website2fe-")}  # the same IPs
+    assert pod_mac(IPv4Address("10.244.2.10")) == "02:42:0a:f4:02:0a"
+    assert len({pod_mac(p.ip) for p in pods}) == len(pods)
 
 
 def test_dns_records_and_public_hosts():
@@ -142,7 +184,7 @@ def test_nginx_config_routes_each_host_with_its_certificate():
 
 
 def test_load_balancer_spreads_over_node_ports_and_only_local_nodes_for_local_policy():
-    m, nodes, pods, services = default_lab()
+    _m, nodes, pods, services = default_lab()
     forwards = lb_forwards(services, nodes, pods)
     https = next(f for f in forwards if f.port == 443)
     assert https.vip == IPv4Address("203.0.113.10")

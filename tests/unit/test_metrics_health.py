@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kproxy.health import HealthEndpoints, ProxyHealth, watch_node_deletion
-from kproxy.observability import Observability, start_observability
+from kproxy.cli.wiring import Observability, start_observability
+from kproxy.health.proxier import HealthEndpoints, ProxyHealth, watch_node_deletion
 from kproxy.tracker import ENDPOINT_SLICE, SERVICE, Tracker
 from tests.builders import endpoint_slice, service
 
@@ -66,7 +66,7 @@ def lab():
     def fake_sync():
         if outcome["fail"]:
             raise RuntimeError("kernel said no")
-        return SimpleNamespace(full=True, total_ms=12.0)
+        return SimpleNamespace(full=True, total_ms=12.0, families=())
 
     sync = obs.observe(fake_sync, tracker)
     yield SimpleNamespace(tracker=tracker, obs=obs, sync=sync, clock=clock, outcome=outcome,

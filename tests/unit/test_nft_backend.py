@@ -1,14 +1,18 @@
-"""The nftables backend's render/diff/apply logic against a recording kernel (no root)."""
+"""The nftables backend's render/diff/apply logic against FakeNft (no root): the scripts it
+sends, what the fake then holds, and read-back of that."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
 from kproxy.backends.nft.backend import NftBackend
-from kproxy.backends.nft.kernel import NftError, RecordingKernel
+from kproxy.backends.nft.fake import FakeNft
+from kproxy.backends.nft.kernel import NftError
 from kproxy.backends.nft.readback import read_view
 from kproxy.planner import compute_plan
-from tests.builders import endpoint, endpoint_slice, service
+from tests.builders import endpoint, endpoint_slice, port, service
 from tests.unit.test_planner import NODE, state
 
 
@@ -24,7 +28,7 @@ WEB = service("web", cluster_ip="10.96.0.10", type="NodePort", node_port=30080)
 
 
 def test_first_sync_replaces_the_table_atomically():
-    kernel = RecordingKernel()
+    kernel = FakeNft()
     result = NftBackend(kernel).sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.3"])))
     script = lines(kernel.scripts[0])
     assert result.full
@@ -40,7 +44,7 @@ def test_first_sync_replaces_the_table_atomically():
 
 
 def test_sync_of_an_unchanged_plan_sends_nothing():
-    kernel = RecordingKernel()
+    kernel = FakeNft()
     backend = NftBackend(kernel)
     objs = (WEB, endpoint_slice("web", ["10.244.1.2"]))
     backend.sync(make(*objs))
@@ -49,7 +53,7 @@ def test_sync_of_an_unchanged_plan_sends_nothing():
 
 
 def test_one_endpoint_change_is_a_small_incremental_transaction():
-    kernel = RecordingKernel()
+    kernel = FakeNft()
     backend = NftBackend(kernel)
     backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.3"])))
     result = backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.4"])))
@@ -64,7 +68,7 @@ def test_one_endpoint_change_is_a_small_incremental_transaction():
 
 
 def test_endpoint_count_change_moves_the_frontend_and_retires_unused_chains():
-    kernel = RecordingKernel()
+    kernel = FakeNft()
     backend = NftBackend(kernel)
     backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2"])))
     backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.3"])))
@@ -80,7 +84,7 @@ def test_endpoint_count_change_moves_the_frontend_and_retires_unused_chains():
 
 
 def test_no_endpoints_goes_to_reject_and_back():
-    kernel = RecordingKernel()
+    kernel = FakeNft()
     backend = NftBackend(kernel)
     backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2"])))
     backend.sync(make(WEB))
@@ -91,7 +95,7 @@ def test_no_endpoints_goes_to_reject_and_back():
 
 
 def test_element_shared_by_two_services_stays_until_both_are_gone():
-    kernel = RecordingKernel()
+    kernel = FakeNft()
     backend = NftBackend(kernel)
     api = service("api", cluster_ip="10.96.0.11")
     pod = endpoint("10.244.1.2", node="node1")
@@ -104,7 +108,7 @@ def test_element_shared_by_two_services_stays_until_both_are_gone():
 
 
 def test_a_failed_transaction_is_retried_as_a_full_replace():
-    kernel = RecordingKernel()
+    kernel = FakeNft()
     backend = NftBackend(kernel)
     backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2"])))
     kernel.fail_next = "Error: boom"
@@ -116,43 +120,37 @@ def test_a_failed_transaction_is_retried_as_a_full_replace():
 
 
 def test_masquerade_rules_follow_node_settings():
-    kernel = RecordingKernel()
+    # the rule is fixed; which sources keep their address is data: the pod CIDRs, nobody
+    # with --masquerade-all, everybody when no pod CIDR is known (upstream masquerades nothing)
+    kernel = FakeNft()
     NftBackend(kernel).sync(make(WEB))
     assert ("add rule ip kproxy services ip daddr . meta l4proto . th dport @cluster-frontends "
-            "ip saddr != { 10.244.0.0/16 } jump mark-for-masquerade") in lines(kernel.scripts[0])
+            "ip saddr != @no-masq-sources jump mark-for-masquerade") in lines(kernel.scripts[0])
+    assert list(kernel.elements("no-masq-sources")) == ["10.244.0.0/16"]
+    everyone = FakeNft()
+    NftBackend(everyone).sync(compute_plan(replace(NODE, masquerade_all=True), state(WEB)))
+    assert everyone.elements("no-masq-sources") == {}
+    nobody = FakeNft()
+    NftBackend(nobody).sync(compute_plan(replace(NODE, cluster_cidrs=()), state(WEB)))
+    assert list(nobody.elements("no-masq-sources")) == ["0.0.0.0/0"]
 
 
 def test_cleanup_deletes_the_table():
-    kernel = RecordingKernel()
+    kernel = FakeNft()
     backend = NftBackend(kernel)
     backend.sync(make(WEB))
     assert backend.cleanup() is True
     assert backend.cleanup() is False
 
 
-LISTING = {"nftables": [
-    {"metainfo": {"version": "1.0.6"}},
-    {"set": {"name": "nodeport-ips", "elem": ["192.168.50.10"]}},
-    {"map": {"name": "frontends", "elem": [
-        [{"elem": {"val": {"concat": ["10.96.0.10", "tcp", 80]}, "comment": "default/web:http ClusterIP"}},
-         {"goto": {"target": "dnat-2"}}]]}},
-    {"map": {"name": "nodeport-frontends", "elem": [
-        [{"elem": {"val": {"concat": ["tcp", 30080]}, "comment": "default/web:http NodePort"}},
-         {"goto": {"target": "dnat-nodeport-2"}}]]}},
-    {"map": {"name": "no-endpoint-frontends", "elem": [
-        [{"elem": {"val": {"concat": ["10.96.0.11", "udp", 53]}, "comment": "kube-system/dns:dns ClusterIP"}},
-         {"goto": {"target": "reject-chain"}}]]}},
-    {"map": {"name": "endpoints-2", "elem": [
-        [{"concat": ["10.96.0.10", "tcp", 80, 1]}, {"concat": ["10.244.1.3", 8080]}],
-        [{"concat": ["10.96.0.10", "tcp", 80, 0]}, {"concat": ["10.244.1.2", 8080]}]]}},
-    {"map": {"name": "nodeport-endpoints-2", "elem": [
-        [{"concat": ["tcp", 30080, 0]}, {"concat": ["10.244.1.2", 8080]}],
-        [{"concat": ["tcp", 30080, 1]}, {"concat": ["10.244.1.3", 8080]}]]}},
-]}
-
-
-def test_read_view_reconstructs_service_ports_from_kernel_json():
-    view = read_view(LISTING)
+def test_read_view_reconstructs_service_ports_from_what_was_applied():
+    kernel = FakeNft()
+    web = service("web", cluster_ip="10.96.0.10", ports=[port(80, name="http", target_port=8080)],
+                  type="NodePort", node_port=30080)
+    dns = service("dns", "kube-system", cluster_ip="10.96.0.11", ports=[port(53, name="dns", protocol="UDP")])
+    NftBackend(kernel).sync(make(web, dns, endpoint_slice("web", ["10.244.1.3", "10.244.1.2"], port=8080,
+                                                          port_name="http")))
+    view = NftBackend(kernel).read_view()
     assert view.present and view.nodeport_ips == ("192.168.50.10",)
     got = {sp.name: [(f.kind, f.address, f.verdict, f.endpoints) for f in sp.frontends]
            for sp in view.service_ports}
@@ -170,16 +168,13 @@ def test_read_view_reconstructs_service_ports_from_kernel_json():
 def test_affinity_to_an_endpoint_that_left_is_forgotten():
     sticky = service("web", cluster_ip="10.96.0.10", sessionAffinity="ClientIP",
                      sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}})
-    kernel = RecordingKernel()
+    kernel = FakeNft()
     backend = NftBackend(kernel)
     backend.sync(make(sticky, endpoint_slice("web", ["10.244.1.2", "10.244.1.3"])))
 
-    def entry(client: str, endpoint: str) -> list:
-        key = {"concat": [client, "10.96.0.10", "tcp", 80]}
-        return [{"elem": {"val": key, "timeout": 600, "expires": 500}}, {"concat": [endpoint, 80]}]
-
-    kernel.maps["affinity-600"] = {"nftables": [{"map": {"name": "affinity-600", "elem": [
-        entry("10.0.0.1", "10.244.1.2"), entry("10.0.0.2", "10.244.1.3")]}}]}
+    # what the kernel's update rule would have added for two clients
+    kernel.fill("affinity-600", "10.0.0.1 . 10.96.0.10 . tcp . 80", "10.244.1.2 . 80")
+    kernel.fill("affinity-600", "10.0.0.2 . 10.96.0.10 . tcp . 80", "10.244.1.3 . 80")
     backend.sync(make(sticky, endpoint_slice("web", ["10.244.1.2"])))
     assert lines(kernel.scripts[-1]) == [
         "delete element ip kproxy affinity-600 { 10.0.0.2 . 10.96.0.10 . tcp . 80 }"]

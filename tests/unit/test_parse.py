@@ -7,7 +7,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from kproxy.model import Protocol, ServiceName, ServicePortName, ServiceType, SliceEndpoint
-from kproxy.sources.parse import InvalidObject, parse_endpoint_slice, parse_service
+from kproxy.parse import InvalidObject, parse_endpoint_slice, parse_service
 from tests.builders import endpoint, endpoint_slice, port, service
 
 IP = IPv4Address

@@ -6,7 +6,7 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from kproxy.sources.parse import InvalidObject, parse_endpoint_slice, parse_node, parse_service
+from kproxy.parse import InvalidObject, parse_endpoint_slice, parse_node, parse_service
 from tests.builders import endpoint, endpoint_slice, service
 
 
@@ -40,7 +40,8 @@ def test_source_ranges_from_spec_or_annotation():
                                  loadBalancerSourceRanges=["10.0.0.0/8", "192.168.1.5/32"])).ports
     assert p.source_ranges == (IPv4Network("10.0.0.0/8"), IPv4Network("192.168.1.5/32"))
     svc = service("lb", type="LoadBalancer", lb_ips=["198.51.100.1"])
-    svc["metadata"]["annotations"] = {"service.beta.kubernetes.io/load-balancer-source-ranges": "10.1.0.0/16, 10.2.0.0/16"}
+    svc["metadata"]["annotations"] = {
+        "service.beta.kubernetes.io/load-balancer-source-ranges": "10.1.0.0/16, 10.2.0.0/16"}
     assert parse_service(svc).ports[0].source_ranges == (IPv4Network("10.1.0.0/16"), IPv4Network("10.2.0.0/16"))
     with pytest.raises(InvalidObject) as err:
         parse_service(service("lb", type="LoadBalancer", loadBalancerSourceRanges=["nope"]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 
 from kproxy.model import ClusterState, NodeConfig
+from kproxy.parse import parse_endpoint_slice, parse_service
 from kproxy.plan import Frontend, FrontendKind, Plan
 from kproxy.planner import PlanCache, compute_plan
-from kproxy.sources.parse import parse_endpoint_slice, parse_service
 from tests.builders import endpoint, endpoint_slice, port, service
 
 NODE = NodeConfig(

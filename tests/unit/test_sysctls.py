@@ -17,6 +17,14 @@ def test_values_follow_upstreams_formulas():
     assert desired_sysctls(ConntrackSettings(max_per_core=32768, min=131072), cpus=8) == {"nf_conntrack_max": 262144}
 
 
+def test_min_is_only_a_floor_for_max_per_core_as_upstream():
+    # upstream's getConntrackMax: nothing unless maxPerCore > 0
+    assert desired_sysctls(ConntrackSettings(min=131072), cpus=2) == {}
+    assert desired_sysctls(ConntrackSettings(max_per_core=0, min=131072), cpus=2) == {}
+    assert desired_sysctls(ConntrackSettings(max_per_core=1000, min=131072), cpus=2) == {"nf_conntrack_max": 131072}
+    assert desired_sysctls(ConntrackSettings(max_per_core=100000, min=131072), cpus=2) == {"nf_conntrack_max": 200000}
+
+
 def test_apply_writes_only_differences_and_reports_failures(tmp_path):
     (tmp_path / "nf_conntrack_tcp_timeout_established").write_text("432000\n")
     (tmp_path / "nf_conntrack_udp_timeout").write_text("30\n")

@@ -1,68 +1,66 @@
-"""trace() on a crafted kernel listing: every verdict kind and masquerade reason."""
+"""trace() on what render produced, applied to FakeNft and listed back as `nft -j` does:
+every verdict kind and masquerade reason."""
 
 from __future__ import annotations
 
-from ipaddress import ip_address
+from dataclasses import replace
+from ipaddress import IPv6Address, IPv6Network, ip_address
 
 import pytest
 
-from kproxy.trace import format_trace, Ruleset, parse_target, trace
+from kproxy.backends.nft.backend import NftBackend
+from kproxy.backends.nft.fake import FakeNft
+from kproxy.backends.nft.names import table_of
+from kproxy.backends.nft.trace import Ruleset, trace
+from kproxy.backends.trace import format_trace
+from kproxy.cli.trace import parse_target
+from kproxy.model import NodeConfig
+from kproxy.planner import compute_plan
+from tests.builders import endpoint, endpoint_slice, port, service
+from tests.unit.test_planner import NODE, state
+
+HTTP = [port(80, name="http", target_port=8080)]
 
 
-def elem(key, comment=None):
-    val = {"concat": key} if isinstance(key, list) else key
-    return {"elem": {"val": val, "comment": comment}} if comment else val
+def on(node: str, *ips: str) -> list[dict]:
+    return [endpoint(ip, node=node) for ip in ips]
 
 
-LISTING = {"nftables": [
-    {"set": {"name": "nodeport-ips", "elem": ["192.168.50.10"]}},
-    {"set": {"name": "cluster-ips", "elem": ["10.96.0.10", "10.96.0.11"]}},
-    {"set": {"name": "hairpin", "elem": [elem([ip, ip]) for ip in ("10.244.1.2", "10.244.1.5", "10.244.1.6")]}},
-    {"set": {"name": "masq-nodeports", "elem": [elem(["tcp", 30080])]}},
-    {"set": {"name": "masq-frontends", "elem": [elem(["203.0.113.1", "tcp", 80]), elem(["198.51.100.2", "tcp", 80])]}},
-    {"set": {"name": "affinity-frontends-600", "elem": [elem(["10.96.0.10", "tcp", 80])]}},
-    {"set": {"name": "firewall-frontends", "elem": [elem(["198.51.100.1", "tcp", 80]),
-                                                    elem(["198.51.100.2", "tcp", 80])]}},
-    {"set": {"name": "firewall-allow", "elem": [
-        elem(["198.51.100.2", "tcp", 80, {"prefix": {"addr": "192.168.50.0", "len": 24}}]),
-        elem(["198.51.100.1", "tcp", 80, {"prefix": {"addr": "192.168.50.0", "len": 24}}]),
-        elem(["198.51.100.1", "tcp", 80, {"prefix": {"addr": "10.244.0.0", "len": 16}}])]}},
-    {"map": {"name": "frontends", "elem": [
-        [elem(["10.96.0.10", "tcp", 80], "default/web:http ClusterIP"), {"goto": {"target": "dnat-2"}}],
-        [elem(["203.0.113.1", "tcp", 80], "default/ext ExternalIP"), {"goto": {"target": "dnat-1"}}],
-        [elem(["198.51.100.2", "tcp", 80], "default/lbc LoadBalancer"), {"goto": {"target": "dnat-1"}}],
-        [elem(["198.51.100.3", "tcp", 80], "default/loc2 LoadBalancer"), {"goto": {"target": "dnat-1"}}]]}},
-    {"map": {"name": "nodeport-frontends", "elem": [
-        [elem(["tcp", 30080], "default/web:http NodePort"), {"goto": {"target": "dnat-nodeport-2"}}]]}},
-    {"map": {"name": "sc-frontends", "elem": [
-        [elem(["198.51.100.1", "tcp", 80], "default/lb LoadBalancer"), {"goto": {"target": "sc-dnat-2"}}],
-        [elem(["198.51.100.3", "tcp", 80], "default/loc2 LoadBalancer"), {"goto": {"target": "sc-dnat-2"}}]]}},
-    {"map": {"name": "no-endpoint-nodeports", "elem": [
-        [elem(["tcp", 30084], "default/gone NodePort"), {"goto": {"target": "reject-chain"}}]]}},
-    {"map": {"name": "no-endpoint-frontends", "elem": [
-        [elem(["10.96.0.11", "udp", 53], "kube-system/dns:dns ClusterIP"), {"goto": {"target": "reject-chain"}}],
-        [elem(["198.51.100.1", "tcp", 80], "default/lb LoadBalancer"), "drop"]]}},
-    {"map": {"name": "endpoints-1", "elem": [
-        [elem(["203.0.113.1", "tcp", 80, 0]), elem(["10.244.2.3", 8080])],
-        [elem(["198.51.100.2", "tcp", 80, 0]), elem(["10.244.2.4", 8080])],
-        [elem(["198.51.100.3", "tcp", 80, 0]), elem(["10.244.1.6", 8080])]]}},
-    {"map": {"name": "endpoints-2", "elem": [
-        [elem(["10.96.0.10", "tcp", 80, 0]), elem(["10.244.1.2", 8080])],
-        [elem(["10.96.0.10", "tcp", 80, 1]), elem(["10.244.2.2", 8080])]]}},
-    {"map": {"name": "nodeport-endpoints-2", "elem": [
-        [elem(["tcp", 30080, 0]), elem(["10.244.1.2", 8080])],
-        [elem(["tcp", 30080, 1]), elem(["10.244.2.2", 8080])]]}},
-    {"map": {"name": "sc-endpoints-2", "elem": [
-        [elem(["198.51.100.1", "tcp", 80, 0]), elem(["10.244.1.5", 8080])],
-        [elem(["198.51.100.1", "tcp", 80, 1]), elem(["10.244.2.5", 8080])],
-        [elem(["198.51.100.3", "tcp", 80, 0]), elem(["10.244.1.6", 8080])],
-        [elem(["198.51.100.3", "tcp", 80, 1]), elem(["10.244.2.6", 8080])]]}},
-]}
-TEXT = """
-    ip daddr . meta l4proto . th dport @cluster-frontends ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-    ip daddr 10.96.0.0/16 drop
-"""
-RULES = Ruleset(LISTING, TEXT)
+CLUSTER = (
+    # ClusterIP + NodePort with affinity; one endpoint here, one on node2
+    service("web", cluster_ip="10.96.0.10", ports=HTTP, type="NodePort", node_port=30080,
+            sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}}),
+    endpoint_slice("web", on("node1", "10.244.1.2") + on("node2", "10.244.2.2"), port=8080, port_name="http"),
+    # no endpoints at all: rejected
+    service("dns", "kube-system", cluster_ip="10.96.0.11", ports=[port(53, name="dns", protocol="UDP")]),
+    service("gone", cluster_ip="10.96.0.14", type="NodePort", node_port=30084),
+    # an externalIP
+    service("ext", cluster_ip="10.96.0.12", external_ips=["203.0.113.1"], ports=[port(80, target_port=8080)]),
+    endpoint_slice("ext", on("node2", "10.244.2.3"), port=8080),
+    # a load balancer with source ranges (externalTrafficPolicy Cluster)
+    service("lbc", cluster_ip="10.96.0.13", type="LoadBalancer", lb_ips=["198.51.100.2"],
+            ports=[port(80, target_port=8080)], loadBalancerSourceRanges=["192.168.50.0/24"]),
+    endpoint_slice("lbc", on("node2", "10.244.2.4"), port=8080),
+    # Local policy without an endpoint here, with source ranges
+    service("lb", cluster_ip="10.96.0.15", type="LoadBalancer", lb_ips=["198.51.100.1"],
+            ports=[port(80, target_port=8080)], externalTrafficPolicy="Local",
+            loadBalancerSourceRanges=["192.168.50.0/24", "10.244.0.0/16"]),
+    endpoint_slice("lb", on("node2", "10.244.2.5") + on("node3", "10.244.3.5"), port=8080),
+    # Local policy with one endpoint here
+    service("loc2", cluster_ip="10.96.0.16", type="LoadBalancer", lb_ips=["198.51.100.3"],
+            ports=[port(80, target_port=8080)], externalTrafficPolicy="Local"),
+    endpoint_slice("loc2", on("node1", "10.244.1.6") + on("node2", "10.244.2.6"), port=8080),
+)
+
+
+def programmed(node: NodeConfig, *objects: dict, family: int = 4) -> Ruleset:
+    """What the kernel would list after kproxy programmed `objects` on `node`."""
+    kernel = FakeNft(table_of(family))
+    NftBackend(kernel, family).sync(compute_plan(node, state(*objects), family=family))
+    return Ruleset(kernel.list_table())
+
+
+RULES = programmed(NODE, *CLUSTER)
 
 
 EXTERNAL_MASQ = "external traffic (externalTrafficPolicy Cluster): replies must return through this node"
@@ -115,7 +113,7 @@ def test_local_policy_short_circuits_the_node_masqueraded_and_keeps_outside_traf
 
 
 def test_masquerade_all():
-    rules = Ruleset(LISTING, "ip daddr . meta l4proto . th dport @cluster-frontends jump mark-for-masquerade")
+    rules = programmed(replace(NODE, masquerade_all=True), *CLUSTER)
     t = run("10.244.1.9", "10.96.0.10:80", rules)
     assert (t.verdict, t.masquerade_reasons) == ("dnat", ("--masquerade-all",))
 
@@ -130,7 +128,7 @@ def test_hairpin_is_named_and_local_endpoints_are_told_apart():
 
 def test_local_policy_short_circuit_drop_and_source_ranges():
     pod = run("10.244.1.9", "198.51.100.1:80")
-    assert firewall_free(pod) and pod.verdict == "dnat" and pod.endpoints == ("10.244.1.5:8080", "10.244.2.5:8080")
+    assert firewall_free(pod) and pod.verdict == "dnat" and pod.endpoints == ("10.244.2.5:8080", "10.244.3.5:8080")
     outside = run("192.168.50.100", "198.51.100.1:80")
     assert (outside.verdict, outside.reason) == ("drop", "no endpoint on this node (traffic policy Local)")
     # the node's own connection meets filter output's no-endpoint check before nat output
@@ -156,29 +154,17 @@ def test_verdicts_without_dnat(dst, verdict, reason):
     assert (t.verdict, t.reason) == (verdict, reason)
 
 
-LISTING6 = {"nftables": [
-    {"set": {"name": "nodeport-ips", "elem": ["fd00:50::10"]}},
-    {"set": {"name": "cluster-ips", "elem": ["fd00:96::10"]}},
-    {"set": {"name": "masq-nodeports", "elem": [elem(["tcp", 30080])]}},
-    {"map": {"name": "frontends", "elem": [
-        [elem(["fd00:96::10", "tcp", 80], "default/web ClusterIP"), {"goto": {"target": "dnat-2"}}]]}},
-    {"map": {"name": "nodeport-frontends", "elem": [
-        [elem(["tcp", 30080], "default/web NodePort"), {"goto": {"target": "dnat-nodeport-2"}}]]}},
-    {"map": {"name": "endpoints-2", "elem": [
-        [elem(["fd00:96::10", "tcp", 80, 0]), elem(["fd00:244::2", 8080])],
-        [elem(["fd00:96::10", "tcp", 80, 1]), elem(["fd00:244::3", 8080])]]}},
-    {"map": {"name": "nodeport-endpoints-2", "elem": [
-        [elem(["tcp", 30080, 0]), elem(["fd00:244::2", 8080])],
-        [elem(["tcp", 30080, 1]), elem(["fd00:244::3", 8080])]]}},
-]}
-TEXT6 = """
-    ip6 daddr . meta l4proto . th dport @cluster-frontends ip6 saddr != fd00:244::/56 jump mark-for-masquerade
-    ip6 daddr fd00:96::/112 drop
-"""
+NODE6 = NodeConfig(hostname="node1", node_ips=(IPv6Address("fd00:50::10"),),
+                   cluster_cidrs=(IPv6Network("fd00:244::/56"),), service_cidrs=(IPv6Network("fd00:96::/112"),))
+CLUSTER6 = (
+    service("web", cluster_ip="fd00:96::10", ports=[port(80, target_port=8080)], type="NodePort", node_port=30080),
+    endpoint_slice("web", on("node1", "fd00:244::2") + on("node2", "fd00:244::3"), port=8080,
+                   address_type="IPv6"),
+)
 
 
 def test_ipv6():
-    rules = Ruleset(LISTING6, TEXT6)
+    rules = programmed(NODE6, *CLUSTER6, family=6)
     pod = run("fd00:244::9", "[fd00:96::10]:80", rules)
     assert (pod.verdict, pod.frontend, pod.source_kind, pod.masquerade) == ("dnat", "ClusterIP", "pod", False)
     assert pod.endpoints == ("[fd00:244::2]:8080", "[fd00:244::3]:8080")

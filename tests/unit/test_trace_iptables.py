@@ -11,12 +11,13 @@ from ipaddress import IPv6Address, IPv6Network, ip_address
 import pytest
 
 from kproxy.backends.iptables.backend import IptablesBackend
-from kproxy.backends.iptables.kernel import FakeIptables
-from kproxy.backends.iptables.save import tokens
+from kproxy.backends.iptables.fake import FakeIptables
+from kproxy.backends.iptables.save import programmed, tokens
+from kproxy.backends.iptables.trace import trace_iptables
+from kproxy.backends.trace import TraceResult
+from kproxy.cli.trace import parse_target
 from kproxy.model import NodeConfig
 from kproxy.planner import compute_plan
-from kproxy.trace import TraceResult, parse_target
-from kproxy.trace_iptables import programmed, trace_iptables
 from tests.builders import endpoint, endpoint_slice, service
 from tests.unit.test_planner import NODE, state
 

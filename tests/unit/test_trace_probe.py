@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from kproxy.cli import UsageError, build_parser
-from kproxy.trace_probe import (
+from kproxy.backends.nft.probe import (
     Probe,
     TraceStep,
     build_packet,
     checksum,
     format_probe,
-    make_probe,
     parse_trace_line,
     probe_ruleset,
     resolve_rules,
@@ -29,6 +27,9 @@ from kproxy.trace_probe import (
     summarize,
     trace_finished,
 )
+from kproxy.cli.errors import UsageError
+from kproxy.cli.parser import build_parser
+from kproxy.cli.trace import probe_target
 
 DATA = Path(__file__).parent / "data" / "trace_probe"
 ENDPOINTS = {"10.244.1.3:8080", "10.244.2.2:8080"}
@@ -43,7 +44,7 @@ def capture(name: str) -> tuple[Probe, list[str]]:
     first = lines[1]
     table = re.search(r"inet (kproxy-probe-\d+)", first).group(1)
     sport = int(re.search(r"(?:tcp|udp) sport (\d+)", first).group(1))
-    probe = make_probe(args, lambda: NODE_IPS)
+    probe = probe_target(args, lambda: NODE_IPS)
     return Probe(src=probe.src, dst=probe.dst, dport=probe.dport, proto=probe.proto, sport=sport,
                  local=probe.local, table=table), lines
 
@@ -117,7 +118,7 @@ def test_resolve_rules_fills_in_rules_the_monitor_did_not_know():
     texts = [s.rule for s in resolved if s.table == f"inet {probe.table}" and s.kind == "rule"]
     assert texts[0].endswith(f"tcp sport {probe.sport} tcp dport 30500 meta nftrace set 1")
     assert texts[1].startswith("ct original ip saddr 192.168.50.100") and texts[1].endswith(" drop")
-    untouched = [(a, b) for a, b in zip(steps, resolved) if a.handle is None]
+    untouched = [(a, b) for a, b in zip(steps, resolved, strict=False) if a.handle is None]
     assert all(a == b for a, b in untouched) and len(untouched) == len(steps) - 2
 
 
@@ -250,11 +251,11 @@ def test_make_probe_picks_the_path_and_a_fresh_port():
     def node():
         return NODE_IPS
 
-    p = make_probe(args("--from", "192.168.50.10", "--to", "10.96.0.50:80/udp"), node)
+    p = probe_target(args("--from", "192.168.50.10", "--to", "10.96.0.50:80/udp"), node)
     assert (p.local, p.proto, p.dport, p.table.startswith("kproxy-probe-")) == (True, "udp", 80, True)
     assert 40000 <= p.sport < 60000
-    assert not make_probe(args("--from", "10.244.1.2", "--to", "10.96.0.50:80"), node).local
-    assert make_probe(args("--from", "127.0.0.1", "--to", "10.96.0.50:80"), node).local
+    assert not probe_target(args("--from", "10.244.1.2", "--to", "10.96.0.50:80"), node).local
+    assert probe_target(args("--from", "127.0.0.1", "--to", "10.96.0.50:80"), node).local
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -264,7 +265,7 @@ def test_make_probe_picks_the_path_and_a_fresh_port():
 ])
 def test_make_probe_refuses_what_it_cannot_send(argv, message):
     with pytest.raises(UsageError, match=message):
-        make_probe(args(*argv), lambda: ())
+        probe_target(args(*argv), lambda: ())
 
 
 def test_cli_defaults():

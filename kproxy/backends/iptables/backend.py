@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Network
-from pathlib import Path
 
 import structlog
 
-from kproxy.backends import SyncResult
-from kproxy.backends.iptables.kernel import IptablesError, IptablesKernel
+from kproxy.backends.base import SyncResult
+from kproxy.backends.iptables.drift import differences
+from kproxy.backends.iptables.kernel import IptablesKernel
+from kproxy.backends.iptables.localnet import enable_route_localnet  # KUBE-FIREWALL guards what it opens
 from kproxy.backends.iptables.render import (
     Chains,
     ServicePortRules,
@@ -31,21 +31,11 @@ from kproxy.backends.iptables.render import (
 )
 from kproxy.backends.iptables.restore import RestoreInput, cleanup_restore, full_restore, partial_restore
 from kproxy.backends.iptables.save import parse_save_all, read_view
-from kproxy.model import ServicePortName
+from kproxy.backends.view import ProgrammedView
+from kproxy.model import IPNetwork, ServicePortName
 from kproxy.plan import Plan, ServicePortPlan
-from kproxy.view import ProgrammedView
 
 log = structlog.get_logger(__name__)
-
-ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
-
-
-def enable_route_localnet() -> None:
-    """NodePorts on 127.0.0.1 need route_localnet, in kproxy's own network namespace
-    (as upstream sets it); KUBE-FIREWALL keeps it from exposing other localhost services."""
-    if ROUTE_LOCALNET.read_text().strip() != "1":
-        ROUTE_LOCALNET.write_text("1\n")
-        log.info("set net.ipv4.conf.all.route_localnet=1 for localhost NodePorts")
 
 
 class IptablesBackend:
@@ -59,7 +49,7 @@ class IptablesBackend:
         self._route_localnet = route_localnet
         self._applied: Chains | None = None  # None: the next sync is a full one
         self._rules: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
-        self._render_key: tuple[bool, tuple[IPv4Network, ...], int] | None = None
+        self._render_key: tuple[bool, tuple[IPNetwork, ...], int] | None = None
 
     @property
     def variant(self) -> str:
@@ -92,7 +82,7 @@ class IptablesBackend:
                 raise
         self._applied = desired
         done = time.perf_counter()
-        return SyncResult(full=full, operations=restore.operations,
+        return SyncResult(full=full, operations=restore.operations, transactions=restore.tables,
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
 
     def _render(self, plan: Plan) -> Chains:
@@ -110,6 +100,13 @@ class IptablesBackend:
         self._rules = rules
         return assemble(render_node(plan, self._localhost_nodeports), (r for _sp, r in rules.values()))
 
+    def differences(self) -> list[str]:
+        """What differs between iptables-save and what this backend last restored."""
+        if self._applied is None:
+            return []
+        existing = parse_save_all(self._kernel.save_all())
+        return differences(self._applied, existing, jumps(self._localhost_nodeports))
+
     def read_view(self) -> ProgrammedView:
         return read_view(parse_save_all(self._kernel.save_all()))
 
@@ -120,23 +117,3 @@ class IptablesBackend:
             self._kernel.restore(restore.text)
         return bool(restore)
 
-
-def cleanup_all_variants() -> bool:
-    """Remove kproxy's iptables and ip6tables rules from both variants (switching to
-    nftables mode, `kproxy cleanup`); True if there was something."""
-    from kproxy.backends.iptables.kernel import IptablesCommands, save_all
-    from kproxy.backends.iptables.variant import VARIANTS
-
-    removed = False
-    for family in (4, 6):
-        for variant in VARIANTS:
-            if save_all(variant, family) is None:
-                continue
-            try:
-                backend = IptablesBackend(IptablesCommands(variant, family), route_localnet=lambda: None,
-                                          family=family)
-                removed = backend.cleanup() or removed
-            except IptablesError as err:  # best effort: never a reason not to program the other mode
-                log.warning("could not remove kproxy's iptables rules", variant=variant, family=family,
-                            error=str(err))
-    return removed

@@ -8,7 +8,7 @@ KUBE-EXT-* chain (NodePort, externalIPs, LB IPs) pick endpoint i of n with
 KUBE-POSTROUTING for DNATed connections, as the nftables backend does with a set. Chain
 count then grows with Service ports, not endpoints: on iptables-nft, 10,000 Services
 with 50,000 local endpoints took more than 8 minutes to restore with a KUBE-SEP-* chain
-per local endpoint (DESIGN §3: chains are what costs).
+per local endpoint (docs/DESIGN.md §3: chains are what costs).
 
 nat: PREROUTING/OUTPUT -> KUBE-SERVICES: frontend -> KUBE-SVC-X | KUBE-EXT-X, then the
      NodePort addresses -> KUBE-NODEPORTS: port -> KUBE-EXT-X. POSTROUTING ->
@@ -32,11 +32,12 @@ import base64
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
-from kproxy.plan import Frontend, FrontendKind, Plan, ServicePortPlan, Target
+from kproxy.backends.base import MASQUERADE_MARK
+from kproxy.model import IPAddress, IPNetwork
+from kproxy.plan import FrontendKind, Plan, ServicePortPlan, Target
+from kproxy.values import endpoint_text, ip_text
 
-MASQUERADE_MARK = "0x4000"
 NAT, FILTER = "nat", "filter"
 TABLES = (FILTER, NAT)  # restore order, as upstream
 
@@ -64,6 +65,13 @@ STATIC_CHAINS = {
 }
 
 NEW = "-m conntrack --ctstate NEW"
+
+# the kernel's own chains per table, shared with everyone on the node
+BUILTIN = {
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,22 +119,13 @@ def ext_chain(sp: ServicePortPlan) -> str:
     return "KUBE-EXT-" + chain_hash(str(sp.name), sp.protocol.nft)
 
 
-def ip_text(ip: IPv4Address) -> str:
-    n = int(ip)
-    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
-
-
-def addr_text(ip: IPv4Address | IPv6Address) -> str:
-    return ip_text(ip) if ip.version == 4 else str(ip)  # type: ignore[arg-type]
-
-
-def host(ip: IPv4Address | IPv6Address) -> str:
+def host(ip: IPAddress) -> str:
     """One address as a -s/-d match: a.b.c.d/32 or x::y/128."""
-    return f"{ip_text(ip)}/32" if ip.version == 4 else f"{ip}/128"  # type: ignore[arg-type]
+    return f"{ip_text(ip)}/{ip.max_prefixlen}"
 
 
-def dnat_to(ip: IPv4Address | IPv6Address, port: int) -> str:
-    return f"{ip_text(ip)}:{port}" if ip.version == 4 else f"[{ip}]:{port}"  # type: ignore[arg-type]
+def dnat_to(ip: IPAddress, port: int) -> str:
+    return endpoint_text(ip_text(ip), port)
 
 
 def reject(family: int, protocol: str | None) -> str:
@@ -169,13 +168,13 @@ def _dispatch(chain: str, targets: tuple[Target, ...], proto: str, affinity: int
     rules = []
     n = len(targets)
     dnat = [f"-p {proto} -j DNAT --to-destination {dnat_to(t.ip, t.port)}" for t in targets]
-    recent = [f"{chain}-{addr_text(t.ip)}-{t.port}" for t in targets]
+    recent = [f"{chain}-{ip_text(t.ip)}-{t.port}" for t in targets]
     mask = HOST_MASK[family]
     if affinity:
-        for action, list_name in zip(dnat, recent):
+        for action, list_name in zip(dnat, recent, strict=True):
             rules.append(f"-A {chain} -m recent --name {list_name} --mask {mask} --rsource --rcheck "
                          f"--seconds {affinity} --reap {action}")
-    for i, (action, list_name) in enumerate(zip(dnat, recent)):
+    for i, (action, list_name) in enumerate(zip(dnat, recent, strict=True)):
         pick = f"-m statistic --mode random --probability {1.0 / (n - i):.10f} " if i < n - 1 else ""
         remember = f"-m recent --name {list_name} --mask {mask} --rsource --set " if affinity else ""
         rules.append(f"-A {chain} {pick}{remember}{action}")
@@ -183,7 +182,7 @@ def _dispatch(chain: str, targets: tuple[Target, ...], proto: str, affinity: int
 
 
 def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
-                        cluster_cidrs: tuple[IPv4Network, ...] = (), family: int = 4) -> ServicePortRules:
+                        cluster_cidrs: tuple[IPNetwork, ...] = (), family: int = 4) -> ServicePortRules:
     out = ServicePortRules()
     proto = sp.protocol.nft
     name = str(sp.name)
@@ -198,7 +197,7 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
         targets = sp.targets_for(fe)
         label = comment(f"{name} {fe.kind}")
         match = f"{label} {port_match(proto, fe.port)}"
-        if fe.kind is FrontendKind.CLUSTER_IP:
+        if fe.kind is FrontendKind.CLUSTER_IP and fe.ip is not None:
             where = f"-d {host(fe.ip)}"
             if targets:
                 out.add(NAT, NAT_SERVICES, f"{where} {match} -j {svc}")
@@ -206,7 +205,7 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
                 out.add(FILTER, FILTER_SERVICES, f"{where} {match} -j {empty}")
             continue
         nodeport = fe.ip is None
-        where = "" if nodeport else f"-d {host(fe.ip)} "
+        where = "" if fe.ip is None else f"-d {host(fe.ip)} "
         if targets or short_circuit:
             uses_ext = True
             jump = ext
@@ -223,8 +222,9 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
             out.add(FILTER, FILTER_NODEPORTS if nodeport else FILTER_SERVICES, f"{where}{match} -j {empty}")
     if internal:
         rules = []
-        cluster_ip = next(fe for fe in sp.frontends if fe.kind is FrontendKind.CLUSTER_IP)
-        dest = f"-d {host(cluster_ip.ip)} {port_match(proto, cluster_ip.port)}"
+        vip, vport = next((fe.ip, fe.port) for fe in sp.frontends
+                          if fe.kind is FrontendKind.CLUSTER_IP and fe.ip is not None)
+        dest = f"-d {host(vip)} {port_match(proto, vport)}"
         if masquerade_all:
             rules.append(f"-A {svc} {dest} -j {MARK_MASQ}")
         elif cluster_cidrs:
@@ -330,15 +330,15 @@ def assemble(node: dict[tuple[str, str], tuple[str, ...]], ports: Iterable[Servi
     for rules in ports:
         for (table, chain), lines in rules.chains.items():
             chains[table][chain] = lines
-        for key, lines in rules.shared.items():
+        for key, shared_lines in rules.shared.items():
             bucket = shared.get(key)
             if bucket is None:
-                shared[key] = list(lines)
+                shared[key] = list(shared_lines)
             else:
-                bucket.extend(lines)
-    for (table, chain), lines in shared.items():
+                bucket.extend(shared_lines)
+    for (table, chain), joined in shared.items():
         # one hairpin rule per local pod, however many Services it backs
-        chains[table][chain] = tuple(dict.fromkeys(lines)) if chain == HAIRPIN else tuple(lines)
+        chains[table][chain] = tuple(dict.fromkeys(joined)) if chain == HAIRPIN else tuple(joined)
     for (table, chain), lines in node.items():
         if chain.startswith("tail:"):
             chain = chain[5:]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kproxy.backends.iptables.kernel import BUILTIN
 from kproxy.backends.iptables.render import (
+    BUILTIN,
     FIREWALL,
     SERVICE_CHAIN_PREFIXES,
     STATIC_CHAINS,
@@ -32,6 +32,11 @@ def is_ours(table: str, chain: str) -> bool:
 class RestoreInput:
     text: str
     operations: int  # rules written plus chains deleted
+
+    @property
+    def tables(self) -> int:
+        """Tables it commits: iptables-nft commits each as its own nftables transaction."""
+        return self.text.count("\nCOMMIT\n")
 
     def __bool__(self) -> bool:
         return bool(self.text)
@@ -64,19 +69,21 @@ def _restore_input(blocks: Iterable[tuple[list[str], int]]) -> RestoreInput:
     return RestoreInput(text="\n".join(out) + "\n" if out else "", operations=total)
 
 
+def missing_jumps(existing: dict[str, Table], wanted_jumps: Iterable[Jump]) -> list[Jump]:
+    """Jumps from the built-in chains into ours that the kernel lacks."""
+    return [j for j in wanted_jumps
+            if not any(options(rule).get("-j") == j.target for rule in existing.get(j.table, {}).get(j.chain, ()))]
+
+
 def full_restore(desired: Chains, existing: dict[str, Table], wanted_jumps: Iterable[Jump]) -> RestoreInput:
     """Rewrite every chain of ours; delete ours the kernel has but the plan does not
     (left by an earlier run, or by upstream kube-proxy); add missing jumps."""
     blocks = []
-    wanted_jumps = list(wanted_jumps)
+    missing = missing_jumps(existing, wanted_jumps)
     for table in TABLES:
         have = existing.get(table, {})
         stale = [c for c in have if is_ours(table, c) and c not in desired[table]]
-        inserts = []
-        for jump in (j for j in wanted_jumps if j.table == table):
-            present = any(options(rule).get("-j") == jump.target for rule in have.get(jump.chain, ()))
-            if not present:
-                inserts.append(f"-I {jump.chain} {jump.rule()}")
+        inserts = [f"-I {j.chain} {j.rule()}" for j in missing if j.table == table]
         # -I puts each at the top: insert in reverse to keep the listed order
         blocks.append(_table_block(table, desired[table], desired[table], stale, reversed(inserts)))
     return _restore_input(blocks)

@@ -16,7 +16,8 @@ from kproxy.backends.iptables.render import (
     NAT_NODEPORTS,
     NAT_SERVICES,
 )
-from kproxy.view import KIND_ORDER, FrontendView, ProgrammedView, ServicePortView
+from kproxy.backends.view import KIND_ORDER, FrontendView, ProgrammedView, ServicePortView
+from kproxy.values import endpoint_text
 
 Table = dict[str, list[str]]  # chain -> rules ("-A CHAIN ..." lines), in order
 
@@ -63,14 +64,6 @@ def options(rule: str) -> dict[str, str]:
     return found
 
 
-def _endpoint_text(destination: str) -> str:
-    """DNAT's --to-destination as the view shows endpoints: ip:port, IPv6 unbracketed."""
-    if destination.startswith("["):
-        ip, _, port = destination[1:].partition("]")
-        return f"{ip}{port}"
-    return destination
-
-
 def _host_text(cidr: str) -> str:
     return cidr.removesuffix("/32").removesuffix("/128")
 
@@ -83,7 +76,7 @@ def _endpoints(nat: Table, chain: str, seen: frozenset[str] = frozenset()) -> li
         if "--rcheck" in rule:  # affinity: the same endpoint again, listed once
             continue
         if target == "DNAT" and "--to-destination" in opts:
-            out.append(_endpoint_text(opts["--to-destination"]))
+            out.append(opts["--to-destination"])  # ip:port, IPv6 bracketed
         elif target.startswith(("KUBE-SVC-", "KUBE-EXT-", "KUBE-SEP-", "KUBE-SCT-")) and target not in seen \
                 and ("-s" not in opts or chain.startswith("KUBE-FW-")) and "--src-type" not in opts:
             # (a jump on a source match in EXT is a short-circuit, not the frontend's own)
@@ -124,7 +117,7 @@ def read_view(tables: dict[str, Table]) -> ProgrammedView:
     def address(opts: dict[str, str]) -> str:
         port = opts.get("--dport", "?")
         if "-d" in opts:
-            return f"{_host_text(opts['-d'])}:{port}"
+            return endpoint_text(_host_text(opts['-d']), port)
         return ",".join(f"{ip}:{port}" for ip in nodeport_ips) if nodeport_ips and not all_local else f"*:{port}"
 
     by_port: dict[str, list[FrontendView]] = defaultdict(list)
@@ -153,3 +146,8 @@ def read_view(tables: dict[str, Table]) -> ProgrammedView:
     )
     return ProgrammedView(present=True, service_ports=ports,
                           nodeport_ips=() if all_local and not nodeport_ips else tuple(nodeport_ips))
+
+
+def programmed(save_text: str) -> bool:
+    """Whether kproxy's chains are in this iptables-save output."""
+    return NAT_SERVICES in parse_save_all(save_text).get("nat", {})

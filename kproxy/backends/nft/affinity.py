@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from kproxy.backends.nft.names import affinity_names
 from kproxy.backends.nft.readback import key_parts
-from kproxy.backends.nft.render import affinity_names, ip_text
 from kproxy.plan import ServicePortPlan
+from kproxy.values import ip_text
 
 
 def _targets(sp: ServicePortPlan | None) -> set[tuple[str, int]]:

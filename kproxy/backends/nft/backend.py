@@ -1,6 +1,7 @@
 """NftBackend: renders a Plan, diffs it against what it last applied, applies one batch.
 
-What was applied is kept in memory (reading a large ruleset back costs seconds, DESIGN §3).
+What was applied is kept in memory (reading a large ruleset back costs seconds:
+docs/DESIGN.md §3).
 The first sync, and the one after any failure, replaces the whole table in a single atomic
 batch: that adopts whatever an earlier run left without a moment of missing rules, and
 makes any in-memory record that a failed batch left behind irrelevant.
@@ -12,15 +13,16 @@ import time
 
 import structlog
 
-from kproxy.backends import SyncResult
+from kproxy.backends.base import SyncResult
 from kproxy.backends.nft.affinity import stale_entries
+from kproxy.backends.nft.drift import differences
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.kernel import NftError, NftKernel
-from kproxy.backends.nft.objects import Skeleton, table_of
+from kproxy.backends.nft.names import affinity_names, table_of
+from kproxy.backends.nft.objects import Skeleton
 from kproxy.backends.nft.readback import read_view
 from kproxy.backends.nft.render import (
     Contribution,
-    affinity_names,
     affinity_timeouts,
     counts_in_use,
     render_node,
@@ -28,9 +30,9 @@ from kproxy.backends.nft.render import (
     render_skeleton,
 )
 from kproxy.backends.nft.transaction import NeedsFullSync, NftTransaction, full_transaction, incremental_transaction
+from kproxy.backends.view import ProgrammedView
 from kproxy.model import ServicePortName
 from kproxy.plan import Plan, ServicePortPlan
-from kproxy.view import ProgrammedView
 
 log = structlog.get_logger(__name__)
 
@@ -50,11 +52,13 @@ class NftBackend:
         self._plans: dict[ServicePortName, ServicePortPlan] = {}
         self._node: Contribution = {}
         self._skeleton: Skeleton | None = None
+        self._transactions = 0  # kernel transactions committed by the current sync
         # changed Service ports that had affinity: (old plan, new plan or None)
         self._affinity_changes: list[tuple[ServicePortPlan, ServicePortPlan | None]] = []
 
     def sync(self, plan: Plan, full: bool = False) -> SyncResult:
         started = time.perf_counter()
+        self._transactions = 0
         if full or self._skeleton is None:
             return self._full_sync(plan, started)
         delta = ElementDelta()
@@ -77,7 +81,7 @@ class NftBackend:
         rendered = time.perf_counter()
         if tx:
             try:
-                self._kernel.apply(tx.text())
+                self._apply_script(tx.text())
             except Exception:
                 # The kernel kept its previous state; our record is ahead of it now, so the
                 # next sync rebuilds the table whole instead of trusting the record.
@@ -88,8 +92,20 @@ class NftBackend:
             self._forget_stale_affinity()
         self._affinity_changes = []
         done = time.perf_counter()
-        return SyncResult(full=full, operations=tx.operations,
+        return SyncResult(full=full, operations=tx.operations, transactions=self._transactions,
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
+
+    def _apply_script(self, script: str) -> None:
+        self._kernel.apply(script)
+        self._transactions += 1
+
+    def differences(self) -> list[str]:
+        """What differs between the kernel and what this backend applied (nothing before
+        the first sync). Lists the whole table: the agent asks only when the ruleset
+        generation says someone else changed nftables."""
+        if self._skeleton is None:
+            return []
+        return differences(self._skeleton, self._table, self._kernel.list_table())
 
     def _update_elements(self, plan: Plan, delta: ElementDelta | None) -> None:
         node = render_node(plan)
@@ -98,10 +114,10 @@ class NftBackend:
             self._node = node
         wanted = {sp.name: sp for sp in plan.service_ports}
         for name in [n for n in self._plans if n not in wanted]:
-            old = self._plans.pop(name)
-            # render is pure, so what `old` contributed is rendered again rather than kept
-            self._table.replace(str(name), render_service_port(old), None, delta)
-            self._note_affinity(old, None)
+            gone = self._plans.pop(name)
+            # render is pure, so what `gone` contributed is rendered again rather than kept
+            self._table.replace(str(name), render_service_port(gone), None, delta)
+            self._note_affinity(gone, None)
         for name, sp in wanted.items():
             old = self._plans.get(name)
             if old is sp or old == sp:
@@ -124,7 +140,7 @@ class NftBackend:
         try:
             stale = stale_entries(changes, {t: self._kernel.list_map(t) for t in tables})
             for table, keys in stale.items():
-                self._kernel.apply(f"delete element {table_of(self.family)} {table} {{ {', '.join(keys)} }}\n")
+                self._apply_script(f"delete element {table_of(self.family)} {table} {{ {', '.join(keys)} }}\n")
         except NftError as err:
             # an entry may time out between listing and deleting; the rest expire anyway
             log.info("could not forget stale affinity", error=str(err))

@@ -40,9 +40,9 @@ class ElementTable:
 
     @staticmethod
     def _winner(held: tuple[Owner, Element] | dict[Owner, Element]) -> Element:
-        if type(held) is tuple:
+        if isinstance(held, tuple):
             return held[1]
-        return held[min(held)]  # type: ignore[index,call-overload]
+        return held[min(held)]
 
     def effective(self, set_name: str, key: str) -> Element | None:
         held = self._owners.get(set_name, {}).get(key)
@@ -82,12 +82,12 @@ class ElementTable:
         self._note(delta, set_name, key)
         keys = self._owners[set_name]
         held = keys[key]
-        if type(held) is tuple:
+        if isinstance(held, tuple):
             del keys[key]
         else:
-            del held[owner]  # type: ignore[union-attr]
+            del held[owner]
             if len(held) == 1:
-                keys[key] = next(iter(held.items()))  # type: ignore[union-attr]
+                keys[key] = next(iter(held.items()))
         if delta is not None:
             delta.after[(set_name, key)] = self.effective(set_name, key)
 
@@ -95,11 +95,11 @@ class ElementTable:
         self._note(delta, set_name, key)
         keys = self._owners.setdefault(set_name, {})
         held = keys.get(key)
-        if held is None or (type(held) is tuple and held[0] == owner):
+        if held is None or (isinstance(held, tuple) and held[0] == owner):
             keys[key] = (owner, element)
-        elif type(held) is tuple:
+        elif isinstance(held, tuple):
             keys[key] = {held[0]: held[1], owner: element}
         else:
-            held[owner] = element  # type: ignore[index]
+            held[owner] = element
         if delta is not None:
             delta.after[(set_name, key)] = self.effective(set_name, key)

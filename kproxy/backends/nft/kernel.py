@@ -6,7 +6,7 @@ import json
 import subprocess
 from typing import Any, Protocol
 
-from kproxy.backends.nft.objects import TABLE
+from kproxy.backends.nft.names import TABLE
 
 
 class NftError(RuntimeError):
@@ -43,6 +43,13 @@ class LibNftKernel:
             raise NftError(_first_error(err))
         return None
 
+    def exists(self) -> bool:
+        """Whether the table is there; cheap (`list table` of a large one takes seconds)."""
+        rc, out, err = self._nft.cmd(f"list tables {self.table.split()[0]}")
+        if rc != 0:
+            raise NftError(_first_error(err))
+        return f"table {self.table}" in str(out).splitlines()
+
     def list_table(self) -> dict[str, Any] | None:
         return self._list(f"table {self.table}")
 
@@ -56,7 +63,8 @@ class LibNftKernel:
             if "No such file or directory" in err:
                 return None
             raise NftError(_first_error(err))
-        return json.loads(out)
+        listing: dict[str, Any] = json.loads(out)
+        return listing
 
     def delete_table(self) -> bool:
         if self.list_table() is None:
@@ -69,7 +77,7 @@ class LibNftKernel:
         rc, out, err = self._nft.cmd(f"list table {self.table}")
         if rc != 0:
             raise NftError(_first_error(err))
-        return out
+        return str(out)
 
 
 # libnftables keeps what it parsed: a 10,000-Service table (9 MB of script) leaves

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TABLE_NAME = "kproxy"
+from kproxy.backends.nft.names import TABLE
+
 COMMENT_MAX = 128  # nft refuses longer element comments
-
-
-def table_of(family: int) -> str:
-    return f"ip {TABLE_NAME}" if family == 4 else f"ip6 {TABLE_NAME}"
-
-
-TABLE = table_of(4)  # the IPv4 table; IPv6 rules live in "ip6 kproxy"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

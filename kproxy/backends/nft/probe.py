@@ -11,7 +11,6 @@ rule it passes; the pure part below turns that into steps and a verdict.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import secrets
@@ -20,7 +19,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -28,9 +26,8 @@ from dataclasses import asdict, dataclass, replace
 from ipaddress import ip_address
 from typing import Any
 
-from kproxy.cli import UsageError, print_json
 from kproxy.model import IPAddress
-from kproxy.trace import endpoint_text
+from kproxy.values import endpoint_text
 
 PROBE_TABLE_PREFIX = "kproxy-probe-"
 PROTOCOLS = {"tcp": 6, "udp": 17}
@@ -60,7 +57,7 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -456,41 +453,19 @@ def _term_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def make_probe(args: argparse.Namespace, local_ips: Callable[[], Iterable[IPAddress]]) -> Probe:
-    from kproxy.trace_command import parse_arguments
-
-    src, dst, port, proto = parse_arguments(args)
+def make_probe(src: IPAddress, dst: IPAddress, port: int, proto: str,
+               local_ips: Iterable[IPAddress]) -> Probe:
+    """The probe for one parsed --from/--to; ProbeError for what cannot be probed."""
     if proto not in PROTOCOLS:
-        raise UsageError("trace --probe: no SCTP probes (this kernel has no SCTP; kproxy crafts TCP and UDP "
-                         "packets only); `kproxy trace` without --probe evaluates SCTP rules")
+        raise ProbeError("no SCTP probes (kproxy crafts TCP and UDP packets only); "
+                         "`kproxy trace` without --probe evaluates SCTP rules")
     return Probe(src=src, dst=dst, dport=port, proto=proto, sport=40000 + secrets.randbelow(20000),
-                 local=src.is_loopback or src in set(local_ips()), table=f"{PROBE_TABLE_PREFIX}{os.getpid()}")
+                 local=src.is_loopback or src in set(local_ips), table=f"{PROBE_TABLE_PREFIX}{os.getpid()}")
 
 
-def probe_command(args: argparse.Namespace) -> int:
-    from kproxy import node
-    from kproxy.backends.nft.objects import table_of
+def probe(target: Probe, timeout: float) -> ProbeResult:
+    """Run one probe (the caller checked that kproxy's nftables tables are there)."""
+    import nftables  # the pure parts above must not need it
 
-    probe = make_probe(args, node.local_addresses)
-    if os.geteuid() != 0:
-        sys.stderr.write("kproxy: error: trace --probe needs root (it adds a table and sends a raw packet)\n")
-        return 1
-    try:
-        import nftables
-
-        nft = nftables.Nftables()
-        tables = nft_cmd(nft, "list tables").splitlines()
-        if not any(f"table {table_of(family)}" in tables for family in (4, 6)):
-            sys.stderr.write("kproxy: error: trace --probe needs the nftables backend (no table ip kproxy "
-                             "or ip6 kproxy on this node)\n")
-            return 1
-        with _term_as_interrupt():
-            result = run_probe(probe, nft, args.timeout)
-    except ProbeError as err:
-        sys.stderr.write(f"kproxy: error: trace --probe: {err}\n")
-        return 1
-    if args.json:
-        print_json(result.to_json())
-    else:
-        sys.stdout.write(format_probe(result))
-    return 0
+    with _term_as_interrupt():
+        return run_probe(target, nftables.Nftables(), timeout)

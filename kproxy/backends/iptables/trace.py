@@ -14,7 +14,7 @@ it, so both backends' `--json` can be compared.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
@@ -28,26 +28,25 @@ from kproxy.backends.iptables.render import (
     NAT_SERVICES,
 )
 from kproxy.backends.iptables.save import Table, frontend_label, nodeport_addresses, options, parse_save_all, tokens
-from kproxy.model import IPAddress
-from kproxy.trace import (
+from kproxy.backends.trace import (
     MASQ_ALL,
     MASQ_EXTERNAL,
     MASQ_HAIRPIN,
     MASQ_NODE_OWN,
     MASQ_OFF_CLUSTER_REASON,
-    NOTHING_PROGRAMMED,
-    NOT_A_SERVICE,
     NO_ENDPOINTS,
     NO_LOCAL_ENDPOINT,
+    NOT_A_SERVICE,
+    NOTHING_PROGRAMMED,
     SHORT_CIRCUIT,
     SOURCE_ALLOWED,
     SOURCE_RANGES_DROP,
     UNALLOCATED,
     WRONG_PORT,
     TraceResult,
-    endpoint_host,
-    endpoint_text,
 )
+from kproxy.model import IPAddress
+from kproxy.values import endpoint_host, endpoint_text
 
 LOCALNET = "a loopback address reached from outside the node (KUBE-FIREWALL)"
 
@@ -134,7 +133,7 @@ def _set_mark(mark: int, opts: dict[str, str]) -> int:
 
 def _probability(argv: tuple[str, ...], opts: dict[str, str], pkt: Packet, path: Path) -> float:
     """How likely the rule matches this path: 0 or 1, or p for `-m statistic`."""
-    tests = (
+    tests: tuple[tuple[str, Callable[[str], bool]], ...] = (
         ("-s", lambda v: _in_cidr(pkt.src, v)),
         ("-d", lambda v: _in_cidr(path.dst, v)),
         ("-p", lambda v: _negatable(v, v.lstrip("!") == pkt.proto)),
@@ -378,8 +377,3 @@ def _dnat_result(nat: Table, pkt: Packet, kind: str, paths: list[Path],
                        frontend=frontend, source_kind=kind, endpoints=tuple(shares),
                        local_endpoints=tuple(e for e in shares if endpoint_host(e) in local), masquerade=bool(reasons),
                        masquerade_reasons=tuple(reasons), affinity_seconds=affinity, steps=tuple(steps))
-
-
-def programmed(save_text: str) -> bool:
-    """Whether kproxy's chains are in this iptables-save output."""
-    return NAT_SERVICES in parse_save_all(save_text).get("nat", {})

@@ -3,20 +3,20 @@ externalTrafficPolicy Local, telling load balancers whether this node has endpoi
 
 Answers as upstream's service health server does: 200 when the node has local ready
 endpoints (and kproxy itself is healthy), else 503; a JSON body naming the Service, and
-the endpoint count in the X-Load-Balancing-Endpoint-Weight header.
+the endpoint count in the X-Load-Balancing-Endpoint-Weight header. Listeners bind every
+address of both families, as upstream's do.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
 
+from kproxy.health.http import ANY_PATH, Response, RouteServer
 from kproxy.model import ServiceName
-from kproxy.plan import HealthCheck
+from kproxy.plan import HealthCheck, Plan
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +30,6 @@ def health_answer(service: ServiceName, local_endpoints: int, proxy_healthy: boo
     }
     headers = {
         "Content-Type": "application/json",
-        "X-Content-Type-Options": "nosniff",
         "X-Load-Balancing-Endpoint-Weight": str(local_endpoints),
     }
     status = 200 if local_endpoints and proxy_healthy else 503
@@ -40,41 +39,30 @@ def health_answer(service: ServiceName, local_endpoints: int, proxy_healthy: boo
 class _Listener:
     def __init__(self, address: str, check: HealthCheck, proxy_healthy: Callable[[], bool]) -> None:
         self.check = check
-        listener = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                status, headers, body = health_answer(
-                    listener.check.service, listener.check.local_endpoints, proxy_healthy())
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def answer() -> Response:
+            return health_answer(self.check.service, self.check.local_endpoints, proxy_healthy())
 
-            def log_message(self, format: str, *args: object) -> None:  # quiet
-                pass
-
-        self.server = ThreadingHTTPServer((address, check.node_port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                       name=f"healthcheck-{check.node_port}", daemon=True)
-        self.thread.start()
+        host = f"[{address}]" if ":" in address else address  # split_address takes [v6]:port
+        self.server = RouteServer(f"{host}:{check.node_port}", {ANY_PATH: answer}, f"healthcheck-{check.node_port}")
+        self.server.start(announce=False)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 class ServiceHealthServer:
     """Keeps one listener per HealthCheck of the latest plan; counts update in place."""
 
-    def __init__(self, address: str = "0.0.0.0", proxy_healthy: Callable[[], bool] = lambda: True) -> None:
-        self._address = address
+    def __init__(self, address: str = "", proxy_healthy: Callable[[], bool] = lambda: True) -> None:
+        self._address = address  # "": every address of both families
         self._proxy_healthy = proxy_healthy
         self._listeners: dict[int, _Listener] = {}
         self._by_family: dict[int, tuple[HealthCheck, ...]] = {}
+
+    def after_sync(self, plan: Plan, _report: object = None) -> None:
+        """Agent hook: the plan of one IP family was programmed."""
+        self.sync(plan.health_checks, plan.family)
 
     def sync(self, checks: Iterable[HealthCheck], family: int = 4) -> None:
         """The checks of one IP family's plan; a dual-stack Service's pods count once."""
@@ -84,7 +72,7 @@ class ServiceHealthServer:
             known = wanted.get(check.node_port)
             if known is None or known.local_endpoints < check.local_endpoints:
                 wanted[check.node_port] = check
-        for port in [p for p, lis in self._listeners.items() if wanted.get(p, None) is None
+        for port in [p for p, lis in self._listeners.items() if wanted.get(p) is None
                      or wanted[p].service != lis.check.service]:
             self._listeners.pop(port).close()
         for port, check in wanted.items():

@@ -3,7 +3,8 @@
 Healthy unless an update has been queued (a Service or EndpointSlice changed, or the agent
 started) and no sync has completed within `timeout` since the oldest such update; upstream
 uses twice the sync period. /healthz also fails while this node is being deleted
-(deletionTimestamp set), so load balancers drain it; /livez ignores the node.
+(deletionTimestamp set), so load balancers drain it; /livez ignores the node. Both fail
+for good once a source thread cannot continue (`fail`): the agent is about to exit.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from kproxy.http_server import Response
+from kproxy.health.http import Response
 
 
 def _timestamp(seconds: float | None) -> str:
@@ -40,6 +41,7 @@ class ProxyHealth:
         self._last_updated: float | None = None
         self._oldest_queued: float | None = None
         self._node_eligible = True
+        self.failure: str | None = None
 
     def queued_update(self) -> None:
         """Something changed that needs a sync; only the oldest unsynced one counts."""
@@ -53,6 +55,11 @@ class ProxyHealth:
             self._oldest_queued = None
             self._last_updated = self._clock()
 
+    def fail(self, reason: str) -> None:
+        """A source thread cannot continue: unhealthy from now on, whatever syncs do."""
+        with self._lock:
+            self.failure = reason
+
     def sync_node(self, deleting: bool) -> None:
         with self._lock:
             self._node_eligible = not deleting
@@ -60,7 +67,8 @@ class ProxyHealth:
     def status(self) -> HealthStatus:
         with self._lock:
             now = self._clock()
-            healthy = self._oldest_queued is None or now - self._oldest_queued < self.timeout
+            healthy = self.failure is None and (
+                self._oldest_queued is None or now - self._oldest_queued < self.timeout)
             return HealthStatus(healthy, self._last_updated, now, self._node_eligible)
 
 
@@ -87,7 +95,7 @@ class HealthEndpoints:
         body = {"lastUpdated": _timestamp(last), "currentTime": _timestamp(s.current_time)}
         return self._respond("livez", s.healthy, body)
 
-    def _respond(self, path: str, healthy: bool, body: dict[str, object]) -> Response:
+    def _respond(self, path: str, healthy: bool, body: Mapping[str, object]) -> Response:
         code = 200 if healthy else 503
         self._count(path, code)
         return code, "application/json", json.dumps(body).encode()

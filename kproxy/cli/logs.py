@@ -14,7 +14,8 @@ def configure_logging(fmt: str = "text", verbose: bool = False) -> None:
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
+        # keys in the order the code logs them (README shows the `synced` line so)
+        renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0, sort_keys=False)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

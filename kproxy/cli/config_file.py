@@ -1,28 +1,34 @@
 """Upstream's configuration file (KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1).
 
-The file is checked against upstream's schema: an unknown field or a value of the wrong type
-is an error naming the field. Fields kproxy implements set the same settings as its flags;
-fields it does not implement are reported once, as ignored, when they hold a non-zero value
-(a kubeadm-generated file lists every field with zero values: those mean "default" upstream
-and here). Flags given on the command line override the file.
+The file is checked against upstream's schema. As upstream's loader does (strict decoding
+first, then lenient decoding with a warning), an unknown field is reported and skipped, so an
+older kubeadm file (`udpIdleTimeout: 0s`) still loads; a value of the wrong type or a bad
+value is an error naming the field. Fields kproxy implements set the same settings as its
+flags; fields it does not implement are reported once, as ignored, when they hold a non-zero
+value (a kubeadm-generated file lists every field with zero values: those mean "default"
+upstream and here). Flags given on the command line override the file.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 from typing import Any
 
 import yaml
 
+from kproxy.model import IPNetwork
+from kproxy.values import format_duration, parse_cidr_list, parse_duration
+
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 KIND = "KubeProxyConfiguration"
 
-DEFAULT_METRICS_BIND_ADDRESS = "127.0.0.1:10249"
-DEFAULT_HEALTHZ_BIND_ADDRESS = "0.0.0.0:10256"
+METRICS_PORT = 10249
+HEALTHZ_PORT = 10256
+DEFAULT_METRICS_BIND_ADDRESS = f"127.0.0.1:{METRICS_PORT}"
+DEFAULT_HEALTHZ_BIND_ADDRESS = f"0.0.0.0:{HEALTHZ_PORT}"
 
 
 class ConfigError(ValueError):
@@ -30,33 +36,6 @@ class ConfigError(ValueError):
 
 
 # --- value types --------------------------------------------------------------------------
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(text: str) -> float:
-    """metav1.Duration as upstream writes it: 30s, 1m0s, 500ms, 2h22m; "0" is zero."""
-    if text == "0":
-        return 0.0
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r} (examples: 30s, 500ms, 1m0s)")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest Go-style spelling: 30s, 500ms, 1m30s, 1h0m0s."""
-    if seconds < 1 and seconds != 0:
-        return f"{seconds * 1000:g}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours:g}h{minutes:g}m{secs:g}s"
-    if minutes:
-        return f"{minutes:g}m{secs:g}s"
-    return f"{secs:g}s"
-
 
 def _is_str(v: object) -> bool:
     return isinstance(v, str)
@@ -74,7 +53,7 @@ def _is_duration(v: object) -> bool:
     if not isinstance(v, str):
         return False
     try:
-        parse_go_duration(v)
+        parse_duration(v)
     except ValueError:
         return False
     return True
@@ -142,7 +121,7 @@ SCHEMA: dict[str, Any] = {
     "bindAddress": _used(STR),
     "healthzBindAddress": _used(STR),
     "metricsBindAddress": _used(STR),
-    "bindAddressHardFail": BOOL,
+    "bindAddressHardFail": _used(BOOL),
     "enableProfiling": BOOL,
     "showHiddenMetricsForVersion": STR,
     "mode": _used(STR),
@@ -191,6 +170,7 @@ CONNTRACK_FIELDS = {
 class ProxyConfigFile:
     path: str
     values: dict[str, Any]  # flattened: "nftables.syncPeriod" -> "5s"; unset and null left out
+    unknown: tuple[str, ...] = ()  # fields not in the schema: skipped, as upstream's lenient decoding does
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -205,29 +185,32 @@ def _field(key: str) -> Field:
     node: Any = SCHEMA
     for part in key.split("."):
         node = node[part]
+    assert isinstance(node, Field)
     return node
 
 
 def _is_zero(value: object) -> bool:
     if isinstance(value, str) and _is_duration(value):
-        return parse_go_duration(value) == 0
+        return parse_duration(value) == 0
     if isinstance(value, dict):
         return all(_is_zero(v) for v in value.values())
     return value is None or value is False or value == 0 or value in ("", [])
 
 
-def _flatten(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+def _flatten(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str,
+             unknown: list[str]) -> Iterator[tuple[str, Any]]:
     for name, value in data.items():
         key = f"{prefix}{name}"
         spec = schema.get(name) if isinstance(name, str) else None
         if spec is None:
-            raise ConfigError(f"unknown field {key!r}")
+            unknown.append(key)
+            continue
         if value is None:
             continue  # null: unset, as upstream reads it
         if isinstance(spec, dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"field {key!r}: expected a section (a map), got {value!r}")
-            yield from _flatten(value, spec, f"{key}.")
+            yield from _flatten(value, spec, f"{key}.", unknown)
         elif not spec.check(value):
             raise ConfigError(f"field {key!r}: expected {spec.expected}, got {value!r}")
         else:
@@ -243,14 +226,15 @@ def parse_config(text: str, path: str = "<config>") -> ProxyConfigFile:
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a KubeProxyConfiguration document")
+    unknown: list[str] = []
     try:
-        values = dict(_flatten(data, SCHEMA, ""))
+        values = dict(_flatten(data, SCHEMA, "", unknown))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     if values.get("apiVersion") != API_VERSION or values.get("kind") != KIND:
         raise ConfigError(f"{path}: expected apiVersion {API_VERSION} and kind {KIND}, "
                           f"got {values.get('apiVersion')!r} and {values.get('kind')!r}")
-    return ProxyConfigFile(path, values)
+    return ProxyConfigFile(path, values, tuple(unknown))
 
 
 def load_config(path: str) -> ProxyConfigFile:
@@ -264,30 +248,31 @@ def load_config(path: str) -> ProxyConfigFile:
 
 # --- merging with the command line ------------------------------------------------------------
 
-def _cidrs(key: str, text: str) -> tuple[IPv4Network, ...]:
-    found = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
-        try:
-            net = ip_network(item, strict=False)
-        except ValueError:
-            raise ConfigError(f"field {key!r}: {item!r} is not a CIDR") from None
-        if isinstance(net, IPv4Network):
-            found.append(net)
-    return tuple(found)
+ALL_ADDRESSES = (ip_network("0.0.0.0/0"), ip_network("::/0"))
 
 
-def _node_port_addresses(items: list[str]) -> tuple[IPv4Network, ...]:
-    found: list[IPv4Network] = []
-    for item in items:
-        if item == "primary":
-            continue  # the default: the node IPs
-        if item == "all":
-            found.append(IPv4Network("0.0.0.0/0"))
-        elif item == "localhost":
-            raise ConfigError("field 'nodePortAddresses': 'localhost' is not supported (nftables mode)")
-        else:
-            found.extend(_cidrs("nodePortAddresses", item))
-    return tuple(found)
+def _cidrs(text: str) -> tuple[IPNetwork, ...]:
+    try:
+        return parse_cidr_list(text)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def parse_node_port_addresses(items: list[str]) -> tuple[IPNetwork, ...]:
+    """nodePortAddresses / --nodeport-addresses: `primary` (the default: the node IPs, as no
+    CIDR at all), `all` (every local address of both families) or CIDRs. As upstream's
+    validation, `primary` (and kproxy's `all`) stands alone."""
+    items = [i.strip() for i in items if i.strip()]
+    for word in ("primary", "all"):
+        if word in items and len(items) > 1:
+            raise ConfigError(f"{word!r} cannot be combined with other values ({', '.join(items)})")
+    if items == ["primary"]:
+        return ()
+    if items == ["all"]:
+        return ALL_ADDRESSES
+    if "localhost" in items:
+        raise ConfigError("'localhost' is not supported")
+    return tuple(n for item in items for n in _cidrs(item))
 
 
 def check_bind_address(key: str, text: str, default_port: int) -> str:
@@ -329,30 +314,40 @@ def file_settings(cfg: ProxyConfigFile, mode_choices: tuple[str, ...], flag_mode
                 ip = ip_address(bind)
             except ValueError:
                 raise ConfigError(f"field 'bindAddress': {bind!r} is not an IP address") from None
-            if isinstance(ip, IPv4Address) and not ip.is_unspecified:
+            if not ip.is_unspecified:
                 out["node_ip"] = [ip]
         if address := v.get("healthzBindAddress"):
-            out["healthz_bind_address"] = check_bind_address("field 'healthzBindAddress'", address, 10256)
+            out["healthz_bind_address"] = check_bind_address("field 'healthzBindAddress'", address, HEALTHZ_PORT)
         if address := v.get("metricsBindAddress"):
-            out["metrics_bind_address"] = check_bind_address("field 'metricsBindAddress'", address, 10249)
+            out["metrics_bind_address"] = check_bind_address("field 'metricsBindAddress'", address, METRICS_PORT)
         if cidrs := v.get("clusterCIDR"):
-            out["cluster_cidr"] = _cidrs("clusterCIDR", cidrs)
+            try:
+                out["cluster_cidr"] = _cidrs(cidrs)
+            except ConfigError as err:
+                raise ConfigError(f"field 'clusterCIDR': {err}") from None
         if (local_mode := v.get("detectLocalMode")) and local_mode != "ClusterCIDR":
             raise ConfigError(f"field 'detectLocalMode': {local_mode!r} is not implemented (only ClusterCIDR)")
         if addresses := v.get("nodePortAddresses"):
-            out["nodeport_addresses"] = _node_port_addresses(addresses)
+            try:
+                out["nodeport_addresses"] = parse_node_port_addresses(addresses)
+            except ConfigError as err:
+                raise ConfigError(f"field 'nodePortAddresses': {err}") from None
+        if v.get("bindAddressHardFail"):
+            out["bind_address_hard_fail"] = True
         if (localhost := v.get("iptables.localhostNodePorts")) is not None:
             out["iptables_localhost_nodeports"] = localhost
         if v.get(f"{section}.masqueradeAll"):
             out["masquerade_all"] = True
         for name, dest in (("syncPeriod", "sync_period"), ("minSyncPeriod", "min_sync_period")):
-            seconds = parse_go_duration(v.get(f"{section}.{name}", "0"))
+            seconds = parse_duration(v.get(f"{section}.{name}", "0"))
             if seconds:  # 0s: upstream's default
                 out[dest] = seconds
         for name, dest in CONNTRACK_FIELDS.items():
             value = v.get(f"conntrack.{name}")
             if isinstance(value, str):
-                value = parse_go_duration(value)
+                value = parse_duration(value)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"field 'conntrack.{name}': {value} is negative (must be 0 or more)")
             if value:
                 out[dest] = value
         if fmt := v.get("logging.format"):
@@ -378,7 +373,9 @@ def merge(args: argparse.Namespace, cfg: ProxyConfigFile, explicit: set[str],
 
 # --- the effective configuration, as upstream would write it -----------------------------------
 
-def effective_config(args: argparse.Namespace) -> dict[str, Any]:
+def effective_config(args: argparse.Namespace, hostname: str | None = None) -> dict[str, Any]:
+    """The configuration as upstream would write it; `hostname`: the node name in effect
+    (the override, else $NODE_NAME, else the hostname), shown as hostnameOverride."""
     mode = section = args.proxy_mode
     node_ips = getattr(args, "node_ip", None) or []
     per_mode: dict[str, Any] = {
@@ -396,7 +393,7 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
         elif value:
             conntrack[name] = value
     nodeports: list[str] = [str(n) for n in args.nodeport_addresses] or ["primary"]
-    if nodeports == ["0.0.0.0/0"]:
+    if set(nodeports) <= {str(n) for n in ALL_ADDRESSES}:
         nodeports = ["all"]
     return {
         "apiVersion": API_VERSION,
@@ -406,7 +403,8 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
         "clusterCIDR": ",".join(str(n) for n in args.cluster_cidr),
         "detectLocalMode": "ClusterCIDR",
         "healthzBindAddress": args.healthz_bind_address,
-        "hostnameOverride": args.hostname_override or "",
+        "hostnameOverride": hostname or args.hostname_override or "",
+        "bindAddressHardFail": bool(getattr(args, "bind_address_hard_fail", False)),
         "logging": {"format": getattr(args, "log_format", "text"),
                     "verbosity": 4 if getattr(args, "verbose", False) else 0},
         "metricsBindAddress": args.metrics_bind_address,
@@ -417,8 +415,8 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def dump_config(args: argparse.Namespace) -> str:
-    return yaml.safe_dump(effective_config(args), sort_keys=True, default_flow_style=False)
+def dump_config(args: argparse.Namespace, hostname: str | None = None) -> str:
+    return yaml.safe_dump(effective_config(args, hostname), sort_keys=True, default_flow_style=False)
 
 
 def _all_actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
@@ -426,8 +424,8 @@ def _all_actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
     pending = [parser]
     while pending:
         p = pending.pop()
-        for action in p._actions:  # noqa: SLF001
-            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
                 pending.extend(action.choices.values())
             else:
                 yield action
@@ -443,9 +441,10 @@ def explicit_dests(build_parser: Callable[[], argparse.ArgumentParser], argv: li
     return set(vars(parser.parse_args(argv))) - {"command"}
 
 
-def apply_config_file(args: argparse.Namespace, argv: list[str],
-                      build_parser: Callable[[], argparse.ArgumentParser]) -> tuple[argparse.Namespace, list[str]]:
-    """Merge the --config file under the flags; return the args and the ignored fields."""
+def apply_config_file(args: argparse.Namespace, argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
+                      ) -> tuple[argparse.Namespace, ProxyConfigFile]:
+    """Merge the --config file under the flags; return the args and the file (whose unknown
+    and ignored fields the caller reports)."""
     cfg = load_config(args.config)
     modes = next(tuple(a.choices or ()) for a in _all_actions(build_parser()) if a.dest == "proxy_mode")
-    return merge(args, cfg, explicit_dests(build_parser, argv), modes), cfg.ignored_fields()
+    return merge(args, cfg, explicit_dests(build_parser, argv), modes), cfg

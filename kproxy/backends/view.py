@@ -52,9 +52,12 @@ def merge_views(views: list[ProgrammedView]) -> ProgrammedView:
     )
 
 
+NOTHING_PROGRAMMED = "kproxy has programmed nothing on this node (no kproxy table)\n"  # dump and dump --raw
+
+
 def format_view(view: ProgrammedView) -> str:
     if not view.present:
-        return "kproxy has programmed nothing on this node (no kproxy table)\n"
+        return NOTHING_PROGRAMMED
     lines = [f"{len(view.service_ports)} service ports; NodePorts on "
              f"{', '.join(view.nodeport_ips) or 'every local address'}", ""]
     for sp in view.service_ports:

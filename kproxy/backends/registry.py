@@ -1,0 +1,89 @@
+"""Which backend a --proxy-mode means, which one has programmed this node, and removing
+each mode's rules: the one place that knows every backend."""
+
+from __future__ import annotations
+
+import structlog
+
+from kproxy.backends.base import Backend
+from kproxy.backends.iptables.backend import IptablesBackend
+from kproxy.backends.iptables.kernel import IptablesCommands, IptablesError, save_all
+from kproxy.backends.iptables.localnet import restore_route_localnet
+from kproxy.backends.iptables.save import programmed as iptables_programmed
+from kproxy.backends.iptables.variant import VARIANTS, detect_variant
+from kproxy.backends.nft.backend import NftBackend
+from kproxy.backends.nft.kernel import LibNftKernel
+from kproxy.backends.nft.names import table_of
+
+log = structlog.get_logger(__name__)
+
+MODES = ("nftables", "iptables")
+FAMILIES = (4, 6)
+
+
+def make_backend(mode: str, *, family: int = 4, localhost_nodeports: bool = True,
+                 iptables_variant: str = "auto") -> Backend:
+    if mode == "nftables":
+        return NftBackend(LibNftKernel(table_of(family)), family)
+    if mode == "iptables":
+        return IptablesBackend(IptablesCommands(node_variant(iptables_variant), family),
+                               localhost_nodeports=localhost_nodeports, family=family)
+    raise ValueError(f"proxy mode {mode!r} is not implemented")
+
+
+def node_variant(choice: str = "auto") -> str:
+    """The iptables variant: as chosen, or detected from the IPv4 tables (one variant for
+    both families, as upstream's iptables-wrapper decides)."""
+    return detect_variant(save_all) if choice == "auto" else choice
+
+
+def nft_programmed(family: int) -> bool:
+    return LibNftKernel(table_of(family)).exists()
+
+
+def programmed_mode() -> str | None:
+    """The mode whose rules are on this node (nftables first, either family), else None."""
+    if any(nft_programmed(family) for family in FAMILIES):
+        return "nftables"
+    variant = node_variant()
+    if any(iptables_programmed(save_all(variant, family) or "") for family in FAMILIES):
+        return "iptables"
+    return None
+
+
+def cleanup_nftables() -> bool:
+    """Remove kproxy's nftables tables of both families; True if there was one."""
+    return any([LibNftKernel(table_of(family)).delete_table() for family in FAMILIES])
+
+
+def cleanup_iptables() -> bool:
+    """Remove kproxy's iptables and ip6tables rules from both variants, and set route_localnet
+    back if kproxy changed it; True if there were any rules."""
+    restore_route_localnet()
+    removed = False
+    for family in FAMILIES:
+        for variant in VARIANTS:
+            if save_all(variant, family) is None:
+                continue
+            try:
+                backend = IptablesBackend(IptablesCommands(variant, family), route_localnet=lambda: None,
+                                          family=family)
+                removed = backend.cleanup() or removed
+            except IptablesError as err:  # best effort: never a reason not to program the other mode
+                log.warning("could not remove kproxy's iptables rules", variant=variant, family=family,
+                            error=str(err))
+    return removed
+
+
+CLEANUPS = {"nftables": cleanup_nftables, "iptables": cleanup_iptables}
+
+
+def remove_other_modes(mode: str) -> list[str]:
+    """Remove the rules of every mode but `mode` (switching modes must not leave two sets
+    of rules fighting over the same packets); the modes that had rules."""
+    return [other for other, cleanup in CLEANUPS.items() if other != mode and cleanup()]
+
+
+def cleanup_all() -> dict[str, bool]:
+    """`kproxy cleanup`: every mode's rules; which modes had some."""
+    return {mode: cleanup() for mode, cleanup in CLEANUPS.items()}

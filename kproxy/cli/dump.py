@@ -1,0 +1,36 @@
+"""`kproxy dump`: what is programmed on this node, read back from the kernel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kproxy.backends.iptables.kernel import save_all
+from kproxy.backends.iptables.save import programmed as iptables_programmed
+from kproxy.backends.nft.kernel import LibNftKernel
+from kproxy.backends.nft.names import table_of
+from kproxy.backends.registry import FAMILIES, make_backend, node_variant, programmed_mode
+from kproxy.backends.view import NOTHING_PROGRAMMED, format_view, merge_views
+from kproxy.cli.output import print_json
+
+
+def dump(args: argparse.Namespace) -> int:
+    # whichever mode has programmed this node; nftables if neither
+    mode = (programmed_mode() or "nftables") if args.proxy_mode == "auto" else args.proxy_mode
+    if args.raw:
+        if mode == "iptables":
+            variant = node_variant()
+            saved = [save_all(variant, family) or "" for family in FAMILIES]
+            # iptables-save lists the whole node; say so when none of it is kproxy's
+            listing = "".join(saved) if any(iptables_programmed(text) for text in saved) else ""
+        else:
+            kernels = [LibNftKernel(table_of(family)) for family in FAMILIES]
+            listing = "".join(kernel.list_ruleset_text() for kernel in kernels if kernel.exists())
+        sys.stdout.write(listing or NOTHING_PROGRAMMED)
+        return 0
+    view = merge_views([make_backend(mode, family=family).read_view() for family in FAMILIES])
+    if args.json:
+        print_json(view.to_json())
+    else:
+        sys.stdout.write(format_view(view))
+    return 0

@@ -1,0 +1,120 @@
+"""Rules changed behind kproxy's back (another agent, an admin) are repaired within one
+--sync-period, with real packets through node1 before and after."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import traffic
+from kproxy_lab import Kproxy
+from topology import NODE1_IP, Cluster
+
+from manifests import endpoint, endpoint_slice, port, service, slice_port
+
+pytestmark = pytest.mark.netns
+
+VIP = "10.96.0.80"
+SYNC_PERIOD = "2s"
+
+# What another agent does to kproxy's rules, per mode; each breaks ClusterIP traffic.
+TAMPERING = {
+    "nftables": [
+        ("nft", "delete", "table", "ip", "kproxy"),
+        ("nft", "flush", "chain", "ip", "kproxy", "services"),
+        ("nft", "delete", "element", "ip", "kproxy", "frontends", "{", VIP, ".", "tcp", ".", "80", "}"),
+        ("nft", "insert", "rule", "ip", "kproxy", "services", "ip", "daddr", VIP, "accept"),
+    ],
+    "iptables": [
+        ("iptables-nft", "-t", "nat", "-F", "KUBE-SERVICES"),
+        ("iptables-nft", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment",
+         "kubernetes service portals", "-j", "KUBE-SERVICES"),
+    ],
+    # no ruleset generation to watch: found by reading the rules back each sync period
+    "iptables-legacy": [
+        ("iptables-legacy", "-t", "nat", "-F", "KUBE-SERVICES"),
+    ],
+}
+CASES = [(mode, tamper) for mode, cases in TAMPERING.items() for tamper in cases]
+FLAGS = {"iptables-legacy": ("--iptables-variant", "legacy")}
+FLUSH = {"nftables": TAMPERING["nftables"][1], "iptables": TAMPERING["iptables"][0]}
+
+
+@pytest.fixture
+def node_agent(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Kproxy]:
+    """kproxy in node1 in the case's own mode (each case runs once, for its mode)."""
+    with Kproxy.in_node1(cluster, tmp_path, request.param.split("-")[0]) as k:
+        yield k
+
+
+def web(cluster: Cluster) -> list[dict]:
+    return [service("web", VIP, [port(80, 8080)]),
+            endpoint_slice("web", [endpoint(cluster.pods["pod2"])], [slice_port(8080)])]
+
+
+@pytest.mark.parametrize(("node_agent", "tamper"), CASES, indirect=["node_agent"],
+                         ids=[f"{m}:{' '.join(t[1:6])}" for m, t in CASES])
+def test_tampered_rules_are_repaired_within_the_sync_period(cluster: Cluster, node_agent: Kproxy,
+                                                             tamper: tuple[str, ...]) -> None:
+    kproxy = node_agent
+    mode = next(m for m, cases in TAMPERING.items() if tamper in cases)
+    agent = kproxy.start(web(cluster), "--sync-period", SYNC_PERIOD, *FLAGS.get(mode, ()))
+    kproxy.wait_synced(agent)
+    serves = lambda r: set(r.pods) == {"pod2"} and not r.failures  # noqa: E731
+    traffic.wait_until(lambda: traffic.tcp(cluster.client, VIP, 80, count=3), serves, what="web serves")
+    cluster.run("node1", *tamper)
+    # broken now: a new connection is not DNATed to pod2 (reset, timeout or refused)
+    assert not serves(traffic.tcp(cluster.client, VIP, 80, count=1, timeout=0.5))
+    traffic.wait_until(lambda: traffic.tcp(cluster.client, VIP, 80, count=3, timeout=0.5), serves,
+                       what="repaired", seconds=6)  # within one sync period (2 s), with slack
+    log = kproxy.agents[-1][1].read_text()
+    assert "drift repaired" in log, log
+
+
+def test_flows_survive_a_repair_and_a_kill_during_a_big_sync(cluster: Cluster, kproxy: Kproxy) -> None:
+    """A repair rewrites the whole table, a killed agent leaves what it had: established TCP
+    (ClusterIP, NodePort) and UDP flows keep their endpoint through both."""
+    pod1 = cluster.pods["pod1"]
+    objects = [service("web", VIP, [port(80, 8080, node_port=30081)], type="NodePort"),
+               endpoint_slice("web", [endpoint(cluster.pods["pod2"])], [slice_port(8080)]),
+               service("dns", "10.96.0.81", [port(53, 8080, protocol="UDP")]),
+               endpoint_slice("dns", [endpoint(cluster.pods["pod3"])], [slice_port(8080, protocol="UDP")])]
+    # plus enough Services that a full sync takes a while
+    filler = [service(f"f{i}", f"10.96.{10 + i // 250}.{i % 250 + 1}", [port(80, 8080)]) for i in range(2000)]
+    agent = kproxy.start(objects + filler, "--sync-period", SYNC_PERIOD)
+    kproxy.wait_synced(agent, seconds=60)
+    held_vip = traffic.Holder(pod1.ns, VIP, 80)
+    held_nodeport = traffic.Holder(cluster.client, NODE1_IP, 30081)
+    udp = traffic.UdpSender(pod1.ns, "10.96.0.81", 53)
+    try:
+        assert held_vip.send("a") == f"pod2 {pod1.ip} a"
+        assert held_nodeport.send("a").startswith("pod2 ")
+        assert udp.send("a").startswith("pod3 ")
+        # a full rewrite by the drift repair (after a flush: established flows keep their
+        # NAT meanwhile; a deleted table would take the NAT hooks, and them, with it)...
+        cluster.run("node1", *FLUSH[kproxy.mode])
+        traffic.wait_until(lambda: traffic.tcp(cluster.client, VIP, 80, count=1, timeout=0.5),
+                           lambda r: set(r.pods) == {"pod2"}, what="repaired", seconds=10)
+        assert held_vip.send("b") == f"pod2 {pod1.ip} b"
+        assert held_nodeport.send("b").startswith("pod2 ")
+        assert udp.send("b").startswith("pod3 ")
+        # ...and kill -9 in the middle of the next full sync (a restart starts with one)
+        kproxy.stop(agent)
+        agent = kproxy.start(None, "--sync-period", SYNC_PERIOD)
+        time.sleep(0.3)
+        agent.kill()
+        agent.wait(timeout=10)
+        assert held_vip.send("c") == f"pod2 {pod1.ip} c"
+        agent = kproxy.start(None, "--sync-period", SYNC_PERIOD)
+        kproxy.wait_synced(agent, seconds=60)
+        assert held_vip.send("d") == f"pod2 {pod1.ip} d"
+        assert held_nodeport.send("d").startswith("pod2 ")
+        assert udp.send("d").startswith("pod3 ")
+        r = traffic.tcp(pod1.ns, VIP, 80, count=3)
+        assert r.pairs() == {("pod2", pod1.ip)}, r
+    finally:
+        held_vip.close()
+        held_nodeport.close()
+        udp.close()
