@@ -20,5 +20,5 @@ def pytest_terminal_summary(terminalreporter) -> None:
         boot = f"{run['boot']:.1f}s" if run["boot"] is not None else "-"
         guest = f"{run['guest']:.0f}s" if run["guest"] is not None else "-"
         terminalreporter.write_line(
-            f"{run['kernel']:>5} {run['group']:<9} {run['release']:<22} boot {boot:>6}  tests {guest:>6}  "
+            f"{run['kernel']:>5} {run['group']:<15} {run['release']:<22} boot {boot:>6}  tests {guest:>6}  "
             f"wall {run['wall']:.0f}s  {run['summary']}")

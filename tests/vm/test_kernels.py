@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -52,23 +52,64 @@ class Group:
 # has it as a module, not loaded by default).
 LAB_MODULES = ("br_netfilter",)
 
-# A few data-plane scenarios in both modes: what fits, for three kernels, in scripts/test's
-# time budget (the whole data-plane suite takes 6-7 minutes per mode and kernel here).
-SMOKE = "cluster_ip_from_pod or (node_port and default) or (reject_and_drop and pod1) or udp_cluster_ip"
+DP = "tests/netns/test_netns_dataplane.py"
+POL = "tests/netns/test_netns_policies.py"
+DUAL = "tests/netns/test_netns_dualstack.py"
+
+
+def both_modes(path: str, test: str, *params: str) -> tuple[str, ...]:
+    """Node ids of one test in nftables and iptables mode (and each extra parameter)."""
+    return tuple(f"{path}::{test}[{mode}{'-' + p if p else ''}]"
+                 for mode in ("nftables", "iptables") for p in (params or ("",)))
+
 
 GROUPS: dict[str, Group] = {
-    "ruleset": Group(("tests/vm/test_ruleset_loads.py",), budget=360,
-                     doc="kproxy's every-feature ruleset loads (both modes); nft -c agrees with the kernel"),
-    "dataplane": Group(("tests/netns/test_netns_dataplane.py", "-k", SMOKE), budget=480,
-                       modules=LAB_MODULES, doc="four data-plane scenarios, both modes"),
-    "nftables": Group(("tests/netns/test_netns_dataplane.py", "-k", "nftables"), budget=900,
-                      modules=LAB_MODULES, doc="every data-plane scenario, nftables mode"),
-    "iptables": Group(("tests/netns/test_netns_dataplane.py", "tests/netns/test_netns_iptables.py",
-                       "-k", "iptables"), budget=1200, modules=LAB_MODULES,
-                      doc="every data-plane scenario and the iptables specifics, iptables mode"),
+    "ruleset": Group(("tests/vm/test_no_nftables.py", "tests/vm/test_ruleset_loads.py"), budget=420,
+                     doc="no nf_tables: exit 2 with one line; kproxy's every-feature ruleset loads "
+                         "(both modes); nft -c agrees with the kernel on 52 constructs"),
+    # The core of every kernel: a kernel that nf_tables is missing from, kproxy's every-feature
+    # rules, and the basic packet flows with real packets, SCTP included, in both modes.
+    "core": Group((
+        "tests/vm/test_no_nftables.py", "tests/vm/test_ruleset_loads.py::test_every_feature_ruleset_loads",
+        *both_modes(DP, "test_cluster_ip_from_pod_reaches_ready_endpoints_unmasqueraded"),
+        *both_modes(DP, "test_node_port_is_masqueraded_and_only_on_nodeport_addresses", "default"),
+        *both_modes(DP, "test_reject_and_drop", "client"),
+        *both_modes(POL, "test_sctp_services_are_programmed"),
+    ), budget=600, modules=LAB_MODULES,
+        doc="no nf_tables -> exit 2; every-feature rules load (both modes); ClusterIP from a pod, NodePort, "
+            "reject/drop, SCTP ClusterIP + NodePort: real packets, both modes"),
+    # One more slice per kernel, so that each feature meets a Debian kernel (see DEFAULT_MATRIX)
+    "external": Group((
+        *both_modes(DP, "test_external_ip_and_load_balancer_ip_from_client_are_masqueraded", "loadBalancerIP"),
+        *both_modes(DP, "test_hairpin_pod_reaches_itself_masqueraded"),
+    ), budget=300, modules=LAB_MODULES, doc="LB IP from outside (masqueraded), hairpin, both modes"),
+    "policies": Group((
+        *both_modes(POL, "test_external_policy_local_short_circuits_pods_and_the_node"),
+        *both_modes(POL, "test_load_balancer_source_ranges"),
+    ), budget=300, modules=LAB_MODULES,
+        doc="externalTrafficPolicy Local short-circuit (the node's own traffic masqueraded), "
+            "loadBalancerSourceRanges, both modes"),
+    "dualstack": Group((
+        *both_modes(DUAL, "test_ipv6_cluster_ip_from_a_pod_is_not_masqueraded"),
+        *both_modes(DUAL, "test_ipv6_from_off_cluster_and_node_port_are_masqueraded"),
+    ), budget=300, modules=LAB_MODULES, doc="IPv6 ClusterIP, NodePort and off-cluster traffic, both modes"),
+    "affinity": Group(both_modes(POL, "test_client_ip_affinity_sticks_per_client_and_spreads_clients"),
+                      budget=300, modules=LAB_MODULES, doc="ClientIP session affinity, both modes"),
+    # the whole data-plane suite of one mode (by hand: 6-7 minutes per mode and kernel here)
+    "nftables": Group((DP, POL, DUAL, "-k", "nftables"), budget=1500, modules=LAB_MODULES,
+                      doc="every data-plane, policy and dual-stack scenario, nftables mode"),
+    "iptables": Group((DP, POL, DUAL, "tests/netns/test_netns_iptables.py", "-k", "iptables"), budget=1800,
+                      modules=LAB_MODULES, doc="every data-plane, policy and dual-stack scenario and the "
+                                               "iptables specifics, iptables mode"),
 }
-# What scripts/test runs when KPROXY_VM_GROUPS does not say (its 25-minute budget).
-DEFAULT_GROUPS = ("ruleset", "dataplane")
+# What scripts/test runs when KPROXY_VM_GROUPS does not say: one boot per kernel (groups
+# joined by "+"), the core everywhere and one more slice each, within its 25-minute budget.
+DEFAULT_MATRIX = {
+    "5.10": ("core", "external"),
+    "6.1": ("core", "policies"),
+    "6.12": ("core", "dualstack"),
+}
+DEFAULT_GROUPS = ("core",)  # for a kernel DEFAULT_MATRIX does not name
 
 
 def requested_kernels() -> list[str] | None:
@@ -84,11 +125,24 @@ def requested_kernels() -> list[str] | None:
     return [k for k in value.replace(",", " ").split()]
 
 
-def requested_groups() -> list[str]:
+def requested_groups(kernel: str) -> list[str]:
+    """The boots of one kernel, each "group" or "group+group" (KPROXY_VM_GROUPS="core,affinity"
+    boots twice; "core+affinity" once; "all": every group, one boot each)."""
     value = os.environ.get("KPROXY_VM_GROUPS", "").replace(",", " ").split()
     if value == ["all"]:
         return list(GROUPS)
-    return value or list(DEFAULT_GROUPS)
+    return value or ["+".join(DEFAULT_MATRIX.get(kernel, DEFAULT_GROUPS))]
+
+
+def combined(name: str) -> Group:
+    """One boot's group: "core+policies" runs both groups' tests in one VM."""
+    parts = [GROUPS[n] for n in name.split("+")]
+    if len(parts) == 1:
+        return parts[0]
+    if any("-k" in g.args for g in parts):
+        raise KeyError(f"{name}: a group selected with -k (nftables, iptables) boots alone")
+    return Group(args=tuple(a for g in parts for a in g.args), budget=sum(g.budget for g in parts),
+                 modules=tuple(dict.fromkeys(m for g in parts for m in g.modules)))
 
 
 def matrix() -> list:
@@ -96,7 +150,7 @@ def matrix() -> list:
     shown = kernels if kernels else list(vmkernels.SERIES)
     params = []
     for kernel in shown:
-        for group in requested_groups():
+        for group in requested_groups(kernel):
             marks = []
             if kernels is None:
                 marks.append(pytest.mark.skip(
@@ -105,7 +159,7 @@ def matrix() -> list:
                 marks.append(pytest.mark.skip(reason="host-only run (KPROXY_KERNELS=none)"))
             # pyproject's 300 s per test would stop the VM run midway: the group's budget
             # (after which vmrun kills the VM) plus time to boot and report
-            budget = GROUPS[group].budget if group in GROUPS else 60
+            budget = combined(group).budget if all(n in GROUPS for n in group.split("+")) else 60
             marks.append(pytest.mark.timeout(budget + 120))
             params.append(pytest.param(kernel, group, id=f"{kernel}-{group}", marks=marks))
     return params
@@ -117,11 +171,15 @@ def test_kernel(kernel: str, group: str, tmp_path: Path, vm_runs: list) -> None:
         pytest.skip("already inside a VM")
     if kernel not in vmkernels.SERIES and vmkernels.find(kernel) is None:
         pytest.fail(f"unknown kernel {kernel!r}: one of {', '.join(vmkernels.SERIES)}")
-    if group not in GROUPS:
-        pytest.fail(f"unknown VM test group {group!r}: one of {', '.join(GROUPS)}")
+    unknown = [n for n in group.split("+") if n not in GROUPS]
+    if unknown:
+        pytest.fail(f"unknown VM test group {unknown[0]!r}: one of {', '.join(GROUPS)}")
     if os.geteuid() != 0:
         pytest.fail("the VM tests need root (qemu serves the whole root filesystem to the guest)")
-    spec = GROUPS[group]
+    try:
+        spec = combined(group)
+    except KeyError as exc:
+        pytest.fail(str(exc.args[0]))
     try:
         vmkernels.require(kernel)
     except vmkernels.KernelError as exc:
@@ -143,7 +201,8 @@ def test_kernel(kernel: str, group: str, tmp_path: Path, vm_runs: list) -> None:
     vm_runs.append({
         "kernel": kernel, "release": result.kernel, "group": group, "boot": result.boot_seconds,
         "guest": outcome.seconds if outcome else None, "wall": time.monotonic() - started,
-        "status": result.status, "summary": outcome.counts() if outcome else "no junit report",
+        "status": result.status,
+        "summary": f"{outcome.counts()} ({outcome.by_mode()})" if outcome else "no junit report",
     })
 
     where = f"kernel {result.kernel} ({kernel}), group {group}, console: {tmp_path / 'console.log'}"
@@ -165,6 +224,18 @@ class Outcome:
     failures: list[tuple[str, str]]  # (test id, message and short traceback)
     skipped: list[tuple[str, str]]
     seconds: float
+    names: list[str] = field(default_factory=list)
+
+    def by_mode(self) -> str:
+        """Passed/run per proxy mode (the parameter in the test id; none: nftables checks)."""
+        bad = {n for n, _ in self.failures} | {n for n, _ in self.skipped}
+        counts: dict[str, list[int]] = {}
+        for name in self.names:
+            mode = "iptables" if "[iptables" in name else "nftables"
+            c = counts.setdefault(mode, [0, 0])
+            c[0] += name not in bad
+            c[1] += 1
+        return ", ".join(f"{mode} {p}/{t}" for mode, (p, t) in sorted(counts.items()))
 
     def counts(self) -> str:
         passed = self.tests - len(self.failures) - len(self.skipped)
@@ -195,12 +266,14 @@ def read_junit(path: Path) -> Outcome | None:
         return None
     failures, skipped = [], []
     tests = 0
+    names = []
     seconds = 0.0
     for suite in root.iter("testsuite"):
         seconds += float(suite.get("time") or 0)
     for case in root.iter("testcase"):
         tests += 1
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        names.append(name)
         for tag in ("failure", "error"):
             for node in case.findall(tag):
                 text = (node.text or "").strip().splitlines()
@@ -210,7 +283,7 @@ def read_junit(path: Path) -> Outcome | None:
                 failures.append((name, f"{label} {body}"))
         for node in case.findall("skipped"):
             skipped.append((name, node.get("message", "")))
-    return Outcome(tests=tests, failures=failures, skipped=skipped, seconds=seconds)
+    return Outcome(tests=tests, failures=failures, skipped=skipped, seconds=seconds, names=names)
 
 
 def indent(text: str) -> str:

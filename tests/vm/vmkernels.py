@@ -341,7 +341,7 @@ def initramfs(kernel: Kernel) -> Path:
         data = Path(path).read_bytes()
         if name.endswith(".xz"):
             name, data = name[:-3], lzma.decompress(data)
-        elif name.endswith(".zst") or name.endswith(".gz"):
+        elif name.endswith((".zst", ".gz")):
             raise KernelError(f"{name}: only plain or .xz modules are supported in the initramfs")
         files.append((f"modules/{name}", 0o644, data))
         order.append(name)
@@ -426,7 +426,7 @@ def fetch_one(apt: PrivateApt, series: str, log) -> None:
         deb = apt.download(package, version)
         unpack(deb, release, root)
         sha = hashlib.sha256(deb.read_bytes()).hexdigest()
-        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         (root / "package").write_text(f"{package} {version} {suite} sha256={sha} fetched={when}\n")
         (root / ".complete").touch()
         deb.unlink()
