@@ -3,6 +3,10 @@ each mode's rules: the one place that knows every backend."""
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable, Iterable
+
 import structlog
 
 from kproxy.backends.base import Backend
@@ -12,8 +16,9 @@ from kproxy.backends.iptables.localnet import restore_route_localnet
 from kproxy.backends.iptables.save import programmed as iptables_programmed
 from kproxy.backends.iptables.variant import VARIANTS, detect_variant
 from kproxy.backends.nft.backend import NftBackend
-from kproxy.backends.nft.kernel import LibNftKernel
+from kproxy.backends.nft.kernel import LibNftKernel, check_batch
 from kproxy.backends.nft.names import table_of
+from kproxy.backends.nft.support import RENDERING, check_script, unavailable_reason
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +34,28 @@ def make_backend(mode: str, *, family: int = 4, localhost_nodeports: bool = True
         return IptablesBackend(IptablesCommands(node_variant(iptables_variant), family),
                                localhost_nodeports=localhost_nodeports, family=family)
     raise ValueError(f"proxy mode {mode!r} is not implemented")
+
+
+class ModeUnavailable(Exception):
+    """The kernel cannot run this proxy mode; the message is one line saying why."""
+
+
+def check_mode(mode: str, families: Iterable[int], check: Callable[[str], str | None] | None = None,
+               release: str | None = None) -> None:
+    """Before anything is touched: does this kernel take the mode's rules? nftables mode
+    has the kernel validate its whole skeleton (`nft -c`); ModeUnavailable when refused."""
+    if mode != "nftables":
+        return
+    check = check or check_batch
+    release = release or os.uname().release
+    started = time.perf_counter()
+    families = list(families)
+    for family in families:
+        refused = check(check_script(family))
+        if refused is not None:
+            raise ModeUnavailable(unavailable_reason(release, refused))
+    log.info("the kernel accepts kproxy's nftables rules", kernel=release, families=families,
+             rendering=RENDERING, check_ms=round((time.perf_counter() - started) * 1000))
 
 
 def node_variant(choice: str = "auto") -> str:

@@ -20,7 +20,7 @@ from kproxy import node as node_facts
 from kproxy.agent import Generation
 from kproxy.backends.base import Backend
 from kproxy.backends.generation import ruleset_generation
-from kproxy.backends.registry import make_backend, node_variant, remove_other_modes
+from kproxy.backends.registry import ModeUnavailable, check_mode, make_backend, node_variant, remove_other_modes
 from kproxy.cli.errors import UsageError
 from kproxy.health.http import TEXT, Response, RouteServer
 from kproxy.health.proxier import HealthEndpoints, ProxyHealth
@@ -105,7 +105,12 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
 # --- the kernel -------------------------------------------------------------------------------
 
 def backends_for(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backend]:
-    """A backend per IP family for --proxy-mode, after removing the other modes' rules."""
+    """A backend per IP family for --proxy-mode, after removing the other modes' rules.
+    A kernel that cannot run the mode is a usage error (exit 2), found before anything changes."""
+    try:
+        check_mode(args.proxy_mode, node.families())
+    except ModeUnavailable as err:
+        raise UsageError(str(err)) from None
     removed = remove_other_modes(args.proxy_mode)
     if removed:
         log.info(f"removed the rules of the {' and '.join(removed)} mode before programming {args.proxy_mode}",

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from topology import CLUSTER_CIDR, NODE1_IP, SERVICE_CIDR, Cluster
+from topology import CLUSTER_CIDR, NODE1_IP, SERVICE_CIDR, TIME_SCALE, Cluster
 
 from manifests import write_manifests
 
@@ -54,7 +54,7 @@ class Kproxy:
     def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             ["ip", "netns", "exec", self.cluster.node1, self.binary, *args],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True, text=True, timeout=timeout * TIME_SCALE,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -80,7 +80,7 @@ class Kproxy:
     def wait_synced(self, proc: subprocess.Popen, count: int = 1, seconds: float = 15) -> None:
         """Wait (bounded) until the agent's log shows `count` sync lines."""
         log = next(log for p, log in self.agents if p is proc)
-        deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + seconds * TIME_SCALE
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"agent exited {proc.returncode}:\n{log.read_text()}")

@@ -17,7 +17,10 @@ so `Cluster.destroy()` can find and remove exactly what it made.
           pod1 10.244.1.2, pod2 10.244.1.3, pod3 10.244.1.4
 
 node1 runs kproxy; node2 is a plain router for its pods. Pod subnets are routed
-between the nodes via their uplink IPs. br_netfilter is never loaded.
+between the nodes via their uplink IPs. The lab does not load br_netfilter, but needs it, as
+any Kubernetes node does: a pod reaching a Service that picks another pod on the same bridge
+gets the reply over the bridge, past node1's conntrack, unless bridged IPv4 passes netfilter.
+This host's kernel has it built in; tests/vm loads the module in Debian's kernels.
 
 Every link is dual-stack: the same picture in IPv6 (constants ending in 6, `Pod.ip6`):
 
@@ -44,6 +47,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SERVERS = HERE / "servers.py"
+
+# Inside a qemu VM without KVM (tests/vm sets this), Python runs 10-20 times slower: waits
+# for our own processes (servers starting, kproxy running) are scaled by it.
+TIME_SCALE = float(os.environ.get("KPROXY_VM_TIME_SCALE") or 1)
 
 NODE1_IP = "192.168.50.10"
 NODE1_OTHER_IP = "192.168.60.10"  # a node address outside 192.168.50.0/24
@@ -290,6 +297,7 @@ class Cluster:
                 args += ["--tcp", str(port), "--udp", str(port)]
             self.spawn(pod.name, *args, log=workdir / f"{pod.name}.server.log")
             ready_files.append(ready)
+        timeout *= TIME_SCALE
         deadline = time.monotonic() + timeout
         while not all(f.exists() for f in ready_files):
             if time.monotonic() > deadline:

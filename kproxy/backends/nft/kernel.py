@@ -96,6 +96,16 @@ def _apply_in_child(script: str) -> None:
         raise NftError(_first_error(done.stderr))
 
 
+def check_batch(script: str) -> str | None:
+    """`nft -c -f -`: the kernel validates the batch and aborts it. None when accepted,
+    else nft's output (a missing nft binary included)."""
+    try:
+        done = subprocess.run(["nft", "-c", "-f", "-"], input=script, capture_output=True, text=True, check=False)
+    except OSError as err:
+        return f"Error: cannot run nft: {err}"
+    return None if done.returncode == 0 else (done.stderr or done.stdout or "nft -c failed without a message")
+
+
 def _first_error(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error")]

@@ -18,6 +18,9 @@ TABLE = table_of(4)
 # Keys: "{ip}" is "ip" or "ip6".
 FRONTEND_KEY = "{ip} daddr . meta l4proto . th dport"
 NODEPORT_KEY = "meta l4proto . th dport"
+# loadBalancerSourceRanges, one set per protocol: 6.12.115+ kernels refuse `meta l4proto`
+# in the key of a concatenated interval set (docs/kernels.md, g2)
+FIREWALL_ALLOW_KEY = "{ip} daddr . th dport . {ip} saddr"
 
 # Sets and maps that hold one kind of element each
 CLUSTER_IPS = "cluster-ips"  # every ClusterIP (an unserved port is rejected)
@@ -27,13 +30,25 @@ MASQ_FRONTENDS = "masq-frontends"  # external frontends masqueraded (ETP Cluster
 MASQ_NODEPORTS = "masq-nodeports"
 HAIRPIN = "hairpin"  # local endpoint . itself
 FIREWALL_FRONTENDS = "firewall-frontends"  # LB frontends with loadBalancerSourceRanges
-FIREWALL_ALLOW = "firewall-allow"  # frontend . allowed source range
+FIREWALL_ALLOW_PREFIX = "firewall-allow-"  # firewall-allow-tcp: LB ip . port . allowed source range
+# externalTrafficPolicy Local frontends with endpoints (the keys of sc-frontends and
+# sc-nodeport-frontends), whose traffic from the node itself is masqueraded: 5.10 and 6.1
+# refuse a verdict map looked up as a set (docs/kernels.md, a)
+SC_MASQ_FRONTENDS = "sc-masq-frontends"
+SC_MASQ_NODEPORTS = "sc-masq-nodeports"
 NO_ENDPOINT_FRONTENDS = "no-endpoint-frontends"  # frontend -> drop | goto reject-chain
 NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
 # Node settings as intervals, so the rules that use them never change
 CLUSTER_CIDRS = "cluster-cidrs"  # pods: short-circuit for ETP Local
 SERVICE_CIDRS = "service-cidrs"  # unallocated addresses in them are dropped
 NO_MASQ_SOURCES = "no-masq-sources"  # ClusterIP traffic from these keeps its source
+
+
+
+def firewall_allow(protocol: str) -> str:
+    """The allowed-sources set of one protocol ("tcp" -> "firewall-allow-tcp")."""
+    return f"{FIREWALL_ALLOW_PREFIX}{protocol}"
+
 
 # Chains
 REJECT_CHAIN = "reject-chain"

@@ -23,7 +23,7 @@ from kproxy.backends.nft.names import (
     CLUSTER_FRONTENDS,
     CLUSTER_IPS,
     DISPATCHES,
-    FIREWALL_ALLOW,
+    FIREWALL_ALLOW_KEY,
     FIREWALL_FRONTENDS,
     FRONTEND_KEY,
     HAIRPIN,
@@ -40,12 +40,15 @@ from kproxy.backends.nft.names import (
     NODEPORTS,
     REJECT_CHAIN,
     SC_IPS,
+    SC_MASQ_FRONTENDS,
+    SC_MASQ_NODEPORTS,
     SC_NODEPORTS,
     SERVICE_CIDRS,
     SERVICES,
     Dispatch,
     affinity_names,
     affinity_timeout_of,
+    firewall_allow,
     table_of,
 )
 from kproxy.backends.nft.objects import Chain, Element, SetSpec, Skeleton
@@ -75,7 +78,10 @@ def static_sets(ip: str, addr: str) -> list[SetSpec]:
         SetSpec(name=MASQ_NODEPORTS, spec=f"typeof {NODEPORT_KEY};"),
         SetSpec(name=HAIRPIN, spec=f"typeof {ip} saddr . {ip} daddr;"),
         SetSpec(name=FIREWALL_FRONTENDS, spec=f"typeof {frontend};"),
-        SetSpec(name=FIREWALL_ALLOW, spec=f"typeof {frontend} . {ip} saddr; flags interval;"),
+        *(SetSpec(name=firewall_allow(p), spec=f"typeof {FIREWALL_ALLOW_KEY.format(ip=ip)}; flags interval;")
+          for p in PROTOCOLS),
+        SetSpec(name=SC_MASQ_FRONTENDS, spec=f"typeof {frontend};"),
+        SetSpec(name=SC_MASQ_NODEPORTS, spec=f"typeof {NODEPORT_KEY};"),
         SetSpec(name=NO_ENDPOINT_FRONTENDS, spec=f"typeof {frontend} {VERDICT_MAP}", is_map=True),
         SetSpec(name=NO_ENDPOINT_NODEPORTS, spec=f"typeof {NODEPORT_KEY} {VERDICT_MAP}", is_map=True),
         *(SetSpec(name=d.vmap, spec=f"typeof {d.key.format(ip=ip)} {VERDICT_MAP}", is_map=True)
@@ -127,13 +133,14 @@ def render_service_port(sp: ServicePortPlan) -> Contribution:
                 add(MASQ_NODEPORTS if nodeport else MASQ_FRONTENDS, key)
             if sp.external_policy_local and sp.short_circuit_targets:
                 dispatch(SC_NODEPORTS if nodeport else SC_IPS, key, sp.short_circuit_targets, comment)
+                add(SC_MASQ_NODEPORTS if nodeport else SC_MASQ_FRONTENDS, key)
         if sp.affinity_timeout:
             _, ips_set, nodeports_set = affinity_names(sp.affinity_timeout)
             add(nodeports_set if nodeport else ips_set, key)
-        if sp.source_ranges and fe.kind is FrontendKind.LOAD_BALANCER:
+        if sp.source_ranges and fe.kind is FrontendKind.LOAD_BALANCER and fe.ip is not None:
             add(FIREWALL_FRONTENDS, key)
             for cidr in sp.source_ranges:
-                add(FIREWALL_ALLOW, f"{key} . {cidr}")
+                add(firewall_allow(proto), f"{ip_text(fe.ip)} . {fe.port} . {cidr}")
     # A pod reaching its own Service and landing on itself must be masqueraded, or it
     # would answer itself directly. Only pods on this node can do that, so only local
     # endpoints get an element (upstream marks every endpoint; at 100,000 endpoints that
@@ -202,8 +209,8 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
         f"{nodeport} @{MASQ_NODEPORTS} {masq}",
         # externalTrafficPolicy Local: the node's own traffic keeps no source worth
         # preserving (its source is a local address), so it is masqueraded
-        f"{node_own} {frontend} @{SC_IPS.vmap} {masq}",
-        f"{node_own} {nodeport} @{SC_NODEPORTS.vmap} {masq}",
+        f"{node_own} {frontend} @{SC_MASQ_FRONTENDS} {masq}",
+        f"{node_own} {nodeport} @{SC_MASQ_NODEPORTS} {masq}",
     ]
     # sessionAffinity: a client seen within the timeout goes to the endpoint it had
     services += [f"dnat {ip} to {ip} saddr . {frontend} map @{affinity_names(t)[0]}" for t in timeouts]
@@ -244,8 +251,9 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
               rules=tuple(postrouting)),
         Chain(name="service-endpoints-check", rules=(f"{frontend} vmap @{NO_ENDPOINT_FRONTENDS}",)),
         Chain(name="nodeport-endpoints-check", rules=(f"{nodeport} vmap @{NO_ENDPOINT_NODEPORTS}",)),
-        Chain(name="firewall-check", rules=(
-            f"{frontend} @{FIREWALL_FRONTENDS} {frontend} . {ip} saddr != @{FIREWALL_ALLOW} drop",)),
+        Chain(name="firewall-check", rules=tuple(
+            f"{frontend} @{FIREWALL_FRONTENDS} meta l4proto {p} "
+            f"{FIREWALL_ALLOW_KEY.format(ip=ip)} != @{firewall_allow(p)} drop" for p in PROTOCOLS)),
         # a ClusterIP on a port it does not serve is refused; the rest of the service
         # CIDRs is not in use, and dropped
         Chain(name="cluster-ips-check", rules=(f"{ip} daddr @{CLUSTER_IPS} goto {REJECT_CHAIN}",

@@ -17,7 +17,6 @@ from kproxy.backends.nft.names import (
     AFFINITY_NODEPORTS_PREFIX,
     CLUSTER_CIDRS,
     CLUSTER_IPS,
-    FIREWALL_ALLOW,
     FIREWALL_FRONTENDS,
     HAIRPIN,
     IPS,
@@ -32,6 +31,7 @@ from kproxy.backends.nft.names import (
     SC_NODEPORTS,
     SERVICE_CIDRS,
     affinity_timeout_of,
+    firewall_allow,
 )
 from kproxy.backends.nft.readback import Key, TableListing
 from kproxy.backends.trace import (
@@ -85,8 +85,8 @@ def trace(rules: Ruleset, src: IPAddress, dst: IPAddress, port: int, proto: str)
 
     # filter prerouting/output: loadBalancerSourceRanges
     if ip_key in rules.keys(FIREWALL_FRONTENDS):
-        allowed = [k for k in rules.keys(FIREWALL_ALLOW) if k[:3] == ip_key]
-        if not any(src in ip_network(k[3], strict=False) for k in allowed):
+        allowed = [k for k in rules.keys(firewall_allow(proto)) if k[:2] == (str(dst), str(port))]
+        if not any(src in ip_network(k[2], strict=False) for k in allowed):
             return TraceResult(verdict="drop", reason=SOURCE_RANGES_DROP,
                                source_kind=src_kind, steps=tuple(steps))
         steps.append(SOURCE_ALLOWED)
