@@ -316,3 +316,20 @@ def set_timeouts(tcp: int, tcpfin: int, udp: int) -> None:
     with GenericNetlinkSocket() as sock:
         sock.bind(GENL_NAME, ConfigMsg)
         sock.nlm_request(msg, msg_type=sock.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
+
+
+def read_ipvs() -> dict[VirtualKey, ListedVirtual]:
+    """Every virtual server of both families with its real servers and their connections
+    (nothing, without loading ip_vs, where the module is not loaded)."""
+    if not IPVS_PROC.exists():
+        return {}
+    found: dict[VirtualKey, ListedVirtual] = {}
+    for family in FAMILY_NUMBERS:
+        found.update(NetlinkIpvs(family).list_virtuals())
+    return found
+
+
+def aux_listing() -> str:
+    """The auxiliary tables as nft lists them."""
+    kernels = [LibNftKernel(aux_table_of(family)) for family in FAMILY_NUMBERS]
+    return "".join(kernel.list_ruleset_text() for kernel in kernels if kernel.exists())
