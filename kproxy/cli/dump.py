@@ -7,8 +7,8 @@ import sys
 
 from kproxy.backends.iptables.kernel import save_all
 from kproxy.backends.iptables.save import programmed as iptables_programmed
-from kproxy.backends.ipvs.kernel import aux_listing, read_ipvs
-from kproxy.backends.ipvs.readback import ipvs_json, ipvsadm_text
+from kproxy.backends.ipvs.kernel import aux_listing, aux_tables, read_ipvs
+from kproxy.backends.ipvs.readback import ipvs_json, ipvsadm_text, read_view
 from kproxy.backends.nft.kernel import LibNftKernel
 from kproxy.backends.nft.names import table_of
 from kproxy.backends.registry import FAMILIES, make_backend, node_variant, programmed_mode
@@ -42,10 +42,11 @@ def dump(args: argparse.Namespace) -> int:
 
 def dump_ipvs(args: argparse.Namespace) -> int:
     """IPVS mode: the virtual servers as `ipvsadm -Ln` shows them (--raw: and the auxiliary
-    nftables table), or as JSON."""
+    nftables table), or as JSON: the view every mode gives, and the virtual servers."""
     virtuals = read_ipvs()
     if args.json:
-        print_json({"mode": "ipvs", "virtual_servers": ipvs_json(virtuals)})
+        view = read_view(virtuals, aux_tables())
+        print_json({**view.to_json(), "mode": "ipvs", "virtual_servers": ipvs_json(virtuals)})
     elif not virtuals and not args.raw:
         sys.stdout.write("kproxy has programmed no IPVS virtual server on this node\n")
     else:

@@ -71,9 +71,9 @@ class Kproxy:
             )
         return proc
 
-    def sync(self, objects: Iterable[dict], *extra: str) -> subprocess.CompletedProcess[str]:
+    def sync(self, objects: Iterable[dict], *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         self.write(objects)
-        return self.cli("sync", "--once", "--manifests", str(self.manifests), *NODE_FLAGS, *extra)
+        return self.cli("sync", "--once", "--manifests", str(self.manifests), *NODE_FLAGS, *extra, check=check)
 
     def start(self, objects: Iterable[dict] | None = None, *extra: str) -> subprocess.Popen:
         if objects is not None:

@@ -3,6 +3,7 @@ sends, what the fake then holds, graceful termination, and read-back."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
@@ -193,3 +194,45 @@ def test_ipvsadm_view_and_json():
     assert ["->", "10.244.1.2:80", "Masq", "1", "2", "1"] in [line.split() for line in text.splitlines()]
     assert ipvs_json(kernel.list_virtuals())[0]["real_servers"] == [
         {"address": "10.244.1.2", "port": 80, "weight": 1, "forward": "Masq", "active": 2, "inactive": 1}]
+
+
+def aux_sets(script: str) -> dict[str, str]:
+    """set name -> its line of the auxiliary table's script."""
+    return {line.split()[1]: line for line in script.splitlines() if line.strip().startswith("set ")}
+
+
+def test_auxiliary_table_holds_masquerade_reject_drop_and_source_range_facts():
+    lb = service("lb", cluster_ip="10.96.0.20", type="LoadBalancer", node_port=30020, lb_ips=["203.0.113.20"],
+                 loadBalancerSourceRanges=["198.51.100.0/24"])
+    local = service("local", cluster_ip="10.96.0.30", type="NodePort", node_port=30030,
+                    externalTrafficPolicy="Local")
+    empty = service("empty", cluster_ip="10.96.0.40")
+    plan = make(lb, endpoint_slice("lb", ["10.244.2.2"]), local, endpoint_slice("local", ["10.244.2.3"]),
+                empty, endpoint_slice("empty", []), WEB,
+                endpoint_slice("web", [{"addresses": ["10.244.1.2"], "conditions": {"ready": True},
+                                        "nodeName": "node1"}]))
+    kernel = FakeIpvs()
+    IpvsBackend(kernel).sync(plan)
+    sets = aux_sets(kernel.aux_scripts[0])
+    assert '10.96.0.10 . tcp . 80 comment "default/web ClusterIP"' in sets["frontends"]
+    assert '192.168.50.10 . tcp . 30080 comment "default/web NodePort"' in sets["frontends"]
+    assert "10.96.0.10 . tcp . 80" in sets["cluster-frontends"]
+    # external frontends masqueraded unless externalTrafficPolicy Local
+    assert "192.168.50.10 . tcp . 30080" in sets["masq-frontends"]
+    assert "203.0.113.20 . tcp . 80" in sets["masq-frontends"]
+    assert "192.168.50.10 . tcp . 30030" not in sets["masq-frontends"]
+    # no endpoint anywhere: reject; none on this node under a Local policy: drop
+    assert "10.96.0.40 . tcp . 80" in sets["reject-frontends"]
+    assert "192.168.50.10 . tcp . 30030" in sets["drop-frontends"]
+    assert "203.0.113.20 . tcp . 80" in sets["firewall-frontends"]
+    assert "203.0.113.20 . 198.51.100.0/24" in sets["firewall-allow"]
+    assert "10.244.1.2 . 10.244.1.2" in sets["hairpin"]  # the local endpoint, reaching itself
+    assert "10.244.0.0/16" in sets["no-masq-sources"] and "10.96.0.0/16" in sets["service-cidrs"]
+
+
+def test_nodeports_on_every_local_address_skip_service_ips():
+    kernel = FakeIpvs(local=[ip_address("192.168.50.10"), ip_address("172.16.0.5"), ip_address("10.96.0.10")])
+    plan = make(WEB, endpoint_slice("web", ["10.244.1.2"]))
+    IpvsBackend(kernel).sync(replace(plan, nodeport_all_local=True))
+    nodeports = sorted(str(k.ip) for k in kernel.virtuals if k.port == 30080)
+    assert nodeports == ["172.16.0.5", "192.168.50.10"]

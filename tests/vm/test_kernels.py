@@ -66,6 +66,10 @@ GROUPS: dict[str, Group] = {
     "iptables": Group(("tests/netns/test_netns_dataplane.py", "tests/netns/test_netns_iptables.py",
                        "-k", "iptables"), budget=1200, modules=LAB_MODULES,
                       doc="every data-plane scenario and the iptables specifics, iptables mode"),
+    "ipvs": Group(("tests/netns/test_netns_dataplane.py", "tests/netns/test_netns_policies.py",
+                   "tests/netns/test_netns_ipvs.py", "tests/netns/test_netns_ipvs_rules.py", "-k", "ipvs or aux"),
+                  budget=2400, modules=(*LAB_MODULES, "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "sctp"),
+                  doc="every data-plane scenario and the IPVS specifics, IPVS mode"),
 }
 # What scripts/test runs when KPROXY_VM_GROUPS does not say (its 25-minute budget).
 DEFAULT_GROUPS = ("ruleset", "dataplane")

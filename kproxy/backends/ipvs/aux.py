@@ -91,7 +91,10 @@ def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
     lines = [f"add table {table}", f"delete table {table}", f"table {table} {{"]
     for name, spec in specs.items():
         elements = sets.get(name)
-        body = f" elements = {{ {', '.join(sorted(elements))} }}" if elements else ""
+        body = ""
+        if elements:
+            texts = (f'{e} comment "{c}"' if c else e for e, c in sorted(elements.items()))
+            body = f" elements = {{ {', '.join(texts)} }}"
         lines.append(f"  set {name} {{ {spec}{body} }}")
     for name, (hook, *rules) in chains.items():
         lines.append(f"  chain {name} {{")
@@ -108,19 +111,21 @@ def delete_aux(family: int) -> str:
     return f"add table {table}\ndelete table {table}\n"
 
 
-def _elements(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
+def _elements(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> dict[str, dict[str, str]]:
+    """set name -> element -> its comment ("" for none)."""
+    out: dict[str, dict[str, str]] = {}
 
-    def add(name: str, element: str) -> None:
-        out.setdefault(name, set()).add(element)
+    def add(name: str, element: str, comment: str = "") -> None:
+        out.setdefault(name, {}).setdefault(element, comment)
 
-    for sp in plan.service_ports:
+    # sorted: when two Service ports claim one frontend, the same one names it every time
+    for sp in sorted(plan.service_ports, key=lambda s: s.name):
         proto = sp.protocol.nft
         for fe in sp.frontends:
             ips = (fe.ip,) if fe.ip is not None else nodeport_ips
             keys = [f"{ip_text(ip)} . {proto} . {fe.port}" for ip in ips]
             for key in keys:
-                add(FRONTENDS, key)
+                add(FRONTENDS, key, f"{sp.name} {fe.kind}")  # what `kproxy dump` names it by
                 if not sp.targets_for(fe):
                     add(DROP_FRONTENDS if sp.empty_verdict() == "drop" else REJECT_FRONTENDS, key)
                 if fe.kind is FrontendKind.CLUSTER_IP:
@@ -145,7 +150,7 @@ def _elements(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> dict[str, set[
     return out
 
 
-def _intervals(cidrs: tuple[IPNetwork, ...]) -> set[str]:
+def _intervals(cidrs: tuple[IPNetwork, ...]) -> dict[str, str]:
     v4 = [c for c in cidrs if isinstance(c, IPv4Network)]
     v6 = [c for c in cidrs if isinstance(c, IPv6Network)]
-    return {str(c) for c in (*collapse_addresses(v4), *collapse_addresses(v6))}
+    return {str(c): "" for c in (*collapse_addresses(v4), *collapse_addresses(v6))}

@@ -91,7 +91,7 @@ class IpvsBackend:
                                   self._kernel.addresses())
 
     def read_view(self) -> ProgrammedView:
-        return read_view(self._kernel.list_virtuals())
+        return read_view(self._kernel.list_virtuals(), [self._kernel.aux_table()])
 
     def cleanup(self) -> bool:
         self._virtuals, self._aux, self._drain_since = None, None, {}

@@ -6,6 +6,7 @@ servers connections."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from kproxy.backends.ipvs.diff import AddAddress, AddReal, AddVirtual, DelAddress, DelReal, Operation, apply_to
 from kproxy.backends.ipvs.kernel import IpvsError
@@ -71,6 +72,9 @@ class FakeIpvs:
 
     def apply_aux(self, script: str) -> None:
         self.aux_scripts.append(script)
+
+    def aux_table(self) -> dict[str, Any] | None:
+        return None  # the fake does not parse nft; tests read aux_scripts
 
     def cleanup(self) -> bool:
         had = bool(self.virtuals or self.addrs or self.aux_scripts)

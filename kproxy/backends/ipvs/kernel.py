@@ -76,6 +76,8 @@ class IpvsKernel(typing.Protocol):
 
     def apply_aux(self, script: str) -> None: ...
 
+    def aux_table(self) -> dict[str, Any] | None: ...
+
     def cleanup(self) -> bool: ...
 
 
@@ -233,6 +235,9 @@ class NetlinkIpvs:
     def apply_aux(self, script: str) -> None:
         self._aux.apply(script)
 
+    def aux_table(self) -> dict[str, Any] | None:
+        return self._aux.list_table()
+
     def cleanup(self) -> bool:
         """Remove this family's virtual servers, kube-ipvs0 (when no family uses it any
         more) and the auxiliary table; True if there was any of it."""
@@ -327,6 +332,11 @@ def read_ipvs() -> dict[VirtualKey, ListedVirtual]:
     for family in FAMILY_NUMBERS:
         found.update(NetlinkIpvs(family).list_virtuals())
     return found
+
+
+def aux_tables() -> list[dict[str, Any] | None]:
+    """The auxiliary tables' JSON listings (None for a missing one)."""
+    return [LibNftKernel(aux_table_of(family)).list_table() for family in FAMILY_NUMBERS]
 
 
 def aux_listing() -> str:

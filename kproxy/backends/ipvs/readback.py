@@ -3,24 +3,42 @@ drift detection. Pure."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Set
+from typing import Any
 
+from kproxy.backends.ipvs.aux import DROP_FRONTENDS, FRONTENDS, REJECT_FRONTENDS
 from kproxy.backends.ipvs.objects import FWD_MASQ, ListedVirtual, VirtualKey
+from kproxy.backends.nft.readback import TableListing
 from kproxy.backends.view import FrontendView, ProgrammedView, ServicePortView
 from kproxy.model import IPAddress
+from kproxy.values import endpoint_text, ip_text
 
 FORWARDING = {0: "Masq", 1: "Local", 2: "Tunnel", 3: "Route"}
 
 
-def read_view(virtuals: Mapping[VirtualKey, ListedVirtual]) -> ProgrammedView:
-    """The common dump view: a virtual server per entry (IPVS knows no Service names)."""
-    ports = []
+def read_view(virtuals: Mapping[VirtualKey, ListedVirtual], aux: Iterable[dict[str, Any] | None]) -> ProgrammedView:
+    """The common dump view. IPVS knows no Service names: the auxiliary table's `frontends`
+    set has them, in element comments ("namespace/name:port Kind"); a virtual server without
+    one shows under its own address, kind IPVS."""
+    names: dict[tuple[str, ...], str] = {}
+    refused: dict[tuple[str, ...], str] = {}
+    for listing in aux:
+        table = TableListing(listing)
+        names.update({k: c or "" for k, (_, c) in table.keys(FRONTENDS).items()})
+        refused.update(dict.fromkeys(table.keys(REJECT_FRONTENDS), "reject"))
+        refused.update(dict.fromkeys(table.keys(DROP_FRONTENDS), "drop"))
+    by_port: dict[tuple[str, str], list[FrontendView]] = defaultdict(list)
     for key, vs in sorted(virtuals.items()):
+        parts = (ip_text(key.ip), key.protocol.nft, str(key.port))
+        name, _, kind = (names.get(parts) or f"{key} IPVS").rpartition(" ")
         live = tuple(str(r) for r, stats in sorted(vs.reals.items()) if stats.weight > 0)
-        ports.append(ServicePortView(name=str(key), protocol=key.protocol.value, frontends=(
-            FrontendView(kind="IPVS", address=str(key).split()[1], endpoints=live,
-                         verdict="dnat" if live else "reject"),)))
-    return ProgrammedView(present=bool(virtuals), service_ports=tuple(ports))
+        verdict = "dnat" if live else refused.get(parts, "reject")
+        by_port[(name, key.protocol.value)].append(FrontendView(
+            kind=kind, address=endpoint_text(key.ip, key.port), endpoints=live, verdict=verdict))
+    ports = tuple(ServicePortView(name=name, protocol=proto, frontends=tuple(sorted(fes)))
+                  for (name, proto), fes in sorted(by_port.items()))
+    return ProgrammedView(present=bool(virtuals), service_ports=ports)
 
 
 def ipvsadm_text(virtuals: Mapping[VirtualKey, ListedVirtual]) -> str:
