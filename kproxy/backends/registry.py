@@ -17,6 +17,7 @@ from kproxy.backends.ipvs.objects import DEFAULT_SCHEDULER
 from kproxy.backends.nft.backend import NftBackend
 from kproxy.backends.nft.kernel import LibNftKernel
 from kproxy.backends.nft.names import table_of
+from kproxy.model import IPNetwork
 
 log = structlog.get_logger(__name__)
 
@@ -25,14 +26,15 @@ FAMILIES = (4, 6)
 
 
 def make_backend(mode: str, *, family: int = 4, localhost_nodeports: bool = True,
-                 iptables_variant: str = "auto", ipvs_scheduler: str = DEFAULT_SCHEDULER) -> Backend:
+                 iptables_variant: str = "auto", ipvs_scheduler: str = DEFAULT_SCHEDULER,
+                 ipvs_exclude: tuple[IPNetwork, ...] = ()) -> Backend:
     if mode == "nftables":
         return NftBackend(LibNftKernel(table_of(family)), family)
     if mode == "iptables":
         return IptablesBackend(IptablesCommands(node_variant(iptables_variant), family),
                                localhost_nodeports=localhost_nodeports, family=family)
     if mode == "ipvs":
-        return IpvsBackend(NetlinkIpvs(family), family, scheduler=ipvs_scheduler)
+        return IpvsBackend(NetlinkIpvs(family), family, scheduler=ipvs_scheduler, exclude=ipvs_exclude)
     raise ValueError(f"proxy mode {mode!r} is not implemented")
 
 

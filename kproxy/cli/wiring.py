@@ -115,7 +115,8 @@ def backends_for(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backen
     scheduler = prepare_ipvs(args) if args.proxy_mode == "ipvs" else ""
     backends = {family: make_backend(args.proxy_mode, family=family, iptables_variant=variant,
                                      localhost_nodeports=args.iptables_localhost_nodeports,
-                                     ipvs_scheduler=scheduler or "rr")
+                                     ipvs_scheduler=scheduler or "rr",
+                                     ipvs_exclude=tuple(getattr(args, "ipvs_exclude_cidrs", ())))
                 for family in node.families()}
     if args.proxy_mode == "iptables":
         log.info("iptables backend", variant=variant, families=list(backends))

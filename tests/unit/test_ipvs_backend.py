@@ -4,7 +4,7 @@ sends, what the fake then holds, graceful termination, and read-back."""
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 
 import pytest
 
@@ -236,3 +236,16 @@ def test_nodeports_on_every_local_address_skip_service_ips():
     IpvsBackend(kernel).sync(replace(plan, nodeport_all_local=True))
     nodeports = sorted(str(k.ip) for k in kernel.virtuals if k.port == 30080)
     assert nodeports == ["172.16.0.5", "192.168.50.10"]
+
+
+def test_virtual_servers_in_excluded_cidrs_are_left_alone():
+    from kproxy.backends.ipvs.diff import AddVirtual
+
+    theirs = VirtualKey(ip=ip_address("172.30.0.1"), protocol=Protocol.TCP, port=443)
+    stray = VirtualKey(ip=ip_address("10.96.9.9"), protocol=Protocol.TCP, port=80)
+    kernel = FakeIpvs()
+    kernel.apply([AddVirtual(key=theirs, scheduler="wlc", persistence=0),
+                  AddVirtual(key=stray, scheduler="rr", persistence=0)])
+    exclude = (ip_network("172.30.0.0/16"),)
+    IpvsBackend(kernel, exclude=exclude).sync(make(WEB, endpoint_slice("web", ["10.244.1.2"])))
+    assert theirs in kernel.virtuals and stray not in kernel.virtuals

@@ -23,7 +23,7 @@ from kproxy.backends.ipvs.objects import DEFAULT_SCHEDULER, ListedVirtual, RealK
 from kproxy.backends.ipvs.readback import read_view, record_differences
 from kproxy.backends.ipvs.render import nodeport_ips, render_state
 from kproxy.backends.view import ProgrammedView
-from kproxy.model import IPAddress
+from kproxy.model import IPAddress, IPNetwork
 from kproxy.plan import Plan
 
 log = structlog.get_logger(__name__)
@@ -37,12 +37,14 @@ class IpvsBackend:
     mode = "ipvs"
 
     def __init__(self, kernel: IpvsKernel, family: int = 4, *, scheduler: str = DEFAULT_SCHEDULER,
-                 drain_limit: float = DRAIN_LIMIT, clock: Callable[[], float] = time.monotonic) -> None:
+                 drain_limit: float = DRAIN_LIMIT, clock: Callable[[], float] = time.monotonic,
+                 exclude: tuple[IPNetwork, ...] = ()) -> None:
         self._kernel = kernel
         self.family = family
         self.scheduler = scheduler
         self.drain_limit = drain_limit
         self._clock = clock
+        self.exclude = exclude  # --ipvs-exclude-cidrs: virtual servers there are someone else's
         self._virtuals: dict[VirtualKey, ListedVirtual] | None = None  # None: read the kernel first
         self._addresses: set[IPAddress] = set()
         self._aux: str | None = None
@@ -52,7 +54,9 @@ class IpvsBackend:
         started = time.perf_counter()
         full = full or self._virtuals is None
         if full or self._virtuals is None:
-            virtuals, addresses = self._kernel.list_virtuals(), self._kernel.addresses()
+            virtuals = {key: vs for key, vs in self._kernel.list_virtuals().items()
+                        if not any(key.ip in cidr for cidr in self.exclude)}
+            addresses = self._kernel.addresses()
         else:
             virtuals, addresses = self._virtuals, set(self._addresses)
             for key in {key for key, _ in self._drain_since if key in virtuals}:
