@@ -34,3 +34,5 @@ def test_auxiliary_table_for_every_feature_loads() -> None:
     for name in ("frontends", "reject-frontends", "firewall-allow", "hairpin", "cluster-ips"):
         assert f"set {name} " in listed, listed
     assert 'comment "' in listed  # Service names ride on the frontends' elements
+    marks = listed[listed.index("map short-circuit-marks"):]
+    assert "elements = {" in marks.split("}")[0] + "}", listed  # every-feature has a Local-policy LB

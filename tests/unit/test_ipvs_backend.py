@@ -249,3 +249,25 @@ def test_virtual_servers_in_excluded_cidrs_are_left_alone():
     exclude = (ip_network("172.30.0.0/16"),)
     IpvsBackend(kernel, exclude=exclude).sync(make(WEB, endpoint_slice("web", ["10.244.1.2"])))
     assert theirs in kernel.virtuals and stray not in kernel.virtuals
+
+
+def test_local_policy_frontends_short_circuit_pods_and_the_node_through_a_firewall_mark():
+    """Pods and the node reach every endpoint of a Local-policy frontend, as in the other
+    modes: the auxiliary table marks their packets, a firewall-mark virtual server has all
+    endpoints; outside traffic gets the frontend's own virtual server (local endpoints)."""
+    local = service("local", cluster_ip="10.96.0.30", type="LoadBalancer", node_port=30030,
+                    lb_ips=["203.0.113.30"], externalTrafficPolicy="Local")
+    slice_ = endpoint_slice("local", [
+        {"addresses": ["10.244.1.2"], "conditions": {"ready": True}, "nodeName": "node1"},
+        {"addresses": ["10.244.2.2"], "conditions": {"ready": True}, "nodeName": "node2"}])
+    kernel = FakeIpvs()
+    IpvsBackend(kernel).sync(make(local, slice_))
+    lb = VirtualKey(ip=ip_address("203.0.113.30"), protocol=Protocol.TCP, port=80)
+    assert set(kernel.virtuals[lb].reals) == {real("10.244.1.2")}
+    marked = {k: v for k, v in kernel.virtuals.items() if k.fwmark}
+    assert len(marked) == 2  # the LB IP and the NodePort on the node IP
+    assert all(set(v.reals) == {real("10.244.1.2"), real("10.244.2.2")} for v in marked.values())
+    (marks,) = [line for line in kernel.aux_scripts[0].splitlines() if "map short-circuit-marks" in line]
+    assert all(f"{k.fwmark:#x}" in marks for k in marked)
+    assert "203.0.113.30 . tcp . 80 : " in marks and "192.168.50.10 . tcp . 30030 : " in marks
+    assert all(k.fwmark & 0x4000 == 0 and k.fwmark & 0x10000000 for k in marked)

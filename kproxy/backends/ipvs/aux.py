@@ -14,8 +14,10 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_network
 
 from kproxy.backends.base import MASQUERADE_MARK
-from kproxy.backends.ipvs.objects import aux_table_of
+from kproxy.backends.ipvs.objects import SHORT_CIRCUIT_BIT, aux_table_of
+from kproxy.backends.ipvs.render import short_circuits
 from kproxy.backends.nft.names import (
+    CLUSTER_CIDRS,
     CLUSTER_FRONTENDS,
     CLUSTER_IPS,
     FIREWALL_ALLOW,
@@ -37,6 +39,7 @@ from kproxy.values import ip_text
 FRONTENDS = "frontends"  # every virtual server: ip . proto . port
 REJECT_FRONTENDS = "reject-frontends"  # no usable endpoint anywhere
 DROP_FRONTENDS = "drop-frontends"  # none on this node (a Local traffic policy)
+SHORT_CIRCUIT_MARKS = "short-circuit-marks"  # Local-policy frontend -> its firewall-mark virtual server
 
 
 def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
@@ -53,10 +56,20 @@ def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
         HAIRPIN: f"typeof {ip} saddr . {ip} daddr;",
         CLUSTER_IPS: f"type {addr};",
         SERVICE_CIDRS: f"type {addr}; flags interval;",
+        CLUSTER_CIDRS: f"type {addr}; flags interval;",
+        SHORT_CIRCUIT_MARKS: f"typeof {frontend} : meta mark;",
         NO_MASQ_SOURCES: f"type {addr}; flags interval;",
     }
     new = "ct state new"
+    short_circuited = f"meta mark & {SHORT_CIRCUIT_BIT:#x} == {SHORT_CIRCUIT_BIT:#x}"
     chains = {
+        # before the masquerade marks (nat, -100) and IPVS: pods and the node reaching a
+        # Local-policy frontend get its firewall mark (see render.short_circuits)
+        "short-circuit-prerouting": ("type filter hook prerouting priority -150; policy accept;",
+                                     f"{ip} saddr @{CLUSTER_CIDRS} meta mark set {frontend} "
+                                     f"map @{SHORT_CIRCUIT_MARKS}"),
+        "short-circuit-output": ("type filter hook output priority -150; policy accept;",
+                                 f"meta mark set {frontend} map @{SHORT_CIRCUIT_MARKS}"),
         "filter-input": ("type filter hook input priority -110; policy accept;",
                          f"{new} jump endpoints-check", f"{new} jump cluster-ips-check"),
         "filter-forward": ("type filter hook forward priority -110; policy accept;",
@@ -71,12 +84,15 @@ def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
                             # a pod that reached itself through a Service: after IPVS it is
                             # both source and destination, and must see the node as the peer
                             f"{ip} saddr . {ip} daddr @{HAIRPIN} jump {MARK_FOR_MASQUERADE}",
+                            # the node's own short-circuited traffic: its source is a local
+                            # address (often the frontend's), meaningless to the endpoint
+                            f"{short_circuited} fib saddr type local jump {MARK_FOR_MASQUERADE}",
                             f"jump {MASQUERADING}"),
         "services": ("",
                      f"{frontend} @{CLUSTER_FRONTENDS} {ip} saddr != @{NO_MASQ_SOURCES} jump {MARK_FOR_MASQUERADE}",
                      f"{frontend} @{MASQ_FRONTENDS} jump {MARK_FOR_MASQUERADE}"),
         "endpoints-check": ("", f"{frontend} @{REJECT_FRONTENDS} goto {REJECT_CHAIN}",
-                            f"{frontend} @{DROP_FRONTENDS} drop"),
+                            f"meta mark & {SHORT_CIRCUIT_BIT:#x} == 0 {frontend} @{DROP_FRONTENDS} drop"),
         "firewall-check": ("", f"{frontend} @{FIREWALL_FRONTENDS} {ip} daddr . {ip} saddr != @{FIREWALL_ALLOW} drop"),
         # a Service IP on a port no Service has is refused; the rest of the service CIDRs
         # is not in use, and dropped
@@ -88,6 +104,9 @@ def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
         MASQUERADING: ("", f"meta mark & {MASQUERADE_MARK} == 0 return",
                        f"meta mark set meta mark ^ {MASQUERADE_MARK}", "masquerade fully-random"),
     }
+    for key, (mark, _sp) in short_circuits(plan, nodeport_ips).items():
+        element = f"{ip_text(key.ip)} . {key.protocol.nft} . {key.port} : {mark:#x}"
+        sets.setdefault(SHORT_CIRCUIT_MARKS, {})[element] = ""
     lines = [f"add table {table}", f"delete table {table}", f"table {table} {{"]
     for name, spec in specs.items():
         elements = sets.get(name)
@@ -95,7 +114,8 @@ def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
         if elements:
             texts = (f'{e} comment "{c}"' if c else e for e, c in sorted(elements.items()))
             body = f" elements = {{ {', '.join(texts)} }}"
-        lines.append(f"  set {name} {{ {spec}{body} }}")
+        kind = "map" if " : " in spec else "set"
+        lines.append(f"  {kind} {name} {{ {spec}{body} }}")
     for name, (hook, *rules) in chains.items():
         lines.append(f"  chain {name} {{")
         if hook:
@@ -144,6 +164,8 @@ def _elements(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> dict[str, dict
                 add(HAIRPIN, f"{ip_text(t.ip)} . {ip_text(t.ip)}")
     if plan.service_cidrs:
         out[SERVICE_CIDRS] = _intervals(plan.service_cidrs)
+    if plan.cluster_cidrs:
+        out[CLUSTER_CIDRS] = _intervals(plan.cluster_cidrs)
     if not plan.masquerade_all:
         everyone = (ip_network("0.0.0.0/0") if plan.family == 4 else ip_network("::/0"),)
         out[NO_MASQ_SOURCES] = _intervals(plan.cluster_cidrs or everyone)

@@ -153,7 +153,12 @@ class NetlinkIpvs:
         return out
 
     def _virtual_key(self, svc: Any) -> VirtualKey | None:
-        if svc.get("af") != self._af or svc.get("fwmark") or "addr" not in svc:
+        if svc.get("af") != self._af:
+            return None
+        if svc.get("fwmark"):
+            unspecified = ip_address("0.0.0.0" if self.family == 4 else "::")
+            return VirtualKey(ip=unspecified, protocol=Protocol.TCP, port=0, fwmark=int(svc["fwmark"]))
+        if "addr" not in svc:
             return None
         proto = PROTOCOLS_BY_NUMBER.get(int(svc.get("protocol") or 0))
         if proto is None:
@@ -219,9 +224,10 @@ class NetlinkIpvs:
                 self._ipvs.dest("del", service=self._service(key), dest=self._dest(real, 0))
 
     def _service(self, key: VirtualKey, scheduler: str = "rr", persistence: int = 0) -> Any:
+        where: dict[str, Any] = ({"fwmark": key.fwmark} if key.fwmark else
+                                 {"protocol": PROTOCOL_NUMBERS[key.protocol], "addr": str(key.ip), "port": key.port})
         fields: dict[str, Any] = {
-            "af": self._af, "protocol": PROTOCOL_NUMBERS[key.protocol], "addr": str(key.ip), "port": key.port,
-            "sched_name": scheduler, "timeout": persistence,
+            "af": self._af, **where, "sched_name": scheduler, "timeout": persistence,
             "flags": {"flags": PERSISTENT if persistence else 0, "mask": 0xFFFFFFFF},
             # the kernel reads the netmask as a host-order u32: all ones for IPv4, the
             # prefix length for IPv6 (pyroute2 types the attribute as an IPv4 address)

@@ -15,6 +15,9 @@ DEFAULT_SCHEDULER = "rr"
 # Upstream's IPVS forwarding is masquerading (NAT); pyroute2's IPVSDest defaults to 3 (DR).
 FWD_MASQ = 0
 PERSISTENT = 0x1  # IP_VS_SVC_F_PERSISTENT
+# Marks of short-circuited traffic (pods and the node reaching an externalTrafficPolicy:
+# Local frontend): this bit, never the masquerade bit 0x4000.
+SHORT_CIRCUIT_BIT = 0x10000000
 
 
 def aux_table_of(family: int) -> str:
@@ -23,13 +26,17 @@ def aux_table_of(family: int) -> str:
 
 @dataclass(frozen=True, slots=True, order=True, kw_only=True)
 class VirtualKey:
-    """What identifies a virtual server: ip, protocol, port (kproxy uses no fwmark ones)."""
+    """What identifies a virtual server: ip, protocol, port; or a firewall mark (then ip is
+    the family's unspecified address, protocol TCP and port 0, as the kernel keeps them)."""
 
     ip: IPAddress
     protocol: Protocol
     port: int
+    fwmark: int = 0
 
     def __str__(self) -> str:
+        if self.fwmark:
+            return f"FWM {self.fwmark:#x}"
         return f"{self.protocol} {endpoint_text(self.ip, self.port)}"
 
 

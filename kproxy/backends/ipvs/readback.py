@@ -30,6 +30,8 @@ def read_view(virtuals: Mapping[VirtualKey, ListedVirtual], aux: Iterable[dict[s
         refused.update(dict.fromkeys(table.keys(DROP_FRONTENDS), "drop"))
     by_port: dict[tuple[str, str], list[FrontendView]] = defaultdict(list)
     for key, vs in sorted(virtuals.items()):
+        if key.fwmark:  # a Local-policy frontend's short-circuit: ipvsadm_text shows it
+            continue
         parts = (ip_text(key.ip), key.protocol.nft, str(key.port))
         name, _, kind = (names.get(parts) or f"{key} IPVS").rpartition(" ")
         live = tuple(str(r) for r, stats in sorted(vs.reals.items()) if stats.weight > 0)
@@ -48,7 +50,8 @@ def ipvsadm_text(virtuals: Mapping[VirtualKey, ListedVirtual]) -> str:
              "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"]
     for key, vs in sorted(virtuals.items()):
         persistent = f" persistent {vs.persistence}" if vs.persistence else ""
-        lines.append(f"{key.protocol.value:<4} {str(key).split()[1]} {vs.scheduler}{persistent}")
+        lines.append(f"{str(key) if key.fwmark else f'{key.protocol.value:<4} {str(key).split()[1]}'} "
+                     f"{vs.scheduler}{persistent}")
         for real, stats in sorted(vs.reals.items()):
             lines.append(f"  -> {real!s:<28} {FORWARDING.get(stats.forward, '?'):<7} {stats.weight:<6} "
                          f"{stats.active:<10} {stats.inactive}")
@@ -57,7 +60,7 @@ def ipvsadm_text(virtuals: Mapping[VirtualKey, ListedVirtual]) -> str:
 
 def ipvs_json(virtuals: Mapping[VirtualKey, ListedVirtual]) -> list[dict[str, object]]:
     return [{
-        "protocol": key.protocol.value, "address": str(key.ip), "port": key.port,
+        "protocol": key.protocol.value, "address": str(key.ip), "port": key.port, "fwmark": key.fwmark,
         "scheduler": vs.scheduler, "persistence": vs.persistence,
         "real_servers": [{"address": str(r.ip), "port": r.port, "weight": s.weight,
                           "forward": FORWARDING.get(s.forward, "?"), "active": s.active, "inactive": s.inactive}
