@@ -11,7 +11,7 @@ keyed with meta l4proto).
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_network
+from ipaddress import ip_network
 
 from kproxy.backends.base import MASQUERADE_MARK
 from kproxy.backends.ipvs.objects import SHORT_CIRCUIT_BIT, aux_table_of
@@ -33,7 +33,7 @@ from kproxy.backends.nft.names import (
 )
 from kproxy.model import IPAddress, IPNetwork
 from kproxy.plan import FrontendKind, Plan
-from kproxy.values import ip_text
+from kproxy.values import collapse_cidrs, ip_text
 
 # Names only IPVS mode's table has
 FRONTENDS = "frontends"  # every virtual server: ip . proto . port
@@ -173,6 +173,4 @@ def _elements(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> dict[str, dict
 
 
 def _intervals(cidrs: tuple[IPNetwork, ...]) -> dict[str, str]:
-    v4 = [c for c in cidrs if isinstance(c, IPv4Network)]
-    v6 = [c for c in cidrs if isinstance(c, IPv6Network)]
-    return {str(c): "" for c in (*collapse_addresses(v4), *collapse_addresses(v6))}
+    return {str(c): "" for c in collapse_cidrs(cidrs)}
