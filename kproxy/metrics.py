@@ -34,6 +34,7 @@ FAILURE_COUNTERS = {  # per mode, as upstream names them
     "iptables": ("kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
                  "Cumulative proxy iptables restore failures"),
 }
+FAILURE_COUNTERS["ipvs"] = FAILURE_COUNTERS["iptables"]  # upstream's IPVS mode counts its iptables restores
 
 
 class ChangeCountsLike(Protocol):

@@ -8,7 +8,8 @@ whichever way it arrives.
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses, ip_address, ip_network
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -66,6 +67,13 @@ def parse_cidr_list(text: str) -> tuple[IPNetwork, ...]:
         except ValueError:
             raise ValueError(f"{item!r} is not a CIDR") from None
     return tuple(found)
+
+
+def collapse_cidrs(cidrs: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
+    """Overlapping and adjacent CIDRs merged, per family (nft interval sets refuse overlaps)."""
+    v4 = [c for c in cidrs if isinstance(c, IPv4Network)]
+    v6 = [c for c in cidrs if isinstance(c, IPv6Network)]
+    return (*collapse_addresses(v4), *collapse_addresses(v6))
 
 
 def ip_text(ip: IPAddress) -> str:

@@ -1,4 +1,4 @@
-"""Benchmark kproxy's nftables or iptables backend at scale, in throwaway network namespaces.
+"""Benchmark kproxy's nftables, iptables or IPVS backend at scale, in throwaway network namespaces.
 
 Run as root with the venv's Python:
 
@@ -250,8 +250,8 @@ def iptables_ruleset_size(ns: Netns) -> dict[str, Any]:
     return counts
 
 
-def iptables_mode() -> bool:
-    return "--proxy-mode" in NODE_FLAGS and NODE_FLAGS[NODE_FLAGS.index("--proxy-mode") + 1] == "iptables"
+def proxy_mode() -> str:
+    return NODE_FLAGS[NODE_FLAGS.index("--proxy-mode") + 1] if "--proxy-mode" in NODE_FLAGS else "nftables"
 
 
 def nft_floor(ns: Netns, path: Path, cold_wall: float) -> dict[str, Any]:
@@ -266,9 +266,25 @@ def nft_floor(ns: Netns, path: Path, cold_wall: float) -> dict[str, Any]:
     return {"nft_f_s": round(floor, 2), "cold_sync_over_floor": round(cold_wall / floor, 2)}
 
 
+def ipvs_size(ns: Netns) -> dict[str, Any]:
+    """Virtual and real servers, kube-ipvs0's addresses, the auxiliary table's elements."""
+    started = time.monotonic()
+    lines = ns.run("ipvsadm", "-Ln").stdout.splitlines()
+    counts: dict[str, Any] = {"list_ms": round((time.monotonic() - started) * 1000)}
+    counts["virtual_servers"] = sum(1 for line in lines if line.startswith(("TCP", "UDP", "SCTP")))
+    counts["real_servers"] = sum(1 for line in lines if line.strip().startswith("->")) - 1  # less the header
+    counts["kube_ipvs0_addresses"] = ns.run("ip", "-o", "addr", "show", "dev", "kube-ipvs0").stdout.count("\n")
+    full = json.loads(ns.run("nft", "-j", "list", "ruleset").stdout)["nftables"]
+    counts["aux_set_elements"] = sum(len(obj.get("set", {}).get("elem", ())) for obj in full)
+    return counts
+
+
 def ruleset_size(ns: Netns) -> dict[str, Any]:
-    if iptables_mode():
+    mode = proxy_mode()
+    if mode == "iptables":
         return iptables_ruleset_size(ns)
+    if mode == "ipvs":
+        return ipvs_size(ns)
     counts: dict[str, int] = {}
     terse = json.loads(ns.run("nft", "-j", "-t", "list", "ruleset").stdout)["nftables"]
     for obj in terse:
@@ -315,7 +331,7 @@ def bench_size(
                   if line.get("event") == "synced"]  # fmt: skip
         result["cold_sync"] = {"wall_s": round(wall, 2), **(synced_fields(synced[-1]) if synced else {})}
         result["ruleset"] = ruleset_size(ns)
-        if not iptables_mode():
+        if proxy_mode() == "nftables":
             result["nft_floor"] = nft_floor(ns, workdir / f"ruleset-{services}.nft", wall)
 
         ns.run(kproxy, "cleanup", timeout=timeout)
@@ -359,8 +375,9 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=5, help="one-endpoint changes per size")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per sync")
     parser.add_argument("--kproxy", default=str(TOP / ".venv/bin/kproxy"))
-    parser.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables",
-                        help="backend to measure (iptables: the variant kproxy detects, nft in a fresh namespace)")
+    parser.add_argument("--proxy-mode", choices=("nftables", "iptables", "ipvs"), default="nftables",
+                        help="backend to measure (iptables: the variant kproxy detects, nft in a fresh namespace; "
+                        "ipvs: only where the kernel has IP_VS, e.g. in tests/vm/run-in-vm)")
     args = parser.parse_args()
     NODE_FLAGS.extend(["--proxy-mode", args.proxy_mode])
     if os.geteuid() != 0:

@@ -15,24 +15,31 @@ from kproxy.backends.iptables.kernel import IptablesCommands, IptablesError, sav
 from kproxy.backends.iptables.localnet import restore_route_localnet
 from kproxy.backends.iptables.save import programmed as iptables_programmed
 from kproxy.backends.iptables.variant import VARIANTS, detect_variant
+from kproxy.backends.ipvs.backend import IpvsBackend
+from kproxy.backends.ipvs.kernel import NetlinkIpvs, ipvs_leftovers, remove_ipvs_leftovers
+from kproxy.backends.ipvs.objects import DEFAULT_SCHEDULER
 from kproxy.backends.nft.backend import NftBackend
 from kproxy.backends.nft.kernel import LibNftKernel, check_batch
 from kproxy.backends.nft.names import table_of
 from kproxy.backends.nft.support import RENDERING, check_script, unavailable_reason
+from kproxy.model import IPNetwork
 
 log = structlog.get_logger(__name__)
 
-MODES = ("nftables", "iptables")
+MODES = ("nftables", "iptables", "ipvs")
 FAMILIES = (4, 6)
 
 
 def make_backend(mode: str, *, family: int = 4, localhost_nodeports: bool = True,
-                 iptables_variant: str = "auto") -> Backend:
+                 iptables_variant: str = "auto", ipvs_scheduler: str = DEFAULT_SCHEDULER,
+                 ipvs_exclude: tuple[IPNetwork, ...] = ()) -> Backend:
     if mode == "nftables":
         return NftBackend(LibNftKernel(table_of(family)), family)
     if mode == "iptables":
         return IptablesBackend(IptablesCommands(node_variant(iptables_variant), family),
                                localhost_nodeports=localhost_nodeports, family=family)
+    if mode == "ipvs":
+        return IpvsBackend(NetlinkIpvs(family), family, scheduler=ipvs_scheduler, exclude=ipvs_exclude)
     raise ValueError(f"proxy mode {mode!r} is not implemented")
 
 
@@ -72,6 +79,8 @@ def programmed_mode() -> str | None:
     """The mode whose rules are on this node (nftables first, either family), else None."""
     if any(nft_programmed(family) for family in FAMILIES):
         return "nftables"
+    if ipvs_leftovers():
+        return "ipvs"
     variant = node_variant()
     if any(iptables_programmed(save_all(variant, family) or "") for family in FAMILIES):
         return "iptables"
@@ -102,7 +111,16 @@ def cleanup_iptables() -> bool:
     return removed
 
 
-CLEANUPS = {"nftables": cleanup_nftables, "iptables": cleanup_iptables}
+def cleanup_ipvs() -> bool:
+    """Remove IPVS mode's virtual servers, kube-ipvs0 and auxiliary tables; True if there were any."""
+    try:
+        return remove_ipvs_leftovers()
+    except Exception as err:  # noqa: BLE001 - best effort: never a reason not to program the other mode
+        log.warning("could not remove kproxy's IPVS state", error=str(err))
+        return False
+
+
+CLEANUPS = {"nftables": cleanup_nftables, "iptables": cleanup_iptables, "ipvs": cleanup_ipvs}
 
 
 def remove_other_modes(mode: str) -> list[str]:

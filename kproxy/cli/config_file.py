@@ -127,8 +127,9 @@ SCHEMA: dict[str, Any] = {
     "mode": _used(STR),
     "iptables": {**_PER_MODE, "localhostNodePorts": _used(BOOL), "snatNodeInternalIP": BOOL},
     "ipvs": {
-        "syncPeriod": DURATION, "minSyncPeriod": DURATION, "scheduler": STR, "excludeCIDRs": STR_LIST,
-        "strictARP": BOOL, "tcpTimeout": DURATION, "tcpFinTimeout": DURATION, "udpTimeout": DURATION,
+        "syncPeriod": _used(DURATION), "minSyncPeriod": _used(DURATION), "scheduler": _used(STR),
+        "excludeCIDRs": _used(STR_LIST), "strictARP": _used(BOOL), "tcpTimeout": _used(DURATION),
+        "tcpFinTimeout": _used(DURATION), "udpTimeout": _used(DURATION),
     },
     "nftables": dict(_PER_MODE),
     "winkernel": {
@@ -336,7 +337,9 @@ def file_settings(cfg: ProxyConfigFile, mode_choices: tuple[str, ...], flag_mode
             out["bind_address_hard_fail"] = True
         if (localhost := v.get("iptables.localhostNodePorts")) is not None:
             out["iptables_localhost_nodeports"] = localhost
-        if v.get(f"{section}.masqueradeAll"):
+        out.update(_ipvs_settings(v))
+        # upstream's IPVS mode takes masqueradeAll from the iptables section
+        if v.get(f"{'iptables' if section == 'ipvs' else section}.masqueradeAll"):
             out["masquerade_all"] = True
         for name, dest in (("syncPeriod", "sync_period"), ("minSyncPeriod", "min_sync_period")):
             seconds = parse_duration(v.get(f"{section}.{name}", "0"))
@@ -358,6 +361,29 @@ def file_settings(cfg: ProxyConfigFile, mode_choices: tuple[str, ...], flag_mode
             out["verbose"] = True
     except ConfigError as err:
         raise ConfigError(f"{cfg.path}: {err}") from None
+    return out
+
+
+IPVS_FIELDS = {"scheduler": "ipvs_scheduler", "strictARP": "ipvs_strict_arp", "excludeCIDRs": "ipvs_exclude_cidrs",
+               "tcpTimeout": "ipvs_tcp_timeout", "tcpFinTimeout": "ipvs_tcpfin_timeout",
+               "udpTimeout": "ipvs_udp_timeout"}
+
+
+def _ipvs_settings(v: dict[str, Any]) -> dict[str, Any]:
+    """The ipvs section's fields as the --ipvs-* flags' destinations (read in any mode, as upstream)."""
+    out: dict[str, Any] = {}
+    for name, dest in IPVS_FIELDS.items():
+        value = v.get(f"ipvs.{name}")
+        if value is None or value == "" or value == []:
+            continue
+        if name == "excludeCIDRs":
+            try:
+                value = _cidrs(",".join(value))
+            except ConfigError as err:
+                raise ConfigError(f"field 'ipvs.excludeCIDRs': {err}") from None
+        elif name.endswith("Timeout"):
+            value = parse_duration(value)
+        out[dest] = value
     return out
 
 
@@ -385,6 +411,16 @@ def effective_config(args: argparse.Namespace, hostname: str | None = None) -> d
     }
     if mode == "iptables" and hasattr(args, "iptables_localhost_nodeports"):
         per_mode["localhostNodePorts"] = bool(args.iptables_localhost_nodeports)
+    extra: dict[str, Any] = {}
+    if mode == "ipvs":  # upstream keeps masqueradeAll in the iptables section
+        extra["iptables"] = {"masqueradeAll": per_mode.pop("masqueradeAll")}
+        per_mode.update({
+            "scheduler": getattr(args, "ipvs_scheduler", "") or "rr",
+            "strictARP": bool(getattr(args, "ipvs_strict_arp", False)),
+            "excludeCIDRs": [str(n) for n in getattr(args, "ipvs_exclude_cidrs", ())],
+            **{name: format_duration(getattr(args, dest, 0.0) or 0.0) for name, dest in IPVS_FIELDS.items()
+               if name.endswith("Timeout")},
+        })
     conntrack: dict[str, Any] = {}
     for name, dest in CONNTRACK_FIELDS.items():
         value = getattr(args, dest, None)
@@ -412,6 +448,7 @@ def effective_config(args: argparse.Namespace, hostname: str | None = None) -> d
         section: per_mode,
         "nodePortAddresses": nodeports,
         **({"conntrack": conntrack} if conntrack else {}),
+        **extra,
     }
 
 

@@ -7,6 +7,8 @@ import sys
 
 from kproxy.backends.iptables.kernel import save_all
 from kproxy.backends.iptables.save import programmed as iptables_programmed
+from kproxy.backends.ipvs.kernel import aux_listing, aux_tables, read_ipvs
+from kproxy.backends.ipvs.readback import ipvs_json, ipvsadm_text, read_view
 from kproxy.backends.nft.kernel import LibNftKernel
 from kproxy.backends.nft.names import table_of
 from kproxy.backends.registry import FAMILIES, make_backend, node_variant, programmed_mode
@@ -17,6 +19,8 @@ from kproxy.cli.output import print_json
 def dump(args: argparse.Namespace) -> int:
     # whichever mode has programmed this node; nftables if neither
     mode = (programmed_mode() or "nftables") if args.proxy_mode == "auto" else args.proxy_mode
+    if mode == "ipvs":
+        return dump_ipvs(args)
     if args.raw:
         if mode == "iptables":
             variant = node_variant()
@@ -33,4 +37,18 @@ def dump(args: argparse.Namespace) -> int:
         print_json(view.to_json())
     else:
         sys.stdout.write(format_view(view))
+    return 0
+
+
+def dump_ipvs(args: argparse.Namespace) -> int:
+    """IPVS mode: the virtual servers as `ipvsadm -Ln` shows them (--raw: and the auxiliary
+    nftables table), or as JSON: the view every mode gives, and the virtual servers."""
+    virtuals = read_ipvs()
+    if args.json:
+        view = read_view(virtuals, aux_tables())
+        print_json({**view.to_json(), "mode": "ipvs", "virtual_servers": ipvs_json(virtuals)})
+    elif not virtuals and not args.raw:
+        sys.stdout.write("kproxy has programmed no IPVS virtual server on this node\n")
+    else:
+        sys.stdout.write(ipvsadm_text(virtuals) + (aux_listing() if args.raw else ""))
     return 0

@@ -112,12 +112,13 @@ def build_parser() -> Parser:
     sources.add_argument("--nodeport-addresses", type=node_port_addresses, default=(),
                          metavar="primary|all|CIDRS", help="NodePorts answer on local addresses in these CIDRs "
                          "(default primary: the node IPs; all or 0.0.0.0/0,::/0: every local address)")
-    sources.add_argument("--proxy-mode", default="nftables", choices=("nftables", "iptables"),
-                         help="backend (default nftables; ipvs is planned)")
+    sources.add_argument("--proxy-mode", default="nftables", choices=("nftables", "iptables", "ipvs"),
+                         help="backend (default nftables)")
     sources.add_argument("--iptables-localhost-nodeports", type=boolean, default=True, metavar="BOOL",
                          help="iptables mode: NodePorts also answer on 127.0.0.1 (default true)")
     sources.add_argument("--iptables-variant", choices=("auto", "nft", "legacy"), default="auto",
                          help="iptables mode: iptables-nft or iptables-legacy (default: detect, as upstream)")
+    add_ipvs_flags(sources)
     sources.add_argument("--min-sync-period", type=duration, default=1.0, metavar="DURATION",
                          help="least time between two syncs (default 1s)")
     sources.add_argument("--sync-period", type=duration, default=30.0, metavar="DURATION",
@@ -149,7 +150,7 @@ def build_parser() -> Parser:
     dump = sub.add_parser("dump", parents=[common], help="show what is programmed, read from the kernel")
     dump.add_argument("--json", action="store_true", help="machine-readable output")
     dump.add_argument("--raw", action="store_true", help="the kernel's own listing of kproxy's table")
-    dump.add_argument("--proxy-mode", choices=("auto", "nftables", "iptables"), default="auto",
+    dump.add_argument("--proxy-mode", choices=("auto", "nftables", "iptables", "ipvs"), default="auto",
                       help="which backend's rules to read (default: whichever is programmed)")
     sub.add_parser("cleanup", parents=[common], help="remove everything kproxy programmed")
     tracer = sub.add_parser("trace", parents=[common],
@@ -169,6 +170,24 @@ def build_parser() -> Parser:
                         help="print it (the only action)")
     add_lab_parser(sub, common)
     return parser
+
+
+def add_ipvs_flags(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Upstream's --ipvs-* flags (IPVS mode only)."""
+    group.add_argument("--ipvs-scheduler", default="", metavar="NAME",
+                       help="ipvs mode: the IPVS scheduler (default rr; wrr, lc, wlc, sh, mh, ... as the kernel has)")
+    group.add_argument("--ipvs-strict-arp", type=boolean, default=False, metavar="BOOL",
+                       help="ipvs mode: arp_ignore=1, arp_announce=2, as upstream's strictARP")
+    group.add_argument("--ipvs-exclude-cidrs", type=cidr_list, default=(), metavar="CIDRS",
+                       help="ipvs mode: virtual servers in these CIDRs are not kproxy's (never deleted)")
+    for name, what in (("tcp", "idle TCP connections"), ("tcpfin", "TCP connections after FIN"),
+                       ("udp", "UDP flows")):
+        group.add_argument(f"--ipvs-{name}-timeout", type=duration, default=0.0, metavar="DURATION",
+                           help=f"ipvs mode: IPVS timeout for {what} (default 0: the kernel's)")
+    group.add_argument("--ipvs-sync-period", type=duration, default=None, metavar="DURATION",
+                       help="ipvs mode: as --sync-period")
+    group.add_argument("--ipvs-min-sync-period", type=duration, default=None, metavar="DURATION",
+                       help="ipvs mode: as --min-sync-period")
 
 
 def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:

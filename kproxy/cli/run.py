@@ -11,8 +11,10 @@ import structlog
 
 from kproxy.agent import Agent
 from kproxy.backends.iptables.kernel import IptablesError
+from kproxy.backends.ipvs.kernel import IpvsError
 from kproxy.backends.nft.kernel import NftError
 from kproxy.cli.errors import EXIT_FAILED
+from kproxy.cli.ipvs_mode import check_ipvs_flags
 from kproxy.cli.wiring import (
     BindError,
     apply_conntrack_sysctls,
@@ -37,6 +39,7 @@ WAIT_FOR_API_S = 60.0
 
 
 def run(args: argparse.Namespace) -> int:
+    check_ipvs_flags(args)
     stop = threading.Event()
     raise_open_file_limit()
     failure = SourceFailure(stop)
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def sync(args: argparse.Namespace) -> int:
+    check_ipvs_flags(args)
     stop = threading.Event()
     failure = SourceFailure(stop)
     tracker = Tracker()
@@ -117,7 +121,7 @@ def sync(args: argparse.Namespace) -> int:
         Agent(node, backends_for(args, node), tracker).sync()
         if skipped := tracker.invalid_count() + source.skipped():
             log.warning("skipped malformed objects (see above); the others are programmed", skipped=skipped)
-    except (NftError, IptablesError) as err:
+    except (NftError, IptablesError, IpvsError) as err:
         sys.stderr.write(f"kproxy: error: the kernel refused the rules: {err}\n")
         return EXIT_FAILED
     finally:

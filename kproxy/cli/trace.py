@@ -13,6 +13,8 @@ from kproxy import node
 from kproxy.backends.iptables.kernel import save_all
 from kproxy.backends.iptables.save import programmed as iptables_programmed
 from kproxy.backends.iptables.trace import trace_iptables
+from kproxy.backends.ipvs.kernel import NetlinkIpvs
+from kproxy.backends.ipvs.trace import trace_ipvs
 from kproxy.backends.nft.kernel import LibNftKernel
 from kproxy.backends.nft.names import table_of
 from kproxy.backends.nft.probe import Probe, ProbeError, format_probe, make_probe, probe
@@ -72,6 +74,9 @@ def evaluate(src: IPAddress, dst: IPAddress, port: int, proto: str) -> TraceResu
     mode = programmed_mode()
     if mode == "nftables":
         return trace_nft(Ruleset(LibNftKernel(table_of(dst.version)).list_table()), src, dst, port, proto)
+    if mode == "ipvs":
+        kernel = NetlinkIpvs(dst.version)
+        return trace_ipvs(kernel.list_virtuals(), kernel.aux_table(), src, dst, port, proto, node.local_addresses())
     if mode == "iptables":
         saved = save_all(node_variant(), dst.version) or ""
         if iptables_programmed(saved):

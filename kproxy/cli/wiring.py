@@ -22,6 +22,7 @@ from kproxy.backends.base import Backend
 from kproxy.backends.generation import ruleset_generation
 from kproxy.backends.registry import ModeUnavailable, check_mode, make_backend, node_variant, remove_other_modes
 from kproxy.cli.errors import UsageError
+from kproxy.cli.ipvs_mode import prepare_ipvs
 from kproxy.health.http import TEXT, Response, RouteServer
 from kproxy.health.proxier import HealthEndpoints, ProxyHealth
 from kproxy.metrics import ChangeSource, ObservedSync, ProxyMetrics, SyncReportLike
@@ -116,8 +117,11 @@ def backends_for(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backen
         log.info(f"removed the rules of the {' and '.join(removed)} mode before programming {args.proxy_mode}",
                  removed_mode=",".join(removed), proxy_mode=args.proxy_mode)
     variant = node_variant(args.iptables_variant) if args.proxy_mode == "iptables" else "auto"
+    scheduler = prepare_ipvs(args) if args.proxy_mode == "ipvs" else ""
     backends = {family: make_backend(args.proxy_mode, family=family, iptables_variant=variant,
-                                     localhost_nodeports=args.iptables_localhost_nodeports)
+                                     localhost_nodeports=args.iptables_localhost_nodeports,
+                                     ipvs_scheduler=scheduler or "rr",
+                                     ipvs_exclude=tuple(getattr(args, "ipvs_exclude_cidrs", ())))
                 for family in node.families()}
     if args.proxy_mode == "iptables":
         log.info("iptables backend", variant=variant, families=list(backends))

@@ -31,7 +31,7 @@ def add_lab_parser(sub: argparse._SubParsersAction[Any], common: argparse.Argume
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (3)")
     up.add_argument("--manifests", type=Path, metavar="DIR",
                     help="your Deployments, Services and Ingresses instead of the two websites")
-    up.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables")
+    up.add_argument("--proxy-mode", choices=("nftables", "iptables", "ipvs"), default="nftables")
     up.add_argument("--no-walk", action="store_true", help="skip the walks at the end")
     actions.add_parser("status", parents=[named], help="nodes, pods, Services and agents")
     actions.add_parser("walk", parents=[named], help="walk one request end to end with kproxy trace on each hop")

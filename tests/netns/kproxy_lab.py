@@ -32,7 +32,16 @@ BASE_NODE_FLAGS = (
 # The flags of the backend under test follow the node flags; Kproxy(mode=...) sets them
 # in place, so tests that build their own command line from NODE_FLAGS get them too.
 NODE_FLAGS: list[str] = list(BASE_NODE_FLAGS)
-PROXY_MODES = ("nftables", "iptables")
+
+
+def kernel_has_ipvs() -> bool:
+    """IPVS mode is tested where the kernel has it (the VM kernels; not this host's 6.18)."""
+    if Path("/sys/module/ip_vs").exists():
+        return True
+    return subprocess.run(["modprobe", "-n", "-q", "ip_vs"], capture_output=True, check=False).returncode == 0
+
+
+PROXY_MODES = ("nftables", "iptables", "ipvs") if kernel_has_ipvs() else ("nftables", "iptables")
 
 
 class Kproxy:
@@ -62,9 +71,9 @@ class Kproxy:
             )
         return proc
 
-    def sync(self, objects: Iterable[dict], *extra: str) -> subprocess.CompletedProcess[str]:
+    def sync(self, objects: Iterable[dict], *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         self.write(objects)
-        return self.cli("sync", "--once", "--manifests", str(self.manifests), *NODE_FLAGS, *extra)
+        return self.cli("sync", "--once", "--manifests", str(self.manifests), *NODE_FLAGS, *extra, check=check)
 
     def start(self, objects: Iterable[dict] | None = None, *extra: str) -> subprocess.Popen:
         if objects is not None:
@@ -121,6 +130,9 @@ class Kproxy:
                     self.cluster.run("node1", f"{cmd}-legacy", "-t", table, "-X", check=False)
         self.cluster.run("node1", "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0", check=False)
         self.cluster.run("node1", "conntrack", "-F", check=False)
+        if self.mode == "ipvs":
+            self.cluster.run("node1", "ipvsadm", "-C", check=False)
+            self.cluster.run("node1", "ip", "link", "del", "kube-ipvs0", check=False)
 
     @classmethod
     @contextmanager
@@ -146,6 +158,9 @@ class Kproxy:
             print("---- ip6tables-save (node1, nft and legacy)")
             print("".join(self.cluster.run("node1", f"ip6tables-{v}-save", check=False).stdout
                           for v in ("nft", "legacy")))
+        if self.mode == "ipvs":
+            print("---- ipvsadm -Ln (node1)")
+            print(self.cluster.run("node1", "ipvsadm", "-Ln", check=False).stdout)
         if self.manifests.exists():
             print("---- manifests")
             print(self.manifests.read_text())

@@ -159,7 +159,9 @@ metricsBindAddress: 0.0.0.0:10249
     (HEADER + "nftables: {masqueradeAll: 'yes'}\n", "field 'nftables.masqueradeAll': expected true or false"),
     (HEADER + "nodePortAddresses: 10.0.0.0/8\n", "field 'nodePortAddresses': expected a list of strings"),
     (HEADER + "conntrack: 5\n", "field 'conntrack': expected a section"),
-    (HEADER + "mode: ipvs\n", "field 'mode': 'ipvs' is not implemented"),
+    (HEADER + "mode: winkernel\n", "field 'mode': 'winkernel' is not implemented"),
+    (HEADER + "ipvs: {excludeCIDRs: [banana]}\n", "field 'ipvs.excludeCIDRs': 'banana' is not a CIDR"),
+    (HEADER + "ipvs: {tcpTimeout: 5}\n", "field 'ipvs.tcpTimeout': expected a duration"),
     (HEADER + "detectLocalMode: NodeCIDR\n", "field 'detectLocalMode'"),
     (HEADER + "clusterCIDR: banana\n", "field 'clusterCIDR': 'banana' is not a CIDR"),
     (HEADER + "metricsBindAddress: localhost:10249\n", "field 'metricsBindAddress'"),
@@ -247,11 +249,11 @@ def test_missing_file_exits_2(tmp_path, capsys):
 
 def test_ignored_fields_are_reported_once_at_start(tmp_path, capsys):
     path = tmp_path / "config.yaml"
-    path.write_text(HEADER + "oomScoreAdj: -999\nipvs: {strictARP: true}\n")
+    path.write_text(HEADER + "oomScoreAdj: -999\nwinkernel: {enableDSR: true}\n")
     assert main(["config", "--print", "--config", str(path)]) == 0
     err = capsys.readouterr().err
     assert err.count("config field not implemented") == 2
-    assert "oomScoreAdj" in err and "ipvs.strictARP" in err
+    assert "oomScoreAdj" in err and "winkernel.enableDSR" in err
 
 
 def test_print_round_trips(tmp_path, capsys):
@@ -303,3 +305,25 @@ nftables: {syncPeriod: 5s}
     path.write_text(first)
     assert main(["config", "--print", "--config", str(path)]) == 0
     assert capsys.readouterr().out == first
+
+
+def test_ipvs_section_sets_the_ipvs_flags_and_prints_back(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(HEADER + "mode: ipvs\nipvs: {scheduler: wrr, strictARP: true, excludeCIDRs: [10.0.0.0/8],"
+                    " tcpTimeout: 15m, tcpFinTimeout: 30s, udpTimeout: 5s, syncPeriod: 10s}\n"
+                    "iptables: {masqueradeAll: true}\n")
+    assert main(["config", "--print", "--config", str(path)]) == 0
+    out = capsys.readouterr()
+    printed = yaml.safe_load(out.out)
+    assert printed["mode"] == "ipvs"
+    assert printed["ipvs"] == {"scheduler": "wrr", "strictARP": True, "excludeCIDRs": ["10.0.0.0/8"],
+                               "tcpTimeout": "15m0s", "tcpFinTimeout": "30s", "udpTimeout": "5s",
+                               "syncPeriod": "10s", "minSyncPeriod": "1s"}
+    assert printed["iptables"] == {"masqueradeAll": True}
+    assert "not implemented" not in out.err
+
+
+def test_unknown_ipvs_scheduler_is_a_usage_error(capsys):
+    assert main(["sync", "--proxy-mode", "ipvs", "--ipvs-scheduler", "fastest", "--manifests", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ipvs-scheduler 'fastest': unknown IPVS scheduler" in err

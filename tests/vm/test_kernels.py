@@ -101,6 +101,10 @@ GROUPS: dict[str, Group] = {
     "iptables": Group((DP, POL, DUAL, "tests/netns/test_netns_iptables.py", "-k", "iptables"), budget=1800,
                       modules=LAB_MODULES, doc="every data-plane, policy and dual-stack scenario and the "
                                                "iptables specifics, iptables mode"),
+    "ipvs": Group(("tests/netns/test_netns_dataplane.py", "tests/netns/test_netns_policies.py",
+                   "tests/netns/test_netns_ipvs.py", "tests/netns/test_netns_ipvs_rules.py", "-k", "ipvs or aux"),
+                  budget=2400, modules=(*LAB_MODULES, "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "sctp"),
+                  doc="every data-plane scenario and the IPVS specifics, IPVS mode"),
 }
 # What scripts/test runs when KPROXY_VM_GROUPS does not say: one boot per kernel (groups
 # joined by "+"), the core everywhere and one more slice each, within its 25-minute budget.

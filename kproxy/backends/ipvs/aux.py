@@ -1,0 +1,176 @@
+"""The auxiliary rules of IPVS mode, in nftables table `kproxy-ipvs`: what upstream keeps in
+iptables and ipsets (masquerade, reject, drop, source ranges) for the same packets. Pure.
+
+IPVS sees packets at LOCAL_IN (priority 98) and LOCAL_OUT (-99), so the filter chains here
+(-110) decide before it, and the masquerade mark set in nat prerouting/output stays on the
+packet IPVS forwards, which then passes nat postrouting (net.ipv4.vs.conntrack=1). Every
+per-Service fact is a set element; the chains never change, and use only constructs every
+supported kernel loads (docs/kernels.md: no verdict map looked up as a set, no interval set
+keyed with meta l4proto).
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+
+from kproxy.backends.base import MASQUERADE_MARK
+from kproxy.backends.ipvs.objects import SHORT_CIRCUIT_BIT, aux_table_of
+from kproxy.backends.ipvs.render import short_circuits
+from kproxy.backends.nft.names import (
+    CLUSTER_CIDRS,
+    CLUSTER_FRONTENDS,
+    CLUSTER_IPS,
+    FIREWALL_FRONTENDS,
+    FRONTEND_KEY,
+    HAIRPIN,
+    MARK_FOR_MASQUERADE,
+    MASQ_FRONTENDS,
+    MASQUERADING,
+    NO_MASQ_SOURCES,
+    REJECT_CHAIN,
+    SERVICE_CIDRS,
+)
+from kproxy.model import IPAddress, IPNetwork
+from kproxy.plan import FrontendKind, Plan
+from kproxy.values import collapse_cidrs, ip_text
+
+# Names only IPVS mode's table has
+FRONTENDS = "frontends"  # every virtual server: ip . proto . port
+REJECT_FRONTENDS = "reject-frontends"  # no usable endpoint anywhere
+FIREWALL_ALLOW = "firewall-allow"  # LB ip . allowed source range (the frontend is checked first)
+DROP_FRONTENDS = "drop-frontends"  # none on this node (a Local traffic policy)
+SHORT_CIRCUIT_MARKS = "short-circuit-marks"  # Local-policy frontend -> its firewall-mark virtual server
+
+
+def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
+    """The whole table as one nft script that replaces what was there atomically."""
+    ip, addr = ("ip", "ipv4_addr") if plan.family == 4 else ("ip6", "ipv6_addr")
+    table = aux_table_of(plan.family)
+    sets = _elements(plan, nodeport_ips)
+    frontend = FRONTEND_KEY.format(ip=ip)
+    specs = {
+        FRONTENDS: f"typeof {frontend};", CLUSTER_FRONTENDS: f"typeof {frontend};",
+        MASQ_FRONTENDS: f"typeof {frontend};", REJECT_FRONTENDS: f"typeof {frontend};",
+        DROP_FRONTENDS: f"typeof {frontend};", FIREWALL_FRONTENDS: f"typeof {frontend};",
+        FIREWALL_ALLOW: f"typeof {ip} daddr . {ip} saddr; flags interval;",
+        HAIRPIN: f"typeof {ip} saddr . {ip} daddr;",
+        CLUSTER_IPS: f"type {addr};",
+        SERVICE_CIDRS: f"type {addr}; flags interval;",
+        CLUSTER_CIDRS: f"type {addr}; flags interval;",
+        SHORT_CIRCUIT_MARKS: f"typeof {frontend} : meta mark;",
+        NO_MASQ_SOURCES: f"type {addr}; flags interval;",
+    }
+    new = "ct state new"
+    short_circuited = f"meta mark & {SHORT_CIRCUIT_BIT:#x} == {SHORT_CIRCUIT_BIT:#x}"
+    chains = {
+        # before the masquerade marks (nat, -100) and IPVS: pods and the node reaching a
+        # Local-policy frontend get its firewall mark (see render.short_circuits)
+        "short-circuit-prerouting": ("type filter hook prerouting priority -150; policy accept;",
+                                     f"{ip} saddr @{CLUSTER_CIDRS} meta mark set {frontend} "
+                                     f"map @{SHORT_CIRCUIT_MARKS}"),
+        "short-circuit-output": ("type filter hook output priority -150; policy accept;",
+                                 f"meta mark set {frontend} map @{SHORT_CIRCUIT_MARKS}"),
+        "filter-input": ("type filter hook input priority -110; policy accept;",
+                         f"{new} jump endpoints-check", f"{new} jump cluster-ips-check"),
+        "filter-forward": ("type filter hook forward priority -110; policy accept;",
+                           f"{new} jump cluster-ips-check"),
+        "filter-output": ("type filter hook output priority -110; policy accept;",
+                          f"{new} jump endpoints-check", f"{new} jump cluster-ips-check"),
+        "filter-prerouting": ("type filter hook prerouting priority -110; policy accept;",
+                              f"{new} jump firewall-check"),
+        "nat-prerouting": ("type nat hook prerouting priority dstnat; policy accept;", "jump services"),
+        "nat-output": ("type nat hook output priority -100; policy accept;", "jump services"),
+        "nat-postrouting": ("type nat hook postrouting priority srcnat; policy accept;",
+                            # a pod that reached itself through a Service: after IPVS it is
+                            # both source and destination, and must see the node as the peer
+                            f"{ip} saddr . {ip} daddr @{HAIRPIN} jump {MARK_FOR_MASQUERADE}",
+                            # the node's own short-circuited traffic: its source is a local
+                            # address (often the frontend's), meaningless to the endpoint
+                            f"{short_circuited} fib saddr type local jump {MARK_FOR_MASQUERADE}",
+                            f"jump {MASQUERADING}"),
+        "services": ("",
+                     f"{frontend} @{CLUSTER_FRONTENDS} {ip} saddr != @{NO_MASQ_SOURCES} jump {MARK_FOR_MASQUERADE}",
+                     f"{frontend} @{MASQ_FRONTENDS} jump {MARK_FOR_MASQUERADE}"),
+        "endpoints-check": ("", f"{frontend} @{REJECT_FRONTENDS} goto {REJECT_CHAIN}",
+                            f"meta mark & {SHORT_CIRCUIT_BIT:#x} == 0 {frontend} @{DROP_FRONTENDS} drop"),
+        "firewall-check": ("", f"{frontend} @{FIREWALL_FRONTENDS} {ip} daddr . {ip} saddr != @{FIREWALL_ALLOW} drop"),
+        # a Service IP on a port no Service has is refused; the rest of the service CIDRs
+        # is not in use, and dropped
+        "cluster-ips-check": ("", f"{frontend} @{FRONTENDS} return",
+                              f"{ip} daddr @{CLUSTER_IPS} goto {REJECT_CHAIN}",
+                              f"{ip} daddr @{SERVICE_CIDRS} drop"),
+        REJECT_CHAIN: ("", "meta l4proto tcp reject with tcp reset", "reject"),
+        MARK_FOR_MASQUERADE: ("", f"meta mark set meta mark | {MASQUERADE_MARK}"),
+        MASQUERADING: ("", f"meta mark & {MASQUERADE_MARK} == 0 return",
+                       f"meta mark set meta mark ^ {MASQUERADE_MARK}", "masquerade fully-random"),
+    }
+    for key, (mark, _sp) in short_circuits(plan, nodeport_ips).items():
+        element = f"{ip_text(key.ip)} . {key.protocol.nft} . {key.port} : {mark:#x}"
+        sets.setdefault(SHORT_CIRCUIT_MARKS, {})[element] = ""
+    lines = [f"add table {table}", f"delete table {table}", f"table {table} {{"]
+    for name, spec in specs.items():
+        elements = sets.get(name)
+        body = ""
+        if elements:
+            texts = (f'{e} comment "{c}"' if c else e for e, c in sorted(elements.items()))
+            body = f" elements = {{ {', '.join(texts)} }}"
+        kind = "map" if " : " in spec else "set"
+        lines.append(f"  {kind} {name} {{ {spec}{body} }}")
+    for name, (hook, *rules) in chains.items():
+        lines.append(f"  chain {name} {{")
+        if hook:
+            lines.append(f"    {hook}")
+        lines.extend(f"    {rule}" for rule in rules)
+        lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def delete_aux(family: int) -> str:
+    table = aux_table_of(family)
+    return f"add table {table}\ndelete table {table}\n"
+
+
+def _elements(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> dict[str, dict[str, str]]:
+    """set name -> element -> its comment ("" for none)."""
+    out: dict[str, dict[str, str]] = {}
+
+    def add(name: str, element: str, comment: str = "") -> None:
+        out.setdefault(name, {}).setdefault(element, comment)
+
+    # sorted: when two Service ports claim one frontend, the same one names it every time
+    for sp in sorted(plan.service_ports, key=lambda s: s.name):
+        proto = sp.protocol.nft
+        for fe in sp.frontends:
+            ips = (fe.ip,) if fe.ip is not None else nodeport_ips
+            keys = [f"{ip_text(ip)} . {proto} . {fe.port}" for ip in ips]
+            for key in keys:
+                add(FRONTENDS, key, f"{sp.name} {fe.kind}")  # what `kproxy dump` names it by
+                if not sp.targets_for(fe):
+                    add(DROP_FRONTENDS if sp.empty_verdict() == "drop" else REJECT_FRONTENDS, key)
+                if fe.kind is FrontendKind.CLUSTER_IP:
+                    add(CLUSTER_FRONTENDS, key)
+                elif sp.masquerade_external:
+                    add(MASQ_FRONTENDS, key)
+                if sp.source_ranges and fe.kind is FrontendKind.LOAD_BALANCER:
+                    add(FIREWALL_FRONTENDS, key)
+            if fe.kind is FrontendKind.CLUSTER_IP and fe.ip is not None:
+                add(CLUSTER_IPS, ip_text(fe.ip))
+            if sp.source_ranges and fe.kind is FrontendKind.LOAD_BALANCER and fe.ip is not None:
+                for cidr in sp.source_ranges:
+                    add(FIREWALL_ALLOW, f"{ip_text(fe.ip)} . {cidr}")
+        for t in sp.all_targets():
+            if t.is_local:
+                add(HAIRPIN, f"{ip_text(t.ip)} . {ip_text(t.ip)}")
+    if plan.service_cidrs:
+        out[SERVICE_CIDRS] = _intervals(plan.service_cidrs)
+    if plan.cluster_cidrs:
+        out[CLUSTER_CIDRS] = _intervals(plan.cluster_cidrs)
+    if not plan.masquerade_all:
+        everyone = (ip_network("0.0.0.0/0") if plan.family == 4 else ip_network("::/0"),)
+        out[NO_MASQ_SOURCES] = _intervals(plan.cluster_cidrs or everyone)
+    return out
+
+
+def _intervals(cidrs: tuple[IPNetwork, ...]) -> dict[str, str]:
+    return {str(c): "" for c in collapse_cidrs(cidrs)}
