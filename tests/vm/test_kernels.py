@@ -63,6 +63,13 @@ def both_modes(path: str, test: str, *params: str) -> tuple[str, ...]:
                  for mode in ("nftables", "iptables") for p in (params or ("",)))
 
 
+IPVS_MODULES = (*LAB_MODULES, "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "sctp")
+
+
+def ipvs_mode(path: str, test: str, param: str = "") -> str:
+    return f"{path}::{test}[ipvs{'-' + param if param else ''}]"
+
+
 GROUPS: dict[str, Group] = {
     "ruleset": Group(("tests/vm/test_no_nftables.py", "tests/vm/test_ruleset_loads.py"), budget=420,
                      doc="no nf_tables: exit 2 with one line; kproxy's every-feature ruleset loads "
@@ -95,6 +102,18 @@ GROUPS: dict[str, Group] = {
     ), budget=300, modules=LAB_MODULES, doc="IPv6 ClusterIP, NodePort and off-cluster traffic, both modes"),
     "affinity": Group(both_modes(POL, "test_client_ip_affinity_sticks_per_client_and_spreads_clients"),
                       budget=300, modules=LAB_MODULES, doc="ClientIP session affinity, both modes"),
+    # IPVS mode's core on every kernel (this host's kernel has no IP_VS)
+    "ipvs-core": Group((
+        ipvs_mode(DP, "test_cluster_ip_from_pod_reaches_ready_endpoints_unmasqueraded"),
+        ipvs_mode(DP, "test_node_port_is_masqueraded_and_only_on_nodeport_addresses", "default"),
+        ipvs_mode(DP, "test_reject_and_drop", "client"),
+        ipvs_mode(POL, "test_sctp_services_are_programmed"),
+        ipvs_mode(POL, "test_external_policy_local_short_circuits_pods_and_the_node"),
+        ipvs_mode(POL, "test_client_ip_affinity_sticks_per_client_and_spreads_clients"),
+        "tests/netns/test_netns_ipvs.py::test_graceful_termination_keeps_a_live_connection_on_a_removed_endpoint",
+    ), budget=600, modules=IPVS_MODULES,
+        doc="IPVS mode: ClusterIP from a pod, NodePort, reject/drop, SCTP, externalTrafficPolicy Local "
+            "(client address kept), ClientIP affinity, graceful termination on a live connection"),
     # the whole data-plane suite of one mode (by hand: 6-7 minutes per mode and kernel here)
     "nftables": Group((DP, POL, DUAL, "-k", "nftables"), budget=1500, modules=LAB_MODULES,
                       doc="every data-plane, policy and dual-stack scenario, nftables mode"),
@@ -103,7 +122,7 @@ GROUPS: dict[str, Group] = {
                                                "iptables specifics, iptables mode"),
     "ipvs": Group(("tests/netns/test_netns_dataplane.py", "tests/netns/test_netns_policies.py",
                    "tests/netns/test_netns_ipvs.py", "tests/netns/test_netns_ipvs_rules.py", "-k", "ipvs or aux"),
-                  budget=2400, modules=(*LAB_MODULES, "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "sctp"),
+                  budget=2400, modules=IPVS_MODULES,
                   doc="every data-plane scenario and the IPVS specifics, IPVS mode"),
 }
 # What scripts/test runs when KPROXY_VM_GROUPS does not say: one boot per kernel (groups
