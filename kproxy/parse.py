@@ -411,4 +411,11 @@ def parse_node(obj: Any) -> NodeInfo | None:
     ctx = _Ctx("Node", obj)
     _, name = object_key(obj)
     zone = ctx.text(ctx.labels().get(LABEL_ZONE), f"metadata.labels[{LABEL_ZONE}]")
-    return NodeInfo(name=name, zone=zone or None)
+    spec = ctx.mapping(obj.get("spec"), "spec")
+    pod_cidrs = []
+    for path, item in ctx.items(spec.get("podCIDRs"), "spec.podCIDRs"):
+        try:
+            pod_cidrs.append(ip_network(ctx.text(item, path), strict=False))
+        except ValueError:
+            raise ctx.error(path, f"not a CIDR: {item!r}") from None
+    return NodeInfo(name=name, zone=zone or None, pod_cidrs=tuple(pod_cidrs))

@@ -17,6 +17,7 @@ from kproxy.cli.wiring import (
     BindError,
     apply_conntrack_sysctls,
     backends_for,
+    check_local_detection,
     generation_source,
     install_stop_handlers,
     node_config,
@@ -37,6 +38,7 @@ WAIT_FOR_API_S = 60.0
 
 
 def run(args: argparse.Namespace) -> int:
+    check_local_detection(args)
     stop = threading.Event()
     raise_open_file_limit()
     failure = SourceFailure(stop)
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def sync(args: argparse.Namespace) -> int:
+    check_local_detection(args)
     stop = threading.Event()
     failure = SourceFailure(stop)
     tracker = Tracker()

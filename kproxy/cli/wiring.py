@@ -25,7 +25,7 @@ from kproxy.cli.errors import UsageError
 from kproxy.health.http import TEXT, Response, RouteServer
 from kproxy.health.proxier import HealthEndpoints, ProxyHealth
 from kproxy.metrics import ChangeSource, ObservedSync, ProxyMetrics, SyncReportLike
-from kproxy.model import IPAddress, NodeConfig
+from kproxy.model import IPAddress, LocalMode, NodeConfig
 from kproxy.sources.manifests import ManifestError, ManifestSource
 from kproxy.sources.threads import SourceFailure, start_guarded
 from kproxy.sysctls import ConntrackSettings, apply_sysctls, desired_sysctls
@@ -38,6 +38,23 @@ log = structlog.get_logger("kproxy")
 
 def node_name(args: argparse.Namespace) -> str:
     return str(args.hostname_override or os.environ.get("NODE_NAME") or socket.gethostname()).lower()
+
+
+def check_local_detection(args: argparse.Namespace) -> None:
+    """--detect-local-mode (detectLocalMode) with what it needs: the bridge must exist on
+    this node now, a prefix must be given. UsageError (exit 2) naming flag and field."""
+    mode = LocalMode(args.detect_local_mode)
+    if mode is LocalMode.BRIDGE_INTERFACE:
+        bridge = args.pod_bridge_interface
+        if not bridge:
+            raise UsageError("--detect-local-mode BridgeInterface needs --pod-bridge-interface "
+                             "(detectLocal.bridgeInterface)")
+        if not node_facts.interface_exists(bridge):
+            raise UsageError(f"--pod-bridge-interface (detectLocal.bridgeInterface) {bridge}: "
+                             "no such interface on this node")
+    if mode is LocalMode.INTERFACE_NAME_PREFIX and not args.pod_interface_name_prefix:
+        raise UsageError("--detect-local-mode InterfaceNamePrefix needs --pod-interface-name-prefix "
+                         "(detectLocal.interfaceNamePrefix)")
 
 
 def node_config(args: argparse.Namespace,
@@ -56,6 +73,10 @@ def node_config(args: argparse.Namespace,
         service_cidrs=args.service_cluster_ip_range,
         nodeport_cidrs=args.nodeport_addresses,
         masquerade_all=args.masquerade_all,
+        local_mode=LocalMode(args.detect_local_mode),
+        pod_bridge_interface=args.pod_bridge_interface or "",
+        pod_interface_prefix=args.pod_interface_name_prefix or "",
+        external_ip_cidrs=args.external_ip_cidrs,
     )
 
 

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from kproxy.model import ClusterState, NodeConfig
 from kproxy.parse import parse_endpoint_slice, parse_service
-from kproxy.plan import Frontend, FrontendKind, Plan
+from kproxy.plan import Frontend, FrontendKind, LocalDetector, Plan
 from kproxy.planner import PlanCache, compute_plan
 from tests.builders import endpoint, endpoint_slice, port, service
 
@@ -179,4 +179,4 @@ def test_cache_gives_the_same_plan_and_sees_changes():
 def test_masquerade_settings_pass_through():
     node = NodeConfig(hostname="n", masquerade_all=True, cluster_cidrs=NODE.cluster_cidrs)
     p = plan(service("web"), node=node)
-    assert p.masquerade_all and p.cluster_cidrs == NODE.cluster_cidrs
+    assert p.masquerade_all and p.local == LocalDetector(cidrs=NODE.cluster_cidrs)

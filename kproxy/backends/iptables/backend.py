@@ -32,8 +32,8 @@ from kproxy.backends.iptables.render import (
 from kproxy.backends.iptables.restore import RestoreInput, cleanup_restore, full_restore, partial_restore
 from kproxy.backends.iptables.save import parse_save_all, read_view
 from kproxy.backends.view import ProgrammedView
-from kproxy.model import IPNetwork, ServicePortName
-from kproxy.plan import Plan, ServicePortPlan
+from kproxy.model import ServicePortName
+from kproxy.plan import LocalDetector, Plan, ServicePortPlan
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,7 @@ class IptablesBackend:
         self._route_localnet = route_localnet
         self._applied: Chains | None = None  # None: the next sync is a full one
         self._rules: dict[ServicePortName, tuple[ServicePortPlan, ServicePortRules]] = {}
-        self._render_key: tuple[bool, tuple[IPNetwork, ...], int] | None = None
+        self._render_key: tuple[bool, LocalDetector, int] | None = None
 
     @property
     def variant(self) -> str:
@@ -86,7 +86,7 @@ class IptablesBackend:
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
 
     def _render(self, plan: Plan) -> Chains:
-        key = (plan.masquerade_all, plan.cluster_cidrs, plan.family)
+        key = (plan.masquerade_all, plan.local, plan.family)
         if key != self._render_key:
             self._rules, self._render_key = {}, key
         old = self._rules
