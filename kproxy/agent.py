@@ -133,12 +133,15 @@ class Agent:
 
     def _node_now(self, state: ClusterState) -> NodeConfig:
         """The node config with this node's zone and pod CIDRs as its Node object says now
-        (NodeCIDR follows spec.podCIDRs; upstream restarts when they change)."""
+        (NodeCIDR follows spec.podCIDRs; upstream restarts when they change), and, unless
+        --service-cluster-ip-range gave them, the service CIDRs of the ServiceCIDR objects
+        (as upstream's nftables mode)."""
         info = state.nodes.get(self.node.hostname)
         zone, pod_cidrs = (info.zone, info.pod_cidrs) if info else (None, ())
-        if zone == self.node.zone and pod_cidrs == self.node.pod_cidrs:
+        service_cidrs = self.node.service_cidrs or state.all_service_cidrs()
+        if (zone, pod_cidrs, service_cidrs) == (self.node.zone, self.node.pod_cidrs, self.node.service_cidrs):
             return self.node
-        return replace(self.node, zone=zone, pod_cidrs=pod_cidrs)
+        return replace(self.node, zone=zone, pod_cidrs=pod_cidrs, service_cidrs=service_cidrs)
 
     def _drift(self, generation: int | None) -> dict[int, tuple[str, ...]] | None:
         """What each backend's rules lack or have beyond what it applied, when the ruleset

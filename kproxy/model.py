@@ -134,6 +134,14 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceCIDR:
+    """A networking.k8s.io/v1 ServiceCIDR: ranges ClusterIPs are allocated from."""
+
+    name: str
+    cidrs: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterState:
     """A snapshot of what the sources know: Services and EndpointSlices by key."""
 
@@ -143,6 +151,12 @@ class ClusterState:
     # index (the tracker does, with stable tuples for unchanged groups); None: group anew.
     slices_by_service: dict[ServiceName, tuple[EndpointSlice, ...]] | None = None
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
+
+    def all_service_cidrs(self) -> tuple[IPNetwork, ...]:
+        """Every ServiceCIDR's ranges, sorted, each once (upstream's union of spec.cidrs)."""
+        found = {cidr for sc in self.service_cidrs.values() for cidr in sc.cidrs}
+        return tuple(sorted(found, key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
 
 
 class LocalMode(StrEnum):

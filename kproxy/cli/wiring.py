@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -30,6 +30,9 @@ from kproxy.sources.manifests import ManifestError, ManifestSource
 from kproxy.sources.threads import SourceFailure, start_guarded
 from kproxy.sysctls import ConntrackSettings, apply_sysctls, desired_sysctls
 from kproxy.tracker import Tracker
+
+if TYPE_CHECKING:
+    from kproxy.sources.events import NodeEvents
 
 log = structlog.get_logger("kproxy")
 
@@ -88,6 +91,7 @@ class StartedSource:
     node_ips: Callable[[str], tuple[IPAddress, ...]]  # this node's IPs, if the source knows
     read_node: Callable[[str], dict[str, Any] | None] | None = None  # the Node object (None: unknown)
     skipped: Callable[[], int] = lambda: 0  # malformed entries the source left out (the tracker's aside)
+    events: NodeEvents | None = None  # events on this node's Node object (with the API)
 
 
 def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Event,
@@ -116,11 +120,16 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
         client = load_api_client(args.kubeconfig)
     except Exception as err:  # noqa: BLE001 - any config problem is one line for the user
         raise UsageError(f"kubeconfig: {err}") from None
-    api = ApiSource(client, tracker, stop, node_name=node_name(args), on_fatal=on_fatal)
+    from kproxy.sources.events import NodeEvents
+
+    # without --service-cluster-ip-range, the ServiceCIDR objects say what the service CIDRs are
+    api = ApiSource(client, tracker, stop, node_name=node_name(args), on_fatal=on_fatal,
+                    service_cidrs=not args.service_cluster_ip_range)
     api.run()
     return StartedSource(wait_synced=api.wait_synced,
                          node_ips=lambda name: node_facts.node_ips_from_api(client, name),
-                         read_node=lambda name: node_facts.read_node_json(client, name))
+                         read_node=lambda name: node_facts.read_node_json(client, name),
+                         events=NodeEvents(client, node_name(args)))
 
 
 # --- the kernel -------------------------------------------------------------------------------
