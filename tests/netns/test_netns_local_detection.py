@@ -13,6 +13,7 @@ endpoint is pod4 on node2: it answers with the source address it saw, the pod's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -90,6 +91,10 @@ def test_bridge_interface_mode_only_traffic_from_the_bridge_is_local(cluster, kp
     # externalTrafficPolicy Local: the routed pod is outside traffic, so only node1's endpoint
     r = traffic.tcp(routed_pod, LB_IP, 80, count=COUNT)
     assert r.pairs() == {("pod2", ROUTED_IP)} and not r.failures, r
+    # kproxy trace knows addresses, not interfaces: a traced source is not local
+    traced = json.loads(kproxy.cli("trace", "--from", ROUTED_IP, "--to", f"{CLUSTER_IP}:80", "--json").stdout)
+    assert (traced["masquerade"], traced["masquerade_reasons"]) == (
+        True, ["ClusterIP traffic from outside the cluster CIDR"]), traced
 
 
 def test_interface_name_prefix_mode_only_traffic_from_matching_interfaces_is_local(cluster, kproxy, routed_pod):

@@ -210,3 +210,23 @@ def test_config_file_fields_set_the_detector(tmp_path, capsys):
     assert "externalIPCIDRs:\n- 203.0.113.0/24" in out
     assert main(["config", "--print", "--config", str(path), "--detect-local-mode", "ClusterCIDR"]) == 0
     assert "detectLocalMode: ClusterCIDR" in capsys.readouterr().out  # the flag wins
+
+
+
+# --- kproxy trace with an interface detector ---------------------------------------------------
+
+def test_the_iptables_trace_counts_a_traced_address_as_not_local_with_an_interface_detector():
+    """A traced address arrives on no interface, so with BridgeInterface it is not local:
+    its ClusterIP connection is masqueraded for that reason. (The nftables trace reads the
+    rules' expressions, which FakeNft does not list: tests/netns checks both backends.)"""
+    from kproxy.backends.iptables.backend import IptablesBackend
+    from kproxy.backends.iptables.fake import FakeIptables
+    from kproxy.backends.iptables.trace import trace_iptables
+    from kproxy.backends.trace import MASQ_OFF_CLUSTER_REASON
+
+    node = replace(NODE, local_mode=LocalMode.BRIDGE_INTERFACE, pod_bridge_interface="cbr0")
+    ipt = FakeIptables()
+    IptablesBackend(ipt, route_localnet=lambda: None).sync(compute_plan(node, state_with_web()))
+    result = trace_iptables(ipt.save_all(), IPv4Address("10.244.1.9"), IPv4Address("10.96.0.10"), 80, "tcp")
+    assert (result.verdict, result.masquerade, result.masquerade_reasons) == (
+        "dnat", True, (MASQ_OFF_CLUSTER_REASON,)), result
