@@ -57,7 +57,7 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 class _NotServed(Exception):
-    """404 on a list of an optional kind: this API server does not serve it."""
+    """404 (or 403) on a list of an optional kind: this API server does not serve it to us."""
 
 
 class _Gone(Exception):
@@ -239,8 +239,10 @@ class ApiSource:
                     continue
                 # A watch closed at once with nothing in it: don't spin on such a server.
                 delay = backoff.next(answered=True)
-            except _NotServed:
-                log.info("the API server does not serve this kind; not watching it", kind=kind)
+            except _NotServed as exc:
+                # not served (before Kubernetes 1.33), or not allowed (an older ClusterRole):
+                # the agent goes on without it rather than retrying for ever
+                log.info("the API server does not serve this kind; not watching it", kind=kind, error=str(exc))
                 self._synced[kind].set()
                 return
             except _Gone:
@@ -304,8 +306,8 @@ class ApiSource:
                 _request_timeout=(self._connect_timeout, self._list_read_timeout),
             )
         except _API_ERRORS as exc:
-            if resource.optional and isinstance(exc, ApiException) and exc.status == 404:
-                raise _NotServed() from None
+            if resource.optional and isinstance(exc, ApiException) and exc.status in (403, 404):
+                raise _NotServed(f"HTTP {exc.status} {exc.reason}") from None
             raise _Trouble(exc, answered=_answered(exc)) from None
         with self._reading(resource.kind, response):
             try:
