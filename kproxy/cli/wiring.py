@@ -124,7 +124,8 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
 
     # without --service-cluster-ip-range, the ServiceCIDR objects say what the service CIDRs are
     api = ApiSource(client, tracker, stop, node_name=node_name(args), on_fatal=on_fatal,
-                    service_cidrs=not args.service_cluster_ip_range)
+                    service_cidrs=not args.service_cluster_ip_range,
+                    wait_for_node=LocalMode(args.detect_local_mode) is LocalMode.NODE_CIDR)
     api.run()
     return StartedSource(wait_synced=api.wait_synced,
                          node_ips=lambda name: node_facts.node_ips_from_api(client, name),

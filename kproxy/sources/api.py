@@ -150,6 +150,7 @@ class ApiSource:
         label_selector: str = UPSTREAM_LABEL_SELECTOR,
         node_name: str | None = None,
         service_cidrs: bool = False,
+        wait_for_node: bool = False,
         on_fatal: Callable[[str], object] = lambda _reason: None,
     ) -> None:
         self._tracker = tracker
@@ -179,6 +180,8 @@ class ApiSource:
             self._resources += (_Resource(SERVICE_CIDR, client.NetworkingV1Api(api_client).list_service_cidr,
                                           optional=True),)
         self._synced = {r.kind: threading.Event() for r in self._resources}
+        # NodeCIDR: the first rules need the Node's podCIDRs, so its first list is awaited too
+        self._awaited = (SERVICE, ENDPOINT_SLICE, *((NODE,) if wait_for_node and node_name else ()))
         self._threads: list[threading.Thread] = []
         # Services and EndpointSlices are always listed together and applied in one tracker
         # transaction: no sync sees relisted Services without their slices. _state guards
@@ -198,10 +201,11 @@ class ApiSource:
         self._threads.append(start_guarded("api-stop", self._stopper, self._on_fatal))
 
     def wait_synced(self, timeout: float | None = None) -> bool:
-        """True once the first list of both kinds has reached the tracker."""
+        """True once the first list of Services and EndpointSlices (and of this Node, with
+        `wait_for_node`) has reached the tracker."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        # the Node (zone only) is not waited for: rules need not wait for topology
-        for event in (self._synced[SERVICE], self._synced[ENDPOINT_SLICE]):
+        # the Node is otherwise not waited for: rules need not wait for topology
+        for event in (self._synced[kind] for kind in self._awaited):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not event.wait(remaining):
                 return False

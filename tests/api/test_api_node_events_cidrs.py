@@ -146,3 +146,15 @@ def test_an_event_that_cannot_be_written_is_a_warning_only(tmp_path):
 def test_node_event_is_pure_and_bounded():
     event = node_event("n", "Warning", "X", "y" * 5000, 16)
     assert event["metadata"]["name"] == "n.10" and len(event["note"]) == 1024
+
+
+@pytest.mark.parametrize("harness", [{"wait_for_node": True, "list_read_timeout": 1.0}], indirect=True)
+def test_node_cidr_mode_waits_for_the_first_node_list(harness):
+    """The first rules of NodeCIDR mode need the Node's podCIDRs: the source is synced only
+    once the Node was listed too (else only Services and EndpointSlices are awaited)."""
+    harness.store.stall_next("nodes", "list")  # the Node's first list breaks off halfway
+    harness.source.run()
+    assert not harness.source.wait_synced(timeout=1.0)
+    assert harness.store.calls[("services", "list")] == 1
+    assert harness.source.wait_synced(timeout=10)  # the stalled list is given up and retried
+    assert harness.store.calls[("nodes", "list")] == 2
