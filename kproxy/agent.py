@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from kproxy.backends.base import Backend, SyncResult
-from kproxy.model import NodeConfig, NodeInfo
+from kproxy.model import IPAddress, IPNetwork, NodeConfig, NodeInfo, ServiceName
 from kproxy.plan import Plan
 from kproxy.planner import FamilyPlanner
 from kproxy.tracker import Tracker
@@ -88,6 +88,27 @@ class GenerationLedger:
         self.known = after if known_before and exact else None
 
 
+class RefusedExternalIPs:
+    """One warning per Service whose externalIPs --external-ip-cidrs leaves out (again only
+    if the set it leaves out changes), not one per sync."""
+
+    def __init__(self) -> None:
+        self._logged: dict[ServiceName, frozenset[IPAddress]] = {}
+
+    def report(self, plans: Sequence[Plan]) -> None:
+        refused: dict[ServiceName, set[IPAddress]] = {}
+        for plan in plans:
+            for sp in plan.service_ports:
+                if sp.refused_external_ips:
+                    refused.setdefault(sp.name.service, set()).update(sp.refused_external_ips)
+        now = {name: frozenset(ips) for name, ips in refused.items()}
+        for name, ips in sorted(now.items()):
+            if self._logged.get(name) != ips:
+                log.warning("externalIPs outside --external-ip-cidrs are not programmed", service=str(name),
+                            external_ips=",".join(map(str, sorted(ips, key=lambda ip: (ip.version, int(ip))))))
+        self._logged = now
+
+
 class Agent:
     """One sync = snapshot -> a plan per IP family -> each family's backend, serialised
     by a lock (upstream runs one proxier per family the same way)."""
@@ -106,15 +127,22 @@ class Agent:
         self._clock = clock
         self._last_full: float | None = None
         self._ledger = GenerationLedger(generation, verify_interval, clock)
+        self._refused = RefusedExternalIPs() if node.external_ip_cidrs is not None else None
         # called with each family's plan after each successful sync, outside the lock
         # (healthCheckNodePorts, UDP conntrack cleanup)
         self.on_synced = tuple(on_synced)
 
-    def _node_now(self, nodes: dict[str, NodeInfo]) -> NodeConfig:
-        """The node config with this node's zone as its Node object says now."""
+    def _node_now(self, nodes: dict[str, NodeInfo], service_cidrs: tuple[IPNetwork, ...]) -> NodeConfig:
+        """The node config with this node's zone and pod CIDRs as its Node object says now
+        (NodeCIDR follows spec.podCIDRs; upstream restarts when they change), and, unless
+        --service-cluster-ip-range gave them, the service CIDRs of the ServiceCIDR objects
+        (as upstream's nftables mode)."""
         info = nodes.get(self.node.hostname)
-        zone = info.zone if info else None
-        return self.node if zone == self.node.zone else replace(self.node, zone=zone)
+        zone, pod_cidrs = (info.zone, info.pod_cidrs) if info else (None, ())
+        service_cidrs = self.node.service_cidrs or service_cidrs
+        if (zone, pod_cidrs, service_cidrs) == (self.node.zone, self.node.pod_cidrs, self.node.service_cidrs):
+            return self.node
+        return replace(self.node, zone=zone, pod_cidrs=pod_cidrs, service_cidrs=service_cidrs)
 
     def _drift(self, generation: int | None) -> dict[int, tuple[str, ...]] | None:
         """What each backend's rules lack or have beyond what it applied, when the ruleset
@@ -131,13 +159,15 @@ class Agent:
             started = time.perf_counter()
             now = self._clock()
             full = full or self._last_full is None or now - self._last_full >= FULL_SYNC_PERIOD_S
-            node = self._node_now(self.tracker.nodes())
+            node = self._node_now(self.tracker.nodes(), self.tracker.service_cidrs())
             # Only the Services that changed since the last sync are planned again, unless
             # this sync rewrites everything, follows a failure, or the node itself changed.
             everything = full or self._failed or any(p.needs_full(node) for p in self._planners.values())
             delta = self.tracker.delta(full=everything)
             self._failed = True
             plans = [self._planners[f].plan(node, delta) for f in self.backends]
+            if self._refused is not None:
+                self._refused.report(plans)
             planned = time.perf_counter()
             generation = self._ledger.current()
             checked = None if full else self._drift(generation)

@@ -6,9 +6,10 @@ reads raw dicts. Everything is frozen and ordered so plans and diffs are determi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from collections.abc import Iterable
 from typing import NamedTuple, TypeVar
 
 IPAddress = IPv4Address | IPv6Address
@@ -125,10 +126,20 @@ class EndpointSlice:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeInfo:
-    """What kproxy reads from a Node object: its zone, for topology hints."""
+    """What kproxy reads from a Node object: its zone, for topology hints, and its
+    spec.podCIDRs, for --detect-local-mode NodeCIDR."""
 
     name: str
     zone: str | None = None
+    pod_cidrs: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceCIDR:
+    """A networking.k8s.io/v1 ServiceCIDR: ranges ClusterIPs are allocated from."""
+
+    name: str
+    cidrs: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +152,25 @@ class ClusterState:
     # index (the tracker does, with stable tuples for unchanged groups); None: group anew.
     slices_by_service: dict[ServiceName, tuple[EndpointSlice, ...]] | None = None
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
+
+    def all_service_cidrs(self) -> tuple[IPNetwork, ...]:
+        return union_service_cidrs(self.service_cidrs.values())
+
+
+def union_service_cidrs(objects: Iterable[ServiceCIDR]) -> tuple[IPNetwork, ...]:
+    """Every ServiceCIDR's ranges, sorted, each once (upstream's union of spec.cidrs)."""
+    found = {cidr for sc in objects for cidr in sc.cidrs}
+    return tuple(sorted(found, key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
+
+
+class LocalMode(StrEnum):
+    """How traffic from this node's pods is told from the rest (upstream's detectLocalMode)."""
+
+    CLUSTER_CIDR = "ClusterCIDR"  # source address in --cluster-cidr
+    NODE_CIDR = "NodeCIDR"  # source address in this node's Node spec.podCIDRs
+    BRIDGE_INTERFACE = "BridgeInterface"  # arrives on --pod-bridge-interface
+    INTERFACE_NAME_PREFIX = "InterfaceNamePrefix"  # arrives on an interface named --pod-interface-name-prefix*
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +215,13 @@ class NodeConfig:
     masquerade_all: bool = False
     # topology.kubernetes.io/zone of this node's Node object, for zone hints
     zone: str | None = None
+    # which traffic is local (from this node's pods); pod_cidrs: the Node's spec.podCIDRs
+    local_mode: LocalMode = LocalMode.CLUSTER_CIDR
+    pod_bridge_interface: str = ""
+    pod_interface_prefix: str = ""
+    pod_cidrs: tuple[IPNetwork, ...] = ()
+    # --external-ip-cidrs: externalIPs outside these are not programmed; None: all are
+    external_ip_cidrs: tuple[IPNetwork, ...] | None = None
 
     def families(self) -> tuple[int, ...]:
         """IP families to program: IPv4, and IPv6 once the node has an IPv6 address or
@@ -194,12 +231,14 @@ class NodeConfig:
 
     def for_family(self, family: int) -> NodeConfig:
         """This node's settings of one IP family only."""
-        return NodeConfig(hostname=self.hostname, node_ips=_of_family(self.node_ips, family),
-                          local_ips=_of_family(self.local_ips, family),
-                          cluster_cidrs=_of_family(self.cluster_cidrs, family),
-                          service_cidrs=_of_family(self.service_cidrs, family),
-                          nodeport_cidrs=_of_family(self.nodeport_cidrs, family), masquerade_all=self.masquerade_all,
-                          zone=self.zone)
+        allowed = self.external_ip_cidrs
+        return replace(self, node_ips=_of_family(self.node_ips, family),
+                       local_ips=_of_family(self.local_ips, family),
+                       cluster_cidrs=_of_family(self.cluster_cidrs, family),
+                       service_cidrs=_of_family(self.service_cidrs, family),
+                       nodeport_cidrs=_of_family(self.nodeport_cidrs, family),
+                       pod_cidrs=_of_family(self.pod_cidrs, family),
+                       external_ip_cidrs=None if allowed is None else _of_family(allowed, family))
 
 
 _Versioned = TypeVar("_Versioned", IPAddress, IPNetwork)

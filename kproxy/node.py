@@ -29,6 +29,12 @@ def local_addresses() -> tuple[IPAddress, ...]:
     return tuple(sorted(usable, key=lambda ip: (ip.version, int(ip))))
 
 
+def interface_exists(name: str) -> bool:
+    """Whether this network namespace has an interface of that name."""
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=name))
+
+
 def default_route_ipv4() -> IPv4Address | None:
     """The source address of the default route, as kubelet picks a node IP without --node-ip."""
     with IPRoute() as ipr:

@@ -21,6 +21,7 @@ from kproxy.model import (
     NodeInfo,
     Protocol,
     Service,
+    ServiceCIDR,
     ServiceName,
     ServicePort,
     ServicePortName,
@@ -407,8 +408,26 @@ def _endpoints(ctx: _Ctx, field: str, raw: dict[str, Any], family: int, address_
     return out
 
 
+def parse_service_cidr(obj: Any) -> ServiceCIDR:
+    ctx = _Ctx("ServiceCIDR", obj)
+    _, name = object_key(obj)
+    spec = ctx.mapping(obj.get("spec"), "spec")
+    return ServiceCIDR(name=name, cidrs=_cidrs(ctx, spec.get("cidrs"), "spec.cidrs"))
+
+
+def _cidrs(ctx: _Ctx, value: Any, field: str) -> tuple[IPNetwork, ...]:
+    found = []
+    for path, item in ctx.items(value, field):
+        try:
+            found.append(ip_network(ctx.text(item, path), strict=False))
+        except ValueError:
+            raise ctx.error(path, f"not a CIDR: {item!r}") from None
+    return tuple(found)
+
+
 def parse_node(obj: Any) -> NodeInfo | None:
     ctx = _Ctx("Node", obj)
     _, name = object_key(obj)
     zone = ctx.text(ctx.labels().get(LABEL_ZONE), f"metadata.labels[{LABEL_ZONE}]")
-    return NodeInfo(name=name, zone=zone or None)
+    spec = ctx.mapping(obj.get("spec"), "spec")
+    return NodeInfo(name=name, zone=zone or None, pod_cidrs=_cidrs(ctx, spec.get("podCIDRs"), "spec.podCIDRs"))

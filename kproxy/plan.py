@@ -75,6 +75,8 @@ class ServicePortPlan:
     affinity_timeout: int | None = None  # sessionAffinity ClientIP, seconds
     # loadBalancerSourceRanges (plus the LB IPs themselves when a range holds the node IP)
     source_ranges: tuple[IPNetwork, ...] = ()
+    # externalIPs left out by --external-ip-cidrs (the agent logs them once per Service)
+    refused_external_ips: tuple[IPAddress, ...] = ()
 
     def targets_for(self, frontend: Frontend) -> tuple[Target, ...]:
         return self.external_targets if frontend.kind.is_external else self.internal_targets
@@ -90,6 +92,32 @@ class ServicePortPlan:
     def empty_verdict(self) -> str:
         """What a frontend with no targets does with new connections."""
         return "drop" if self.has_endpoints else "reject"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalDetector:
+    """What makes a packet "local" (from one of this node's pods), as upstream's
+    LocalTrafficDetector: its source address in `cidrs`, or the interface it arrived on
+    (`interface`; a name prefix when `interface_prefix`). Neither: nothing is local, so
+    ClusterIP traffic is not masqueraded and no pod short-circuits (upstream's no-op
+    detector). Every backend renders it: a source match or an input-interface match."""
+
+    cidrs: tuple[IPNetwork, ...] = ()
+    interface: str = ""
+    interface_prefix: bool = False
+
+    @property
+    def implemented(self) -> bool:
+        return bool(self.cidrs or self.interface)
+
+    @property
+    def by_interface(self) -> bool:
+        return bool(self.interface)
+
+    def __str__(self) -> str:
+        if self.interface:
+            return f"interface {self.interface}{'*' if self.interface_prefix else ''}"
+        return "source in " + ",".join(map(str, self.cidrs)) if self.cidrs else "none"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,7 +192,7 @@ class Plan:
     nodeport_all_local: bool = False
     cluster_ips: tuple[IPAddress, ...] = ()
     service_cidrs: tuple[IPNetwork, ...] = ()
-    # Masquerade ClusterIP traffic: all of it, or only from outside these CIDRs (none: never).
+    # Masquerade ClusterIP traffic: all of it, or only what is not local (nothing local: never).
     masquerade_all: bool = False
-    cluster_cidrs: tuple[IPNetwork, ...] = ()
+    local: LocalDetector = LocalDetector()
     health_checks: tuple[HealthCheck, ...] = ()

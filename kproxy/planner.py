@@ -16,6 +16,7 @@ from kproxy.model import (
     EndpointSlice,
     IPAddress,
     IPNetwork,
+    LocalMode,
     NodeConfig,
     Protocol,
     Service,
@@ -24,7 +25,7 @@ from kproxy.model import (
     ServicePortName,
     SliceEndpoint,
 )
-from kproxy.plan import Frontend, FrontendKind, HealthCheck, Plan, PortPlans, ServicePortPlan, Target
+from kproxy.plan import Frontend, FrontendKind, HealthCheck, LocalDetector, Plan, PortPlans, ServicePortPlan, Target
 from kproxy.topology import categorize_endpoints
 
 ALL_ADDRESSES = (ip_network("0.0.0.0/0"), ip_network("::/0"))
@@ -76,7 +77,7 @@ class FamilyPlanner:
             cluster_ips=self._sorted_cluster_ips,
             service_cidrs=node.service_cidrs,
             masquerade_all=node.masquerade_all,
-            cluster_cidrs=node.cluster_cidrs,
+            local=local_detector(node),
             health_checks=tuple(self._checks[n] for n in sorted(self._checks)),
         )
 
@@ -130,20 +131,17 @@ def plan_service(node: NodeConfig, service: Service, slices: Iterable[EndpointSl
     )
 
 
-def _same_objects(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
-
-
 def plan_service_port(
     node: NodeConfig, port: ServicePort, candidates: Mapping[Target, SliceEndpoint]
 ) -> ServicePortPlan:
     eps = categorize_endpoints(node, port, candidates)
+    external_ips, refused = allowed_external_ips(node, port)
     internal = eps.local if port.internal_policy_local else eps.cluster
     external = eps.local if port.external_policy_local else eps.cluster
     return ServicePortPlan(
         name=port.name,
         protocol=port.protocol,
-        frontends=frontends_of(port),
+        frontends=frontends_of(port, external_ips),
         internal_targets=internal if eps.has_any else (),
         external_targets=external if eps.has_any else (),
         has_endpoints=eps.has_any,
@@ -152,7 +150,30 @@ def plan_service_port(
         local_ready_endpoints=sum(1 for t, ep in candidates.items() if t.is_local and ep.ready),
         affinity_timeout=port.affinity_timeout,
         source_ranges=source_ranges(node, port),
+        refused_external_ips=refused,
     )
+
+
+def local_detector(node: NodeConfig) -> LocalDetector:
+    """Upstream's getLocalDetectors, for the node's settings of one IP family: without a
+    CIDR of this family (ClusterCIDR, NodeCIDR), nothing is local."""
+    if node.local_mode is LocalMode.BRIDGE_INTERFACE:
+        return LocalDetector(interface=node.pod_bridge_interface)
+    if node.local_mode is LocalMode.INTERFACE_NAME_PREFIX:
+        return LocalDetector(interface=node.pod_interface_prefix, interface_prefix=True)
+    cidrs = node.pod_cidrs if node.local_mode is LocalMode.NODE_CIDR else node.cluster_cidrs
+    return LocalDetector(cidrs=cidrs)
+
+
+def allowed_external_ips(node: NodeConfig, port: ServicePort) -> tuple[tuple[IPAddress, ...], tuple[IPAddress, ...]]:
+    """(programmed, refused) externalIPs: with --external-ip-cidrs, only those inside it
+    are programmed (CVE-2020-8554: any user who can write a Service could otherwise
+    capture traffic to any address); without it, all of them, as upstream."""
+    allowed = node.external_ip_cidrs
+    if allowed is None or not port.external_ips:
+        return port.external_ips, ()
+    inside = tuple(ip for ip in port.external_ips if any(ip in cidr for cidr in allowed))
+    return inside, tuple(ip for ip in port.external_ips if ip not in inside)
 
 
 def source_ranges(node: NodeConfig, port: ServicePort) -> tuple[IPNetwork, ...]:
@@ -169,11 +190,13 @@ def source_ranges(node: NodeConfig, port: ServicePort) -> tuple[IPNetwork, ...]:
             *collapse_addresses(r for r in ranges if isinstance(r, IPv6Network)))
 
 
-def frontends_of(port: ServicePort) -> tuple[Frontend, ...]:
+def frontends_of(port: ServicePort, external_ips: tuple[IPAddress, ...] | None = None) -> tuple[Frontend, ...]:
+    """The frontends of a port; `external_ips`: those allowed (default: all of them)."""
+    external_ips = port.external_ips if external_ips is None else external_ips
     found = [Frontend(kind=FrontendKind.CLUSTER_IP, ip=port.cluster_ip, port=port.port)]
     if port.node_port:
         found.append(Frontend(kind=FrontendKind.NODE_PORT, ip=None, port=port.node_port))
-    found += [Frontend(kind=FrontendKind.EXTERNAL_IP, ip=ip, port=port.port) for ip in port.external_ips]
+    found += [Frontend(kind=FrontendKind.EXTERNAL_IP, ip=ip, port=port.port) for ip in external_ips]
     found += [Frontend(kind=FrontendKind.LOAD_BALANCER, ip=ip, port=port.port) for ip in port.load_balancer_ips]
     return tuple(dict.fromkeys(found))  # an IP listed twice is one frontend
 

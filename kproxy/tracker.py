@@ -14,7 +14,17 @@ from typing import Any
 
 import structlog
 
-from kproxy.model import ClusterDelta, ClusterState, EndpointSlice, NodeInfo, Service, ServiceName
+from kproxy.model import (
+    ClusterDelta,
+    ClusterState,
+    EndpointSlice,
+    IPNetwork,
+    NodeInfo,
+    Service,
+    ServiceCIDR,
+    ServiceName,
+    union_service_cidrs,
+)
 from kproxy.parse import (
     InvalidObject,
     describe_key,
@@ -22,6 +32,7 @@ from kproxy.parse import (
     parse_endpoint_slice,
     parse_node,
     parse_service,
+    parse_service_cidr,
 )
 
 log = structlog.get_logger(__name__)
@@ -29,8 +40,9 @@ log = structlog.get_logger(__name__)
 SERVICE = "Service"
 ENDPOINT_SLICE = "EndpointSlice"
 KINDS = (SERVICE, ENDPOINT_SLICE)  # what the change metrics count
-NODE = "Node"  # only this node's zone matters (topology hints)
-SOURCE_KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
+NODE = "Node"  # only this node's: its zone (topology hints) and podCIDRs (NodeCIDR)
+SERVICE_CIDR = "ServiceCIDR"  # the service CIDRs, when --service-cluster-ip-range is not given
+SOURCE_KINDS = (SERVICE, ENDPOINT_SLICE, NODE, SERVICE_CIDR)
 InvalidKey = tuple[str, str, str, int]
 
 
@@ -51,6 +63,7 @@ class Tracker:
         self._slices: dict[tuple[str, str], EndpointSlice] = {}
         self._by_service = SliceIndex()
         self._nodes: dict[str, NodeInfo] = {}
+        self._service_cidrs: dict[str, ServiceCIDR] = {}
         # Last error logged per invalid object: a relist or reload that brings the same
         # broken object again does not log it again. Key: kind, namespace, name and an
         # ordinal that tells apart the unnamed ones of one list (0 for the rest).
@@ -182,6 +195,11 @@ class Tracker:
         with self._lock:
             return dict(self._nodes)
 
+    def service_cidrs(self) -> tuple[IPNetwork, ...]:
+        """The union of the ServiceCIDR objects' ranges."""
+        with self._lock:
+            return union_service_cidrs(self._service_cidrs.values())
+
     def invalid_count(self) -> int:
         """How many objects are left out now because they are malformed."""
         with self._lock:
@@ -191,7 +209,8 @@ class Tracker:
         # Shallow copies: the values are frozen, so sharing them is safe and cheap.
         with self._lock:
             return ClusterState(services=dict(self._services), slices=dict(self._slices),
-                                slices_by_service=self._by_service.grouped(), nodes=dict(self._nodes))
+                                slices_by_service=self._by_service.grouped(), nodes=dict(self._nodes),
+                                service_cidrs=dict(self._service_cidrs))
 
     def change_counts(self) -> ChangeCounts:
         with self._lock:
@@ -228,19 +247,22 @@ class Tracker:
             return self._slices
         if kind == NODE:
             return self._nodes
+        if kind == SERVICE_CIDR:
+            return self._service_cidrs
         raise ValueError(f"unknown kind {kind!r}; expected one of {SOURCE_KINDS}")
 
     @staticmethod
     def _key(kind: str, obj: Any) -> Any:
         namespace, name = object_key(obj)
-        if kind == NODE:
-            return name
+        if kind in (NODE, SERVICE_CIDR):
+            return name  # cluster-scoped
         return ServiceName(namespace, name) if kind == SERVICE else (namespace, name)
 
     def _parse(self, kind: str, obj: Any) -> tuple[Any, Any, tuple[str, str] | None]:
         """(key, parsed value or None, (field, message) or None)."""
         self._store(kind)  # rejects unknown kinds before anything is parsed
-        parse = {SERVICE: parse_service, ENDPOINT_SLICE: parse_endpoint_slice, NODE: parse_node}[kind]
+        parse = {SERVICE: parse_service, ENDPOINT_SLICE: parse_endpoint_slice, NODE: parse_node,
+                 SERVICE_CIDR: parse_service_cidr}[kind]
         key = self._key(kind, obj)
         try:
             return key, parse(obj), None

@@ -76,6 +76,19 @@ def collapse_cidrs(cidrs: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
     return (*collapse_addresses(v4), *collapse_addresses(v6))
 
 
+_INTERFACE_NAME = re.compile(r"[^\s/:\"'*+]{1,15}")
+
+
+def parse_interface_name(text: str) -> str:
+    """An interface name (or a prefix of one) as Linux allows it: 1-15 characters, no
+    space, '/' or ':'; no quote or wildcard either, as nft and iptables rules quote it."""
+    if not text:
+        raise ValueError("is empty (an interface name is needed)")
+    if not _INTERFACE_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not an interface name (1-15 characters, no space, '/', ':', quote, * or +)")
+    return text
+
+
 def ip_text(ip: IPAddress) -> str:
     """An address as nft, iptables and people write it."""
     if ip.version == 6:

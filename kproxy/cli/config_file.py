@@ -19,11 +19,13 @@ from typing import Any
 
 import yaml
 
-from kproxy.model import IPNetwork
-from kproxy.values import format_duration, parse_cidr_list, parse_duration
+from kproxy.model import IPNetwork, LocalMode
+from kproxy.values import format_duration, parse_cidr_list, parse_duration, parse_interface_name
 
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 KIND = "KubeProxyConfiguration"
+
+LOCAL_MODES = tuple(m.value for m in LocalMode)  # detectLocalMode; the first is the default
 
 METRICS_PORT = 10249
 HEALTHZ_PORT = 10256
@@ -137,7 +139,7 @@ SCHEMA: dict[str, Any] = {
         "forwardHealthCheckVip": BOOL,
     },
     "detectLocalMode": _used(STR),
-    "detectLocal": {"bridgeInterface": STR, "interfaceNamePrefix": STR},
+    "detectLocal": {"bridgeInterface": _used(STR), "interfaceNamePrefix": _used(STR)},
     "clusterCIDR": _used(STR),
     "nodePortAddresses": _used(STR_LIST),
     "oomScoreAdj": INT,
@@ -149,6 +151,8 @@ SCHEMA: dict[str, Any] = {
     "configSyncPeriod": DURATION,
     "portRange": STR,
     "windowsRunAsService": BOOL,
+    # kproxy's own (upstream has no such switch): --external-ip-cidrs
+    "externalIPCIDRs": _used(STR_LIST),
 }
 
 
@@ -326,8 +330,12 @@ def file_settings(cfg: ProxyConfigFile, mode_choices: tuple[str, ...], flag_mode
                 out["cluster_cidr"] = _cidrs(cidrs)
             except ConfigError as err:
                 raise ConfigError(f"field 'clusterCIDR': {err}") from None
-        if (local_mode := v.get("detectLocalMode")) and local_mode != "ClusterCIDR":
-            raise ConfigError(f"field 'detectLocalMode': {local_mode!r} is not implemented (only ClusterCIDR)")
+        out.update(_local_detection(v))
+        if (allowed := v.get("externalIPCIDRs")) is not None:
+            try:
+                out["external_ip_cidrs"] = tuple(n for item in allowed for n in _cidrs(item))
+            except ConfigError as err:
+                raise ConfigError(f"field 'externalIPCIDRs': {err}") from None
         if addresses := v.get("nodePortAddresses"):
             try:
                 out["nodeport_addresses"] = parse_node_port_addresses(addresses)
@@ -387,6 +395,24 @@ def _ipvs_settings(v: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _local_detection(v: Mapping[str, Any]) -> dict[str, Any]:
+    """detectLocalMode and detectLocal.* as the --detect-local-mode, --pod-bridge-interface
+    and --pod-interface-name-prefix destinations ("" means unset, as upstream)."""
+    out: dict[str, Any] = {}
+    if mode := v.get("detectLocalMode"):
+        if mode not in LOCAL_MODES:
+            raise ConfigError(f"field 'detectLocalMode': {mode!r} is not one of {', '.join(LOCAL_MODES)}")
+        out["detect_local_mode"] = mode
+    for name, dest in (("bridgeInterface", "pod_bridge_interface"),
+                       ("interfaceNamePrefix", "pod_interface_name_prefix")):
+        if text := v.get(f"detectLocal.{name}"):
+            try:
+                out[dest] = parse_interface_name(text)
+            except ValueError as err:
+                raise ConfigError(f"field 'detectLocal.{name}': {err}") from None
+    return out
+
+
 def merge(args: argparse.Namespace, cfg: ProxyConfigFile, explicit: set[str],
           mode_choices: tuple[str, ...]) -> argparse.Namespace:
     """args with the file's settings, except where a flag was given explicitly."""
@@ -437,7 +463,9 @@ def effective_config(args: argparse.Namespace, hostname: str | None = None) -> d
         "bindAddress": str(node_ips[0]) if node_ips else "0.0.0.0",
         "clientConnection": {"kubeconfig": args.kubeconfig or ""},
         "clusterCIDR": ",".join(str(n) for n in args.cluster_cidr),
-        "detectLocalMode": "ClusterCIDR",
+        "detectLocalMode": getattr(args, "detect_local_mode", LOCAL_MODES[0]),
+        "detectLocal": {"bridgeInterface": getattr(args, "pod_bridge_interface", None) or "",
+                        "interfaceNamePrefix": getattr(args, "pod_interface_name_prefix", None) or ""},
         "healthzBindAddress": args.healthz_bind_address,
         "hostnameOverride": hostname or args.hostname_override or "",
         "bindAddressHardFail": bool(getattr(args, "bind_address_hard_fail", False)),
@@ -449,6 +477,8 @@ def effective_config(args: argparse.Namespace, hostname: str | None = None) -> d
         "nodePortAddresses": nodeports,
         **({"conntrack": conntrack} if conntrack else {}),
         **extra,
+        **({"externalIPCIDRs": [str(n) for n in allowed]}
+           if (allowed := getattr(args, "external_ip_cidrs", None)) is not None else {}),
     }
 
 

@@ -20,7 +20,7 @@ from kproxy.cli.config_file import (
 )
 from kproxy.cli.errors import EXIT_USAGE
 from kproxy.lab.command import add_lab_parser
-from kproxy.model import IPNetwork
+from kproxy.model import IPNetwork, LocalMode
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,6 +55,14 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative (must be 0 or more)")
     return value
+
+
+def interface_name(text: str) -> str:
+    """A network interface name (or a prefix of one), as the kernel allows them."""
+    try:
+        return values.parse_interface_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def node_port_addresses(text: str) -> tuple[IPNetwork, ...]:
@@ -112,6 +120,18 @@ def build_parser() -> Parser:
     sources.add_argument("--nodeport-addresses", type=node_port_addresses, default=(),
                          metavar="primary|all|CIDRS", help="NodePorts answer on local addresses in these CIDRs "
                          "(default primary: the node IPs; all or 0.0.0.0/0,::/0: every local address)")
+    sources.add_argument("--detect-local-mode", default=LocalMode.CLUSTER_CIDR.value, metavar="MODE",
+                         choices=[m.value for m in LocalMode],
+                         help="what makes traffic local (from this node's pods): ClusterCIDR (default), "
+                         "NodeCIDR (the Node's spec.podCIDRs), BridgeInterface, InterfaceNamePrefix")
+    sources.add_argument("--pod-bridge-interface", type=interface_name, default=None, metavar="NAME",
+                         help="with --detect-local-mode BridgeInterface: traffic arriving on this bridge is local")
+    sources.add_argument("--pod-interface-name-prefix", type=interface_name, default=None, metavar="PREFIX",
+                         help="with --detect-local-mode InterfaceNamePrefix: traffic arriving on interfaces "
+                         "named PREFIX* is local")
+    sources.add_argument("--external-ip-cidrs", type=cidr_list, default=None, metavar="CIDRS",
+                         help="program only externalIPs inside these CIDRs; others are logged once per Service "
+                         "(default: every externalIP, as upstream)")
     sources.add_argument("--proxy-mode", default="nftables", choices=("nftables", "iptables", "ipvs"),
                          help="backend (default nftables)")
     sources.add_argument("--iptables-localhost-nodeports", type=boolean, default=True, metavar="BOOL",

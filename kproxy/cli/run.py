@@ -17,8 +17,10 @@ from kproxy.cli.errors import EXIT_FAILED
 from kproxy.cli.ipvs_mode import check_ipvs_flags
 from kproxy.cli.wiring import (
     BindError,
+    StartedSource,
     apply_conntrack_sysctls,
     backends_for,
+    check_local_detection,
     generation_source,
     install_stop_handlers,
     node_config,
@@ -40,6 +42,7 @@ WAIT_FOR_API_S = 60.0
 
 def run(args: argparse.Namespace) -> int:
     check_ipvs_flags(args)
+    check_local_detection(args)
     stop = threading.Event()
     raise_open_file_limit()
     failure = SourceFailure(stop)
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
                                   families=node.families())
     except BindError as err:
         stop.set()
+        bind_failure_event(source, str(err))
         sys.stderr.write(f"kproxy: error: {err}\n")
         return EXIT_FAILED
     apply_conntrack_sysctls(args)
@@ -85,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     install_stop_handlers(stop, runner.wake)
     log.info("starting", node=node.hostname, node_ips=[str(i) for i in node.node_ips],
              source=args.manifests or "api", min_sync_period_s=args.min_sync_period)
+    if source.events is not None:
+        source.events.record("Normal", "Starting")  # upstream's "birth cry"
     # Never program a partial or empty view: rules stay as they are until a full list arrived.
     while not source.wait_synced(1.0) and not stop.is_set():
         log.info("waiting for the first full list from the API")
@@ -98,13 +104,22 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     log.info("stopped; programmed rules stay in place")
     if gave_up:
+        bind_failure_event(source, gave_up[0])
         sys.stderr.write(f"kproxy: error: {gave_up[0]}\n")
         return EXIT_FAILED
     return 0
 
 
+def bind_failure_event(source: StartedSource, why: str) -> None:
+    """Upstream's Warning event for a healthz or metrics server it cannot serve."""
+    if source.events is not None:
+        reason = "FailedToStartProxierHealthcheck" if "healthz" in why else "FailedToStartMetricServer"
+        source.events.record("Warning", reason, why, wait=True)
+
+
 def sync(args: argparse.Namespace) -> int:
     check_ipvs_flags(args)
+    check_local_detection(args)
     stop = threading.Event()
     failure = SourceFailure(stop)
     tracker = Tracker()

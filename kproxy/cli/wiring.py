@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -26,11 +26,14 @@ from kproxy.cli.ipvs_mode import prepare_ipvs
 from kproxy.health.http import TEXT, Response, RouteServer
 from kproxy.health.proxier import HealthEndpoints, ProxyHealth
 from kproxy.metrics import ChangeSource, ObservedSync, ProxyMetrics, SyncReportLike
-from kproxy.model import IPAddress, NodeConfig
+from kproxy.model import IPAddress, LocalMode, NodeConfig
 from kproxy.sources.manifests import ManifestError, ManifestSource
 from kproxy.sources.threads import SourceFailure, start_guarded
 from kproxy.sysctls import ConntrackSettings, apply_sysctls, desired_sysctls
 from kproxy.tracker import Tracker
+
+if TYPE_CHECKING:
+    from kproxy.sources.events import NodeEvents
 
 log = structlog.get_logger("kproxy")
 
@@ -39,6 +42,23 @@ log = structlog.get_logger("kproxy")
 
 def node_name(args: argparse.Namespace) -> str:
     return str(args.hostname_override or os.environ.get("NODE_NAME") or socket.gethostname()).lower()
+
+
+def check_local_detection(args: argparse.Namespace) -> None:
+    """--detect-local-mode (detectLocalMode) with what it needs: the bridge must exist on
+    this node now, a prefix must be given. UsageError (exit 2) naming flag and field."""
+    mode = LocalMode(args.detect_local_mode)
+    if mode is LocalMode.BRIDGE_INTERFACE:
+        bridge = args.pod_bridge_interface
+        if not bridge:
+            raise UsageError("--detect-local-mode BridgeInterface needs --pod-bridge-interface "
+                             "(detectLocal.bridgeInterface)")
+        if not node_facts.interface_exists(bridge):
+            raise UsageError(f"--pod-bridge-interface (detectLocal.bridgeInterface) {bridge}: "
+                             "no such interface on this node")
+    if mode is LocalMode.INTERFACE_NAME_PREFIX and not args.pod_interface_name_prefix:
+        raise UsageError("--detect-local-mode InterfaceNamePrefix needs --pod-interface-name-prefix "
+                         "(detectLocal.interfaceNamePrefix)")
 
 
 def node_config(args: argparse.Namespace,
@@ -57,6 +77,10 @@ def node_config(args: argparse.Namespace,
         service_cidrs=args.service_cluster_ip_range,
         nodeport_cidrs=args.nodeport_addresses,
         masquerade_all=args.masquerade_all,
+        local_mode=LocalMode(args.detect_local_mode),
+        pod_bridge_interface=args.pod_bridge_interface or "",
+        pod_interface_prefix=args.pod_interface_name_prefix or "",
+        external_ip_cidrs=args.external_ip_cidrs,
     )
 
 
@@ -68,6 +92,7 @@ class StartedSource:
     node_ips: Callable[[str], tuple[IPAddress, ...]]  # this node's IPs, if the source knows
     read_node: Callable[[str], dict[str, Any] | None] | None = None  # the Node object (None: unknown)
     skipped: Callable[[], int] = lambda: 0  # malformed entries the source left out (the tracker's aside)
+    events: NodeEvents | None = None  # events on this node's Node object (with the API)
 
 
 def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Event,
@@ -96,11 +121,17 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
         client = load_api_client(args.kubeconfig)
     except Exception as err:  # noqa: BLE001 - any config problem is one line for the user
         raise UsageError(f"kubeconfig: {err}") from None
-    api = ApiSource(client, tracker, stop, node_name=node_name(args), on_fatal=on_fatal)
+    from kproxy.sources.events import NodeEvents
+
+    # without --service-cluster-ip-range, the ServiceCIDR objects say what the service CIDRs are
+    api = ApiSource(client, tracker, stop, node_name=node_name(args), on_fatal=on_fatal,
+                    service_cidrs=not args.service_cluster_ip_range,
+                    wait_for_node=LocalMode(args.detect_local_mode) is LocalMode.NODE_CIDR)
     api.run()
     return StartedSource(wait_synced=api.wait_synced,
                          node_ips=lambda name: node_facts.node_ips_from_api(client, name),
-                         read_node=lambda name: node_facts.read_node_json(client, name))
+                         read_node=lambda name: node_facts.read_node_json(client, name),
+                         events=NodeEvents(client, node_name(args)))
 
 
 # --- the kernel -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kproxy.parse import UPSTREAM_LABEL_SELECTOR
 from kproxy.sources.threads import start_guarded
-from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, Tracker
+from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, SERVICE_CIDR, Tracker
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,10 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ApiConfigError(f"cannot configure the Kubernetes client from {where}: {detail}") from None
     return client.ApiClient(configuration=cfg)
+
+
+class _NotServed(Exception):
+    """404 (or 403) on a list of an optional kind: this API server does not serve it to us."""
 
 
 class _Gone(Exception):
@@ -85,6 +89,7 @@ def _answered(exc: BaseException) -> bool:
 class _Resource:
     kind: str
     list_call: Callable[..., Any]
+    optional: bool = False  # an API server may not serve it (404): then it is not watched
 
 
 @dataclass(slots=True)
@@ -144,6 +149,8 @@ class ApiSource:
         watch_read_timeout: float | None = None,
         label_selector: str = UPSTREAM_LABEL_SELECTOR,
         node_name: str | None = None,
+        service_cidrs: bool = False,
+        wait_for_node: bool = False,
         on_fatal: Callable[[str], object] = lambda _reason: None,
     ) -> None:
         self._tracker = tracker
@@ -167,7 +174,14 @@ class ApiSource:
             # only this node's Node object: its zone label drives topology hints
             self._resources += (_Resource(NODE, functools.partial(
                 client.CoreV1Api(api_client).list_node, field_selector=f"metadata.name={node_name}")),)
+        if service_cidrs:
+            # the service CIDRs, when --service-cluster-ip-range is not given (upstream's
+            # nftables mode reads them from here too); API servers before 1.33 have none
+            self._resources += (_Resource(SERVICE_CIDR, client.NetworkingV1Api(api_client).list_service_cidr,
+                                          optional=True),)
         self._synced = {r.kind: threading.Event() for r in self._resources}
+        # NodeCIDR: the first rules need the Node's podCIDRs, so its first list is awaited too
+        self._awaited = (SERVICE, ENDPOINT_SLICE, *((NODE,) if wait_for_node and node_name else ()))
         self._threads: list[threading.Thread] = []
         # Services and EndpointSlices are always listed together and applied in one tracker
         # transaction: no sync sees relisted Services without their slices. _state guards
@@ -187,10 +201,11 @@ class ApiSource:
         self._threads.append(start_guarded("api-stop", self._stopper, self._on_fatal))
 
     def wait_synced(self, timeout: float | None = None) -> bool:
-        """True once the first list of both kinds has reached the tracker."""
+        """True once the first list of Services and EndpointSlices (and of this Node, with
+        `wait_for_node`) has reached the tracker."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        # the Node (zone only) is not waited for: rules need not wait for topology
-        for event in (self._synced[SERVICE], self._synced[ENDPOINT_SLICE]):
+        # the Node is otherwise not waited for: rules need not wait for topology
+        for event in (self._synced[kind] for kind in self._awaited):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not event.wait(remaining):
                 return False
@@ -228,6 +243,12 @@ class ApiSource:
                     continue
                 # A watch closed at once with nothing in it: don't spin on such a server.
                 delay = backoff.next(answered=True)
+            except _NotServed as exc:
+                # not served (before Kubernetes 1.33), or not allowed (an older ClusterRole):
+                # the agent goes on without it rather than retrying for ever
+                log.info("the API server does not serve this kind; not watching it", kind=kind, error=str(exc))
+                self._synced[kind].set()
+                return
             except _Gone:
                 log.info("resource version expired, relisting", kind=kind)
                 with self._state:
@@ -289,6 +310,8 @@ class ApiSource:
                 _request_timeout=(self._connect_timeout, self._list_read_timeout),
             )
         except _API_ERRORS as exc:
+            if resource.optional and isinstance(exc, ApiException) and exc.status in (403, 404):
+                raise _NotServed(f"HTTP {exc.status} {exc.reason}") from None
             raise _Trouble(exc, answered=_answered(exc)) from None
         with self._reading(resource.kind, response):
             try:

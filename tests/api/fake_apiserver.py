@@ -1,6 +1,9 @@
 """A small in-process Kubernetes API server speaking the real list/watch protocol.
 
-Serves /api/v1/services and /apis/discovery.k8s.io/v1/endpointslices:
+Serves /api/v1/services, /apis/discovery.k8s.io/v1/endpointslices, /api/v1/nodes and
+/apis/networking.k8s.io/v1/servicecidrs (404 with `Store(serve_service_cidrs=False)`, as an
+API server older than 1.33 without the beta API), and takes POSTed events.k8s.io/v1 Events
+(kept in `Store.events`):
 - list: `{"kind": "ServiceList", "metadata": {"resourceVersion"}, "items": [...]}` (items
   without kind, as the real server sends them);
 - watch (`?watch=true&resourceVersion=N`): chunked newline-delimited JSON events after N
@@ -22,6 +25,7 @@ import copy
 import ctypes
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -35,15 +39,20 @@ PATHS = {
     "/api/v1/services": ("services", "Service", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": ("endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
     "/api/v1/nodes": ("nodes", "Node", "v1"),
+    "/apis/networking.k8s.io/v1/servicecidrs": ("servicecidrs", "ServiceCIDR", "networking.k8s.io/v1"),
 }
-RESOURCE_OF_KIND = {"Service": "services", "EndpointSlice": "endpointslices", "Node": "nodes"}
+RESOURCE_OF_KIND = {"Service": "services", "EndpointSlice": "endpointslices", "Node": "nodes",
+                    "ServiceCIDR": "servicecidrs"}
+EVENTS_PATH = re.compile(r"/apis/events\.k8s\.io/v1/namespaces/([^/]+)/events")
 STALL_S = 30.0  # a stalled response is given up by the server after this long at most
 
 
 class Store:
     """Objects, per-resource event history and one resourceVersion counter."""
 
-    def __init__(self, gone_mode: str = "event") -> None:
+    def __init__(self, gone_mode: str = "event", serve_service_cidrs: bool = True) -> None:
+        self.serve_service_cidrs = serve_service_cidrs
+        self.events: list[tuple[str, dict[str, Any]]] = []  # (namespace, Event) as POSTed
         self.cond = threading.Condition()
         self.version = 1000
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {r: {} for r in RESOURCE_OF_KIND.values()}
@@ -222,6 +231,10 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             url = urlparse(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            if url.path.endswith("/servicecidrs") and not store.serve_service_cidrs:
+                with store.cond:
+                    store.calls[("servicecidrs", "watch" if query.get("watch") else "list")] += 1
+                return self._json(404, _status(404, "NotFound", "the server could not find the requested resource"))
             if url.path not in PATHS:
                 return self._json(404, _status(404, "NotFound", f"no route {url.path}"))
             resource, kind, api_version = PATHS[url.path]
@@ -238,6 +251,16 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 return self._stall()
             return self._json(200, body)
+
+        def do_POST(self) -> None:
+            match = EVENTS_PATH.fullmatch(urlparse(self.path).path)
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
+            if not match or not isinstance(body, dict):
+                return self._json(404, _status(404, "NotFound", f"no route {self.path}"))
+            with store.cond:
+                store.events.append((match.group(1), body))
+                store.cond.notify_all()
+            return self._json(201, body)
 
         def _stall(self) -> None:
             """Send nothing more: wait for the server to stop (bounded), then close."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import traffic
 from kproxy_lab import NODE_FLAGS, Kproxy
 from topology import Cluster
 
@@ -139,3 +140,41 @@ def test_this_nodes_zone_comes_from_its_node_object(cluster, kproxy, api):
     node["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a"
     store.apply(node)
     wait_for(kproxy, agent, {"default/web": ["10.244.1.2:8080"]})
+
+
+def test_service_cidr_objects_drop_unallocated_ips_and_the_node_gets_a_starting_event(cluster, kproxy, api):
+    """Without --service-cluster-ip-range the ServiceCIDR objects are the service CIDRs (as
+    upstream's nftables mode): traffic to an unallocated address in them is dropped, and is
+    routed on as before once the object is gone. At start-up the agent records upstream's
+    Starting event on its Node."""
+    store, _servers, kubeconfig = api
+    store.apply(service("web", cluster_ip="10.96.0.10"))
+    store.apply(web_slice("10.244.1.2"))
+    store.apply({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "kubernetes"},
+                 "spec": {"cidrs": ["10.96.0.0/16"]}})
+    flags = list(NODE_FLAGS)
+    at = flags.index("--service-cluster-ip-range")
+    del flags[at:at + 2]
+    log = kproxy.workdir / "agent-cidrs.log"
+    agent = cluster.spawn("node1", kproxy.binary, "run", "--kubeconfig", str(kubeconfig), *flags,
+                          "--min-sync-period", "0.1s", log=log)
+    kproxy.agents.append((agent, log))
+    wait_for(kproxy, agent, {"default/web": ["10.244.1.2:8080"]})
+    client = cluster.ns("client")
+
+    def holds_range() -> bool:
+        return "10.96.0.0/16" in kproxy.ruleset() + kproxy.iptables_save()
+
+    deadline = time.monotonic() + 15
+    while not holds_range() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert holds_range()
+    r = traffic.tcp(client, "10.96.0.99", 80, count=3, timeout=1.0)
+    assert set(r.failures) == {"TIMEOUT"} and not r.pods, r  # dropped on node1
+    store.delete("ServiceCIDR", "kubernetes", namespace="default")
+    traffic.wait_until(lambda: traffic.tcp(client, "10.96.0.99", 80, timeout=1.0),
+                       lambda r: "UNREACHABLE" in r.failures, what="without a ServiceCIDR it is routed on")
+    assert not holds_range()
+    events = [body for _namespace, body in store.events]
+    assert [(e["reason"], e["action"], e["regarding"]["name"]) for e in events] == [
+        ("Starting", "StartKubeProxy", "node1")]

@@ -75,10 +75,11 @@ def test_rbac_is_least_privilege(rendered):
                for resource in r["resources"] for verb in r["verbs"]}
     assert not any("*" in item for item in granted)
     writes = {g for g in granted if g[2] not in ("get", "list", "watch")}
-    assert writes == set()  # kproxy records no events and writes nothing
+    assert writes == {("events.k8s.io", "events", "create")}  # start-up events on its Node, nothing else
     reads = {(g, r) for g, r, v in granted if v in ("list", "watch")}
-    assert reads == {("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "nodes")}
-    # every call the code makes is granted: list/watch of the three, get of its own Node
+    assert reads == {("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "nodes"),
+                     ("networking.k8s.io", "servicecidrs")}
+    # every call the code makes is granted: list/watch of the four, get of its own Node
     assert ("", "nodes", "get") in granted
     binding = rendered["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == rendered["ClusterRole"]["metadata"]["name"]

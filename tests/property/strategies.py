@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from kproxy.model import NodeConfig
+from kproxy.model import LocalMode, NodeConfig
 from tests.builders import endpoint, endpoint_slice, port, service
 
 # --- budget ------------------------------------------------------------------------------
@@ -104,9 +104,20 @@ def clusters(draw: st.DrawFn) -> list[dict[str, Any]]:
     return [obj for i in indexes for obj in draw(service_with_slices(i))]
 
 
+# --detect-local-mode settings: every mode, NodeCIDR with and without the Node's podCIDRs
+LOCAL_DETECTION: list[dict[str, Any]] = [
+    {},
+    {"local_mode": LocalMode.NODE_CIDR},
+    {"local_mode": LocalMode.NODE_CIDR, "pod_cidrs": (ip_network("10.244.1.0/24"), ip_network("fd00:244:1::/64"))},
+    {"local_mode": LocalMode.BRIDGE_INTERFACE, "pod_bridge_interface": "cbr0"},
+    {"local_mode": LocalMode.INTERFACE_NAME_PREFIX, "pod_interface_prefix": "cali"},
+]
+
+
 @st.composite
 def nodes(draw: st.DrawFn) -> NodeConfig:
-    """This node, dual-stack, with or without --nodeport-addresses and --masquerade-all."""
+    """This node, dual-stack, with or without --nodeport-addresses and --masquerade-all,
+    in every --detect-local-mode."""
     nodeport = draw(st.sampled_from([(), ("0.0.0.0/0", "::/0"), ("192.168.50.0/24", "fd00:50::/64")]))
     return NodeConfig(
         hostname="node1",
@@ -117,6 +128,7 @@ def nodes(draw: st.DrawFn) -> NodeConfig:
         nodeport_cidrs=tuple(ip_network(c) for c in nodeport),
         masquerade_all=draw(st.booleans()),
         zone=draw(st.sampled_from([None, *ZONES])),
+        **draw(st.sampled_from(LOCAL_DETECTION)),
     )
 
 

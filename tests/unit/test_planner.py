@@ -8,7 +8,7 @@ import pytest
 
 from kproxy.model import ClusterDelta, ClusterState, NodeConfig, ServiceName, ServicePortName
 from kproxy.parse import parse_endpoint_slice, parse_service
-from kproxy.plan import Frontend, FrontendKind, Plan
+from kproxy.plan import Frontend, FrontendKind, LocalDetector, Plan
 from kproxy.planner import FamilyPlanner, compute_plan
 from tests.builders import endpoint, endpoint_slice, port, service
 
@@ -197,4 +197,4 @@ def test_a_new_node_config_needs_a_full_delta():
 def test_masquerade_settings_pass_through():
     node = NodeConfig(hostname="n", masquerade_all=True, cluster_cidrs=NODE.cluster_cidrs)
     p = plan(service("web"), node=node)
-    assert p.masquerade_all and p.cluster_cidrs == NODE.cluster_cidrs
+    assert p.masquerade_all and p.local == LocalDetector(cidrs=NODE.cluster_cidrs)

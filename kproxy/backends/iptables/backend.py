@@ -55,10 +55,10 @@ class IptablesBackend:
         if plan.family != self.family:
             raise ValueError(f"an IPv{plan.family} plan given to the IPv{self.family} iptables backend")
         started = time.perf_counter()
-        key = (plan.masquerade_all, plan.cluster_cidrs, plan.family)
+        key = (plan.masquerade_all, plan.local, plan.family)
 
         def render(sp: ServicePortPlan) -> ServicePortRules:
-            return render_service_port(sp, plan.masquerade_all, plan.cluster_cidrs, plan.family)
+            return render_service_port(sp, plan.masquerade_all, plan.local, plan.family)
 
         state = self._state
         full = full or state is None or state.key != key

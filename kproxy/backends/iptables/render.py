@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kproxy.backends.base import MASQUERADE_MARK
-from kproxy.model import IPAddress, IPNetwork
-from kproxy.plan import FrontendKind, Plan, ServicePortPlan, Target
+from kproxy.model import IPAddress
+from kproxy.plan import FrontendKind, LocalDetector, Plan, ServicePortPlan, Target
 from kproxy.values import endpoint_text, ip_text
 
 NAT, FILTER = "nat", "filter"
@@ -181,8 +181,19 @@ def _dispatch(chain: str, targets: tuple[Target, ...], proto: str, affinity: int
     return rules
 
 
+NO_DETECTOR = LocalDetector()
+
+
+def local_matches(local: LocalDetector) -> list[str]:
+    """One match per rule for traffic the detector calls local: a source CIDR, or the
+    input interface (iptables' "name+" matches a prefix)."""
+    if local.by_interface:
+        return [f"-i {local.interface}{'+' if local.interface_prefix else ''}"]
+    return [f"-s {cidr}" for cidr in local.cidrs]
+
+
 def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
-                        cluster_cidrs: tuple[IPNetwork, ...] = (), family: int = 4) -> ServicePortRules:
+                        local: LocalDetector = NO_DETECTOR, family: int = 4) -> ServicePortRules:
     out = ServicePortRules()
     proto = sp.protocol.nft
     name = str(sp.name)
@@ -227,7 +238,7 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
         dest = f"-d {host(vip)} {port_match(proto, vport)}"
         if masquerade_all:
             rules.append(f"-A {svc} {dest} -j {MARK_MASQ}")
-        elif cluster_cidrs:
+        elif local.implemented:
             rules.append(f"-A {svc} {dest} -j {MASQ_OFF_CLUSTER}")
         rules += _dispatch(svc, internal, proto, affinity, family)
         out.chains[(NAT, svc)] = tuple(rules)
@@ -247,8 +258,8 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
             else:
                 to = "KUBE-SCT-" + svc[9:]
                 out.chains[(NAT, to)] = tuple(_dispatch(to, short_circuit, proto, affinity, family))
-            rules += [f"-A {ext} -s {cidr} {comment(f'pod traffic for {name} external destinations')} -j {to}"
-                      for cidr in cluster_cidrs]
+            rules += [f"-A {ext} {match} {comment(f'pod traffic for {name} external destinations')} -j {to}"
+                      for match in local_matches(local)]
             rules += [
                 f"-A {ext} -m addrtype --src-type LOCAL {comment(f'masquerade LOCAL traffic for {name}')} "
                 f"-j {MARK_MASQ}",
@@ -294,7 +305,7 @@ def render_node(plan: Plan, localhost_nodeports: bool) -> dict[tuple[str, str], 
         f"{port_match('tcp', hc.node_port)} -j ACCEPT" for hc in plan.health_checks)
     out[(NAT, MARK_MASQ)] = (f"-A {MARK_MASQ} -j MARK --or-mark {MASQUERADE_MARK}",)
     out[(NAT, MASQ_OFF_CLUSTER)] = (
-        *(f"-A {MASQ_OFF_CLUSTER} -s {c} -j RETURN" for c in plan.cluster_cidrs),
+        *(f"-A {MASQ_OFF_CLUSTER} {match} -j RETURN" for match in local_matches(plan.local)),
         f"-A {MASQ_OFF_CLUSTER} -j {MARK_MASQ}",
     )
     out[(NAT, POSTROUTING)] = (
@@ -355,5 +366,5 @@ def assemble(node: dict[tuple[str, str], tuple[str, ...]], ports: Iterable[Servi
 def render(plan: Plan, localhost_nodeports: bool = True) -> Chains:
     """The whole desired ruleset, uncached (the backend caches per Service port)."""
     return assemble(render_node(plan, localhost_nodeports),
-                    (render_service_port(sp, plan.masquerade_all, plan.cluster_cidrs, plan.family)
+                    (render_service_port(sp, plan.masquerade_all, plan.local, plan.family)
                      for sp in plan.service_ports))

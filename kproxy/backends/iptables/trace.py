@@ -136,6 +136,8 @@ def _probability(argv: tuple[str, ...], opts: dict[str, str], pkt: Packet, path:
     tests: tuple[tuple[str, Callable[[str], bool]], ...] = (
         ("-s", lambda v: _in_cidr(pkt.src, v)),
         ("-d", lambda v: _in_cidr(path.dst, v)),
+        # a traced address arrives on no pod interface (--detect-local-mode by interface)
+        ("-i", lambda v: _negatable(v, False)),
         ("-p", lambda v: _negatable(v, v.lstrip("!") == pkt.proto)),
         ("--dport", lambda v: _port_in(path.port, v)),
         ("--src-type", lambda v: _negatable(v, v.lstrip("!") == "LOCAL" and pkt.is_local(pkt.src))),

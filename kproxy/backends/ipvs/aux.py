@@ -16,6 +16,7 @@ from ipaddress import ip_network
 from kproxy.backends.base import MASQUERADE_MARK
 from kproxy.backends.ipvs.objects import SHORT_CIRCUIT_BIT, aux_table_of
 from kproxy.backends.ipvs.render import short_circuits
+from kproxy.backends.nft.render import local_traffic
 from kproxy.backends.nft.names import (
     CLUSTER_CIDRS,
     CLUSTER_FRONTENDS,
@@ -61,12 +62,13 @@ def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
         NO_MASQ_SOURCES: f"type {addr}; flags interval;",
     }
     new = "ct state new"
+    is_local, not_local = local_traffic(plan, ip)
     short_circuited = f"meta mark & {SHORT_CIRCUIT_BIT:#x} == {SHORT_CIRCUIT_BIT:#x}"
     chains = {
         # before the masquerade marks (nat, -100) and IPVS: pods and the node reaching a
         # Local-policy frontend get its firewall mark (see render.short_circuits)
         "short-circuit-prerouting": ("type filter hook prerouting priority -150; policy accept;",
-                                     f"{ip} saddr @{CLUSTER_CIDRS} meta mark set {frontend} "
+                                     f"{is_local} meta mark set {frontend} "
                                      f"map @{SHORT_CIRCUIT_MARKS}"),
         "short-circuit-output": ("type filter hook output priority -150; policy accept;",
                                  f"meta mark set {frontend} map @{SHORT_CIRCUIT_MARKS}"),
@@ -89,7 +91,7 @@ def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
                             f"{short_circuited} fib saddr type local jump {MARK_FOR_MASQUERADE}",
                             f"jump {MASQUERADING}"),
         "services": ("",
-                     f"{frontend} @{CLUSTER_FRONTENDS} {ip} saddr != @{NO_MASQ_SOURCES} jump {MARK_FOR_MASQUERADE}",
+                     f"{frontend} @{CLUSTER_FRONTENDS} {not_local} jump {MARK_FOR_MASQUERADE}",
                      f"{frontend} @{MASQ_FRONTENDS} jump {MARK_FOR_MASQUERADE}"),
         "endpoints-check": ("", f"{frontend} @{REJECT_FRONTENDS} goto {REJECT_CHAIN}",
                             f"meta mark & {SHORT_CIRCUIT_BIT:#x} == 0 {frontend} @{DROP_FRONTENDS} drop"),
@@ -164,11 +166,11 @@ def _elements(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> dict[str, dict
                 add(HAIRPIN, f"{ip_text(t.ip)} . {ip_text(t.ip)}")
     if plan.service_cidrs:
         out[SERVICE_CIDRS] = _intervals(plan.service_cidrs)
-    if plan.cluster_cidrs:
-        out[CLUSTER_CIDRS] = _intervals(plan.cluster_cidrs)
-    if not plan.masquerade_all:
+    if plan.local.cidrs:
+        out[CLUSTER_CIDRS] = _intervals(plan.local.cidrs)
+    if not plan.masquerade_all and not plan.local.by_interface:
         everyone = (ip_network("0.0.0.0/0") if plan.family == 4 else ip_network("::/0"),)
-        out[NO_MASQ_SOURCES] = _intervals(plan.cluster_cidrs or everyone)
+        out[NO_MASQ_SOURCES] = _intervals(plan.local.cidrs or everyone)
     return out
 
 

@@ -166,14 +166,26 @@ def render_node(plan: Plan) -> Contribution:
     out: Contribution = {}
     if not plan.nodeport_all_local and plan.nodeport_ips:
         out[NODEPORT_IPS] = {ip_text(ip): PRESENT for ip in plan.nodeport_ips}
-    if plan.cluster_cidrs:
-        out[CLUSTER_CIDRS] = _intervals(plan.cluster_cidrs)
+    if plan.local.cidrs:
+        out[CLUSTER_CIDRS] = _intervals(plan.local.cidrs)
     if plan.service_cidrs:
         out[SERVICE_CIDRS] = _intervals(plan.service_cidrs)
-    if not plan.masquerade_all:
+    if not plan.masquerade_all and not plan.local.by_interface:
         everyone = (ip_network("0.0.0.0/0") if plan.family == 4 else ip_network("::/0"),)
-        out[NO_MASQ_SOURCES] = _intervals(plan.cluster_cidrs or everyone)
+        out[NO_MASQ_SOURCES] = _intervals(plan.local.cidrs or everyone)
     return out
+
+
+def local_traffic(plan: Plan, ip: str) -> tuple[str, str]:
+    """(is local, is not local) matches of the Plan's local-traffic detector: the source in
+    the pod CIDRs (sets, so a change of them is an element change) or the input interface
+    (nft's "name*" matches a prefix). With --masquerade-all, "not local" is everyone (the
+    empty no-masq-sources); with no detector, no one (that set then holds everyone)."""
+    not_local = f"{ip} saddr != @{NO_MASQ_SOURCES}"
+    if not plan.local.by_interface:
+        return f"{ip} saddr @{CLUSTER_CIDRS}", not_local
+    name = plan.local.interface + ("*" if plan.local.interface_prefix else "")
+    return f'iifname "{name}"', not_local if plan.masquerade_all else f'iifname != "{name}"'
 
 
 def counts_in_use(set_names: Iterable[str]) -> dict[Dispatch, list[int]]:
@@ -199,12 +211,12 @@ def render_skeleton(plan: Plan, counts: Mapping[Dispatch, Iterable[int]], timeou
     nodeport = (f"fib daddr type local {ip} daddr != {loopback}" if plan.nodeport_all_local
                 else f"{ip} daddr @{NODEPORT_IPS}") + f" {NODEPORT_KEY}"
     masq = f"jump {MARK_FOR_MASQUERADE}"
-    pods = f"{ip} saddr @{CLUSTER_CIDRS}"
+    pods, not_local = local_traffic(plan, ip)
     node_own = "fib saddr type local"
     timeouts = sorted(set(timeouts))
     services = [
         # ClusterIP traffic from outside the pod CIDRs (or all of it: --masquerade-all)
-        f"{frontend} @{CLUSTER_FRONTENDS} {ip} saddr != @{NO_MASQ_SOURCES} {masq}",
+        f"{frontend} @{CLUSTER_FRONTENDS} {not_local} {masq}",
         f"{frontend} @{MASQ_FRONTENDS} {masq}",
         f"{nodeport} @{MASQ_NODEPORTS} {masq}",
         # externalTrafficPolicy Local: the node's own traffic keeps no source worth

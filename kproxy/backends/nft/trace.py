@@ -9,6 +9,7 @@ and the node, masquerade marks, reject/drop checks.
 
 from __future__ import annotations
 
+import json
 from ipaddress import ip_network
 from typing import Any
 
@@ -16,6 +17,7 @@ from kproxy.backends.nft import affinity6
 from kproxy.backends.nft.names import (
     AFFINITY_NODEPORTS_PREFIX,
     CLUSTER_CIDRS,
+    CLUSTER_FRONTENDS,
     CLUSTER_IPS,
     FIREWALL_FRONTENDS,
     HAIRPIN,
@@ -30,6 +32,7 @@ from kproxy.backends.nft.names import (
     SC_IPS,
     SC_NODEPORTS,
     SERVICE_CIDRS,
+    SERVICES,
     affinity_timeout_of,
     firewall_allow,
 )
@@ -65,7 +68,13 @@ class Ruleset(TableListing):
         # ClusterIP traffic is masqueraded from sources outside this set: all of it when
         # the set is empty (--masquerade-all)
         self.unmasqueraded = self.cidrs(NO_MASQ_SOURCES)
-        self.masquerade_all = self.present and not self.unmasqueraded
+        # --detect-local-mode BridgeInterface / InterfaceNamePrefix: local means the input
+        # interface, which a traced address does not have: its traffic counts as not local
+        self.local_by_interface = any(
+            rule.get("chain") == SERVICES and CLUSTER_FRONTENDS in (text := json.dumps(rule.get("expr")))
+            and '"iifname"' in text
+            for rule in (item["rule"] for item in (listing or {}).get("nftables", []) if "rule" in item))
+        self.masquerade_all = self.present and not self.unmasqueraded and not self.local_by_interface
 
     def cidrs(self, name: str) -> tuple[IPNetwork, ...]:
         return tuple(ip_network(v, strict=False) for v in self.values(name))
