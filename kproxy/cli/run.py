@@ -15,6 +15,7 @@ from kproxy.backends.nft.kernel import NftError
 from kproxy.cli.errors import EXIT_FAILED
 from kproxy.cli.wiring import (
     BindError,
+    TakeOverOnce,
     apply_conntrack_sysctls,
     backends_for,
     generation_source,
@@ -23,6 +24,7 @@ from kproxy.cli.wiring import (
     raise_open_file_limit,
     start_observability,
     start_source,
+    take_over_node,
 )
 from kproxy.conntrack import ConntrackCleaner
 from kproxy.health.proxier import watch_node_deletion
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     apply_conntrack_sysctls(args)
     health_checks = ServiceHealthServer()
     agent = Agent(node, backends_for(args, node), tracker,
-                  on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync),
+                  on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync,
+                             TakeOverOnce(args).after_sync),
                   generation=generation_source(args), verify_interval=args.sync_period)
     runner = SyncRunner(obs.observe(agent.sync, tracker), min_interval=args.min_sync_period,
                         max_interval=args.sync_period)
@@ -115,6 +118,7 @@ def sync(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
         node = node_config(args, source.node_ips)
         Agent(node, backends_for(args, node), tracker).sync()
+        take_over_node(args)
         if skipped := tracker.invalid_count() + source.skipped():
             log.warning("skipped malformed objects (see above); the others are programmed", skipped=skipped)
     except (NftError, IptablesError) as err:

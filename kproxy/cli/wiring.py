@@ -21,6 +21,7 @@ from kproxy.agent import Generation
 from kproxy.backends.base import Backend
 from kproxy.backends.generation import ruleset_generation
 from kproxy.backends.registry import make_backend, node_variant, remove_other_modes
+from kproxy.backends.takeover import take_over
 from kproxy.cli.errors import UsageError
 from kproxy.health.http import TEXT, Response, RouteServer
 from kproxy.health.proxier import HealthEndpoints, ProxyHealth
@@ -105,11 +106,8 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
 # --- the kernel -------------------------------------------------------------------------------
 
 def backends_for(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backend]:
-    """A backend per IP family for --proxy-mode, after removing the other modes' rules."""
-    removed = remove_other_modes(args.proxy_mode)
-    if removed:
-        log.info(f"removed the rules of the {' and '.join(removed)} mode before programming {args.proxy_mode}",
-                 removed_mode=",".join(removed), proxy_mode=args.proxy_mode)
+    """A backend per IP family for --proxy-mode (what other modes and kube-proxy left is
+    removed by take_over_node, once these have programmed)."""
     variant = node_variant(args.iptables_variant) if args.proxy_mode == "iptables" else "auto"
     backends = {family: make_backend(args.proxy_mode, family=family, iptables_variant=variant,
                                      localhost_nodeports=args.iptables_localhost_nodeports)
@@ -117,6 +115,34 @@ def backends_for(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backen
     if args.proxy_mode == "iptables":
         log.info("iptables backend", variant=variant, families=list(backends))
     return backends
+
+
+def take_over_node(args: argparse.Namespace) -> None:
+    """After kproxy's first successful sync, never before (so no new connection ever meets
+    a node without rules): remove what upstream kube-proxy left, then kproxy's own rules of
+    other modes."""
+    try:
+        take_over(node_variant(args.iptables_variant) if args.proxy_mode == "iptables" else None)
+        removed = remove_other_modes(args.proxy_mode)
+    except Exception as err:  # noqa: BLE001 - leftovers must never stop the agent that replaced them
+        log.warning("could not remove what other proxies left", error=str(err))
+        return
+    if removed:
+        log.info(f"removed the rules of the {' and '.join(removed)} mode after programming {args.proxy_mode}",
+                 removed_mode=",".join(removed), proxy_mode=args.proxy_mode)
+
+
+class TakeOverOnce:
+    """A sync hook: take_over_node after the first sync that succeeded (hooks run only then)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self._done = False
+
+    def after_sync(self, _plan: object, _report: object) -> None:
+        if not self._done:
+            self._done = True
+            take_over_node(self._args)
 
 
 def generation_source(args: argparse.Namespace) -> Generation:
