@@ -17,6 +17,7 @@ from kproxy.cli.config_file import ConfigError, apply_config_file
 from kproxy.cli.dump import dump
 from kproxy.cli.errors import EXIT_USAGE, UsageError
 from kproxy.cli.logs import configure_logging
+from kproxy.cli.node_sysctls import set_sysctls
 from kproxy.cli.output import ClosedPipeGuard
 from kproxy.cli.parser import build_parser, parse_command_line
 from kproxy.cli.run import run, sync
@@ -27,7 +28,7 @@ log = structlog.get_logger("kproxy")
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run, "sync": sync, "dump": dump, "cleanup": cleanup, "config": print_config, "trace": trace,
-    "lab": lab_command,
+    "lab": lab_command, "sysctls": set_sysctls,
 }
 
 

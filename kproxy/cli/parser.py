@@ -152,6 +152,9 @@ def build_parser() -> Parser:
     dump.add_argument("--proxy-mode", choices=("auto", "nftables", "iptables"), default="auto",
                       help="which backend's rules to read (default: whichever is programmed)")
     sub.add_parser("cleanup", parents=[common], help="remove everything kproxy programmed")
+    sub.add_parser("sysctls", parents=[common, sources],
+                   help="set the sysctls these flags need, then exit (a privileged init container, so the "
+                        "agent needs no write access to /proc/sys)")
     tracer = sub.add_parser("trace", parents=[common],
                             help="what the programmed rules (nftables or iptables) do with a new connection")
     tracer.add_argument("--from", dest="source", required=True, metavar="SRC", help="client address")

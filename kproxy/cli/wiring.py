@@ -153,7 +153,8 @@ def generation_source(args: argparse.Namespace) -> Generation:
     return ruleset_generation
 
 
-def apply_conntrack_sysctls(args: argparse.Namespace) -> None:
+def apply_conntrack_sysctls(args: argparse.Namespace) -> dict[str, str]:
+    """The conntrack sysctls the flags ask for; those that could not be set, with why."""
     if args.conntrack_min and not args.conntrack_max_per_core:
         log.warning("--conntrack-min (conntrack.min) alone changes nothing: it is the floor of "
                     "--conntrack-max-per-core times the CPUs, as upstream")
@@ -164,7 +165,7 @@ def apply_conntrack_sysctls(args: argparse.Namespace) -> None:
         tcp_be_liberal=args.conntrack_tcp_be_liberal,
         udp_timeout=args.conntrack_udp_timeout, udp_timeout_stream=args.conntrack_udp_timeout_stream,
     )
-    apply_sysctls(desired_sysctls(settings, os.cpu_count() or 1))
+    return apply_sysctls(desired_sysctls(settings, os.cpu_count() or 1))
 
 
 # --- metrics and health -------------------------------------------------------------------------

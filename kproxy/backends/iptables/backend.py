@@ -20,7 +20,7 @@ import structlog
 from kproxy.backends.base import SyncResult
 from kproxy.backends.iptables.drift import differences
 from kproxy.backends.iptables.kernel import IptablesKernel
-from kproxy.backends.iptables.localnet import enable_route_localnet  # KUBE-FIREWALL guards what it opens
+from kproxy.backends.iptables.localnet import route_localnet_or_warn  # KUBE-FIREWALL guards what it opens
 from kproxy.backends.iptables.render import (
     Chains,
     ServicePortRules,
@@ -42,7 +42,7 @@ class IptablesBackend:
     mode = "iptables"
 
     def __init__(self, kernel: IptablesKernel, localhost_nodeports: bool = True,
-                 route_localnet: Callable[[], None] = enable_route_localnet, family: int = 4) -> None:
+                 route_localnet: Callable[[], bool | None] = route_localnet_or_warn, family: int = 4) -> None:
         self._kernel = kernel
         self.family = family
         self._localhost_nodeports = localhost_nodeports and family == 4
@@ -59,11 +59,12 @@ class IptablesBackend:
         if plan.family != self.family:
             raise ValueError(f"an IPv{plan.family} plan given to the IPv{self.family} iptables backend")
         started = time.perf_counter()
-        desired = self._render(plan)
         full = full or self._applied is None
+        # False: route_localnet cannot be set (warned once); localhost NodePorts stay off
+        if full and self._localhost_nodeports and self._route_localnet() is False:
+            self._localhost_nodeports = False
+        desired = self._render(plan)
         if full:
-            if self._localhost_nodeports:
-                self._route_localnet()
             existing = parse_save_all(self._kernel.save_all())
             restore = full_restore(desired, existing, jumps(self._localhost_nodeports))
         else:
