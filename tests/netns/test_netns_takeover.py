@@ -41,25 +41,26 @@ def upstream_ports(cluster: Cluster) -> list[UpstreamPort]:
 
 
 def load_upstream(cluster: Cluster, mode: str) -> None:
-    if mode == "iptables":  # iptables-nft, as most nodes run it
-        text, argv = iptables_restore(upstream_ports(cluster), CLUSTER_CIDR), ["iptables-nft-restore"]
-    else:
+    if mode.startswith("iptables"):  # iptables-nft or iptables-legacy
+        text, argv = iptables_restore(upstream_ports(cluster), CLUSTER_CIDR), [f"{mode}-restore"]
+    else:  # a dual-stack node has table ip6 kube-proxy too
         text, argv = nft_script(upstream_ports(cluster), CLUSTER_CIDR), ["nft", "-f", "-"]
+        text += ("add table ip6 kube-proxy\n"
+                 "add chain ip6 kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }\n")
     done = subprocess.run(["ip", "netns", "exec", cluster.node1, *argv], input=text,
                                         capture_output=True, text=True, timeout=20)
     assert done.returncode == 0, f"{done.stderr}\n{text}"
 
 
 def upstream_left(kproxy: Kproxy) -> list[str]:
-    found = []
-    if "table ip kube-proxy" in kproxy.cluster.run("node1", "nft", "list", "tables").stdout:
-        found.append("table ip kube-proxy")
+    tables = kproxy.cluster.run("node1", "nft", "list", "tables").stdout
+    found = [t for t in ("table ip kube-proxy", "table ip6 kube-proxy") if t in tables]
     saved = kproxy.iptables_save()
     found += [c for c in ("KUBE-PROXY-CANARY", "KUBE-SEP-", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL") if c in saved]
     return found
 
 
-@pytest.mark.parametrize("upstream_mode", ["iptables", "nftables"])
+@pytest.mark.parametrize("upstream_mode", ["iptables-nft", "iptables-legacy", "nftables"])
 def test_takeover_from_kube_proxy_drops_no_connection(cluster: Cluster, kproxy: Kproxy, upstream_mode: str) -> None:
     pod1, client = cluster.ns("pod1"), cluster.client
     load_upstream(cluster, upstream_mode)
@@ -91,11 +92,11 @@ def test_takeover_from_kube_proxy_drops_no_connection(cluster: Cluster, kproxy: 
             assert answer.split()[0] == pod and answer.endswith("still-there"), (holder.greeting, answer)
         assert upstream_left(kproxy) == []
         saved = kproxy.iptables_save()
-        if upstream_mode == "iptables":  # kubelet's stay
+        if upstream_mode != "nftables":  # kubelet's stay
             assert ":KUBE-FIREWALL" in saved and ":KUBE-KUBELET-CANARY" in saved, saved
         (line,) = [x for x in log.read_text().splitlines() if "took over from kube-proxy" in x]
-        assert ("table ip kube-proxy" in line) == (upstream_mode == "nftables"), line
-        assert ("iptables-nft" in line) == (upstream_mode == "iptables"), line
+        assert ("table ip kube-proxy; nftables table ip6 kube-proxy" in line) == (upstream_mode == "nftables"), line
+        assert ("iptables" in line) == (upstream_mode != "nftables") and (upstream_mode in line), line
         # and kproxy serves on its own
         assert set(traffic.tcp(client, NODE1_IP, TCP_NODEPORT, count=10).pods) == set(PODS)
         assert agent.poll() is None
