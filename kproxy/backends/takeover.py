@@ -208,12 +208,13 @@ class KernelIpvs:
             ipset.destroy(name)
 
 
-def take_over(kproxy_variant: str | None, ipvs: IpvsState | None = None) -> list[str]:
+def take_over(kproxy_variant: str | None, ipvs: IpvsState | None) -> list[str]:
     """Remove what upstream kube-proxy left (after kproxy's first sync); log one line of
     what was removed; return it. `kproxy_variant`: the iptables variant kproxy programs in
-    iptables mode, else None."""
+    iptables mode, else None. `ipvs`: None skips IPVS (kproxy's own IPVS mode owns it)."""
     removed = remove_upstream_nftables() + remove_upstream_iptables(kproxy_variant)
-    removed += remove_upstream_ipvs(ipvs if ipvs is not None else KernelIpvs())
+    if ipvs is not None:
+        removed += remove_upstream_ipvs(ipvs)
     if removed:
         log.info(f"took over from kube-proxy: removed {'; '.join(removed)}")
     return removed

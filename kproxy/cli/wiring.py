@@ -21,7 +21,7 @@ from kproxy.agent import Generation
 from kproxy.backends.base import Backend
 from kproxy.backends.generation import ruleset_generation
 from kproxy.backends.registry import make_backend, node_variant, remove_other_modes
-from kproxy.backends.takeover import take_over
+from kproxy.backends.takeover import KernelIpvs, take_over
 from kproxy.cli.errors import UsageError
 from kproxy.health.http import TEXT, Response, RouteServer
 from kproxy.health.proxier import HealthEndpoints, ProxyHealth
@@ -122,7 +122,9 @@ def take_over_node(args: argparse.Namespace) -> None:
     a node without rules): remove what upstream kube-proxy left, then kproxy's own rules of
     other modes."""
     try:
-        take_over(node_variant(args.iptables_variant) if args.proxy_mode == "iptables" else None)
+        # kproxy's own IPVS mode keeps IPVS state of its own: it is not kube-proxy's to remove
+        take_over(node_variant(args.iptables_variant) if args.proxy_mode == "iptables" else None,
+                  ipvs=None if args.proxy_mode == "ipvs" else KernelIpvs())
         removed = remove_other_modes(args.proxy_mode)
     except Exception as err:  # noqa: BLE001 - leftovers must never stop the agent that replaced them
         log.warning("could not remove what other proxies left", error=str(err))
