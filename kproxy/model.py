@@ -6,10 +6,10 @@ reads raw dicts. Everything is frozen and ordered so plans and diffs are determi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from collections.abc import Iterable
 from typing import NamedTuple, TypeVar
 
 IPAddress = IPv4Address | IPv6Address

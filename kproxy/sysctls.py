@@ -61,5 +61,7 @@ def apply_sysctls(wanted: Mapping[str, int], root: Path = PROC) -> dict[str, str
             log.info("set sysctl", sysctl=f"net.netfilter.{name}", value=value)
         except OSError as err:
             failed[name] = err.strerror or str(err)
-            log.warning("cannot set sysctl", sysctl=f"net.netfilter.{name}", value=value, error=failed[name])
+            log.warning(f"cannot set sysctl net.netfilter.{name}={value} ({failed[name]}); the kernel's value "
+                        "stays. Set it before the agent starts (`kproxy sysctls`, as the DaemonSet's init "
+                        "container and the systemd unit's ExecStartPre do)")
     return failed

@@ -1,10 +1,13 @@
-"""`kproxy dump`: what is programmed on this node, read back from the kernel."""
+"""`kproxy dump`: what is programmed on this node, read back from the kernel; with
+--stats, the connections conntrack holds per frontend and endpoint."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
+from kproxy.backends.connections import read_connections
 from kproxy.backends.iptables.kernel import save_all
 from kproxy.backends.iptables.save import programmed as iptables_programmed
 from kproxy.backends.ipvs.kernel import aux_listing, aux_tables, read_ipvs
@@ -12,16 +15,33 @@ from kproxy.backends.ipvs.readback import ipvs_json, ipvsadm_text, read_view
 from kproxy.backends.nft.kernel import LibNftKernel
 from kproxy.backends.nft.names import table_of
 from kproxy.backends.registry import FAMILIES, make_backend, node_variant, programmed_mode
-from kproxy.backends.view import NOTHING_PROGRAMMED, format_view, merge_views
+from kproxy.backends.stats import StatsReport, connection_stats, format_stats
+from kproxy.backends.view import NOTHING_PROGRAMMED, ProgrammedView, format_view, merge_views
 from kproxy.cli.output import print_json
+
+
+def programmed_view(choice: str) -> ProgrammedView:
+    """What is programmed, in whichever mode has programmed this node (nftables if neither)."""
+    mode = (programmed_mode() or "nftables") if choice == "auto" else choice
+    return merge_views([make_backend(mode, family=family).read_view() for family in FAMILIES])
+
+
+def read_stats(view: ProgrammedView, window: float | None) -> StatsReport:
+    """Connections per frontend now; with a window, two reads that far apart."""
+    if window is None:
+        return connection_stats(view, read_connections())
+    before = read_connections()
+    time.sleep(window)
+    return connection_stats(view, read_connections(), before, window)
 
 
 def dump(args: argparse.Namespace) -> int:
     # whichever mode has programmed this node; nftables if neither
     mode = (programmed_mode() or "nftables") if args.proxy_mode == "auto" else args.proxy_mode
-    if mode == "ipvs":
+    if mode == "ipvs" and not args.stats:
         return dump_ipvs(args)
     if args.raw:
+        mode = (programmed_mode() or "nftables") if args.proxy_mode == "auto" else args.proxy_mode
         if mode == "iptables":
             variant = node_variant()
             saved = [save_all(variant, family) or "" for family in FAMILIES]
@@ -32,8 +52,14 @@ def dump(args: argparse.Namespace) -> int:
             listing = "".join(kernel.list_ruleset_text() for kernel in kernels if kernel.exists())
         sys.stdout.write(listing or NOTHING_PROGRAMMED)
         return 0
-    view = merge_views([make_backend(mode, family=family).read_view() for family in FAMILIES])
-    if args.json:
+    view = programmed_view(args.proxy_mode)
+    if args.stats and view.present:
+        report = read_stats(view, args.rate)
+        if args.json:
+            print_json(report.to_json())
+        else:
+            sys.stdout.write(format_stats(report))
+    elif args.json:
         print_json(view.to_json())
     else:
         sys.stdout.write(format_view(view))

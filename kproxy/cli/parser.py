@@ -172,7 +172,22 @@ def build_parser() -> Parser:
     dump.add_argument("--raw", action="store_true", help="the kernel's own listing of kproxy's table")
     dump.add_argument("--proxy-mode", choices=("auto", "nftables", "iptables", "ipvs"), default="auto",
                       help="which backend's rules to read (default: whichever is programmed)")
+    dump.add_argument("--stats", action="store_true",
+                      help="the connections conntrack holds now, per frontend and endpoint (established / other)")
+    dump.add_argument("--rate", type=duration, nargs="?", const=1.0, metavar="DURATION",
+                      help="with --stats: also new connections per second, over this window (default 1s)")
+    top = sub.add_parser("top", parents=[common],
+                         help="dump --stats --rate, refreshed until Ctrl-C (full screen on a terminal)")
+    top.add_argument("--interval", type=duration, default=2.0, metavar="DURATION",
+                     help="refresh period, also the window of new connections per second (default 2s)")
+    top.add_argument("--iterations", type=non_negative_int, default=0, metavar="N",
+                     help="stop after N refreshes (default 0: until Ctrl-C)")
+    top.add_argument("--proxy-mode", choices=("auto", "nftables", "iptables"), default="auto",
+                     help="which backend's rules to read (default: whichever is programmed)")
     sub.add_parser("cleanup", parents=[common], help="remove everything kproxy programmed")
+    sub.add_parser("sysctls", parents=[common, sources],
+                   help="set the sysctls these flags need, then exit (a privileged init container, so the "
+                        "agent needs no write access to /proc/sys)")
     tracer = sub.add_parser("trace", parents=[common],
                             help="what the programmed rules (nftables or iptables) do with a new connection")
     tracer.add_argument("--from", dest="source", required=True, metavar="SRC", help="client address")

@@ -18,6 +18,7 @@ from kproxy.cli.ipvs_mode import check_ipvs_flags
 from kproxy.cli.wiring import (
     BindError,
     StartedSource,
+    TakeOverOnce,
     apply_conntrack_sysctls,
     backends_for,
     check_local_detection,
@@ -27,6 +28,7 @@ from kproxy.cli.wiring import (
     raise_open_file_limit,
     start_observability,
     start_source,
+    take_over_node,
 )
 from kproxy.conntrack import ConntrackCleaner
 from kproxy.health.proxier import watch_node_deletion
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     apply_conntrack_sysctls(args)
     health_checks = ServiceHealthServer()
     agent = Agent(node, backends_for(args, node), tracker,
-                  on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync),
+                  on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync,
+                             TakeOverOnce(args).after_sync),
                   generation=generation_source(args), verify_interval=args.sync_period)
     runner = SyncRunner(obs.observe(agent.sync, tracker), min_interval=args.min_sync_period,
                         max_interval=args.sync_period)
@@ -134,6 +137,7 @@ def sync(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
         node = node_config(args, source.node_ips)
         Agent(node, backends_for(args, node), tracker).sync()
+        take_over_node(args)
         if skipped := tracker.invalid_count() + source.skipped():
             log.warning("skipped malformed objects (see above); the others are programmed", skipped=skipped)
     except (NftError, IptablesError, IpvsError) as err:

@@ -21,6 +21,7 @@ from kproxy.agent import Generation
 from kproxy.backends.base import Backend
 from kproxy.backends.generation import ruleset_generation
 from kproxy.backends.registry import ModeUnavailable, check_mode, make_backend, node_variant, remove_other_modes
+from kproxy.backends.takeover import KernelIpvs, take_over
 from kproxy.cli.errors import UsageError
 from kproxy.cli.ipvs_mode import prepare_ipvs
 from kproxy.health.http import TEXT, Response, RouteServer
@@ -137,16 +138,13 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
 # --- the kernel -------------------------------------------------------------------------------
 
 def backends_for(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backend]:
-    """A backend per IP family for --proxy-mode, after removing the other modes' rules.
-    A kernel that cannot run the mode is a usage error (exit 2), found before anything changes."""
+    """A backend per IP family for --proxy-mode (what other modes and kube-proxy left is
+    removed by take_over_node, once these have programmed). A kernel that cannot run the
+    mode is a usage error (exit 2), found before anything changes."""
     try:
         check_mode(args.proxy_mode, node.families())
     except ModeUnavailable as err:
         raise UsageError(str(err)) from None
-    removed = remove_other_modes(args.proxy_mode)
-    if removed:
-        log.info(f"removed the rules of the {' and '.join(removed)} mode before programming {args.proxy_mode}",
-                 removed_mode=",".join(removed), proxy_mode=args.proxy_mode)
     variant = node_variant(args.iptables_variant) if args.proxy_mode == "iptables" else "auto"
     scheduler = prepare_ipvs(args) if args.proxy_mode == "ipvs" else ""
     backends = {family: make_backend(args.proxy_mode, family=family, iptables_variant=variant,
@@ -159,6 +157,36 @@ def backends_for(args: argparse.Namespace, node: NodeConfig) -> dict[int, Backen
     return backends
 
 
+def take_over_node(args: argparse.Namespace) -> None:
+    """After kproxy's first successful sync, never before (so no new connection ever meets
+    a node without rules): remove what upstream kube-proxy left, then kproxy's own rules of
+    other modes."""
+    try:
+        # kproxy's own IPVS mode keeps IPVS state of its own: it is not kube-proxy's to remove
+        take_over(node_variant(args.iptables_variant) if args.proxy_mode == "iptables" else None,
+                  ipvs=None if args.proxy_mode == "ipvs" else KernelIpvs())
+        removed = remove_other_modes(args.proxy_mode)
+    except Exception as err:  # noqa: BLE001 - leftovers must never stop the agent that replaced them
+        log.warning("could not remove what other proxies left", error=str(err))
+        return
+    if removed:
+        log.info(f"removed the rules of the {' and '.join(removed)} mode after programming {args.proxy_mode}",
+                 removed_mode=",".join(removed), proxy_mode=args.proxy_mode)
+
+
+class TakeOverOnce:
+    """A sync hook: take_over_node after the first sync that succeeded (hooks run only then)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self._done = False
+
+    def after_sync(self, _plan: object, _report: object) -> None:
+        if not self._done:
+            self._done = True
+            take_over_node(self._args)
+
+
 def generation_source(args: argparse.Namespace) -> Generation:
     """What tells the agent cheaply that someone changed the rules: the nftables ruleset
     generation, which iptables-nft moves too; iptables-legacy has none."""
@@ -167,7 +195,8 @@ def generation_source(args: argparse.Namespace) -> Generation:
     return ruleset_generation
 
 
-def apply_conntrack_sysctls(args: argparse.Namespace) -> None:
+def apply_conntrack_sysctls(args: argparse.Namespace) -> dict[str, str]:
+    """The conntrack sysctls the flags ask for; those that could not be set, with why."""
     if args.conntrack_min and not args.conntrack_max_per_core:
         log.warning("--conntrack-min (conntrack.min) alone changes nothing: it is the floor of "
                     "--conntrack-max-per-core times the CPUs, as upstream")
@@ -178,7 +207,7 @@ def apply_conntrack_sysctls(args: argparse.Namespace) -> None:
         tcp_be_liberal=args.conntrack_tcp_be_liberal,
         udp_timeout=args.conntrack_udp_timeout, udp_timeout_stream=args.conntrack_udp_timeout_stream,
     )
-    apply_sysctls(desired_sysctls(settings, os.cpu_count() or 1))
+    return apply_sysctls(desired_sysctls(settings, os.cpu_count() or 1))
 
 
 # --- metrics and health -------------------------------------------------------------------------

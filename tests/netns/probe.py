@@ -10,6 +10,8 @@ Modes (every socket operation has a timeout; every loop is bounded):
   loop HOST PORT --timeout T --max-seconds S --stop-file F
                                         connect repeatedly until F exists (or S passes);
                                         JSON summary {"ok": n, "failures": [...]}
+  udp-loop HOST PORT ...                the same with a datagram from a fresh socket each
+                                        time (a new UDP flow)
 
 A result is the server's answer ("pod1 10.244.1.2") or REFUSED, TIMEOUT, UNREACHABLE,
 RESET, EMPTY, or ERROR:<text>; with the seconds it took.
@@ -112,11 +114,11 @@ def udp_hold(host: str, port: int, timeout: float) -> None:
                 print(classify(exc), flush=True)
 
 
-def loop(host: str, port: int, timeout: float, max_seconds: float, stop_file: str) -> None:
+def loop(host: str, port: int, timeout: float, max_seconds: float, stop_file: str, once=tcp_once) -> None:
     ok, failures = 0, []
     deadline = time.monotonic() + max_seconds
     while time.monotonic() < deadline and not os.path.exists(stop_file):
-        r = tcp_once(host, port, timeout)
+        r = once(host, port, timeout)
         if r["result"].split(" ")[0] in ("REFUSED", "TIMEOUT", "RESET", "EMPTY", "UNREACHABLE") or \
                 r["result"].startswith("ERROR"):
             failures.append(r)
@@ -128,7 +130,7 @@ def loop(host: str, port: int, timeout: float, max_seconds: float, stop_file: st
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["tcp", "udp", "sctp", "hold", "udp-hold", "loop"])
+    ap.add_argument("mode", choices=["tcp", "udp", "sctp", "hold", "udp-hold", "loop", "udp-loop"])
     ap.add_argument("host")
     ap.add_argument("port", type=int)
     ap.add_argument("--count", type=int, default=1)
@@ -146,7 +148,8 @@ def main() -> None:
     elif args.mode == "udp-hold":
         udp_hold(args.host, args.port, args.timeout)
     else:
-        loop(args.host, args.port, args.timeout, min(args.max_seconds, 120), args.stop_file)
+        loop(args.host, args.port, args.timeout, min(args.max_seconds, 120), args.stop_file,
+             udp_once if args.mode == "udp-loop" else tcp_once)
 
 
 if __name__ == "__main__":

@@ -76,12 +76,12 @@ def test_switching_modes_removes_the_other_modes_rules(cluster: Cluster, kproxy:
     out = kproxy.sync(web(cluster), "--proxy-mode", "iptables")
     assert "table ip kproxy" not in kproxy.tables() and holds_rules(kproxy, "nft")
     # the log names the mode whose rules went, then the one now programmed
-    assert switch_line(out.stderr) == ("removed the rules of the nftables mode before programming iptables "
+    assert switch_line(out.stderr) == ("removed the rules of the nftables mode after programming iptables "
                                        "removed_mode=nftables proxy_mode=iptables")
     serves(cluster)
     out = kproxy.sync(web(cluster), "--proxy-mode", "nftables")
     assert "table ip kproxy" in kproxy.tables()
-    assert switch_line(out.stderr) == ("removed the rules of the iptables mode before programming nftables "
+    assert switch_line(out.stderr) == ("removed the rules of the iptables mode after programming nftables "
                                        "removed_mode=iptables proxy_mode=nftables")
     assert not holds_rules(kproxy, "nft") and not holds_rules(kproxy, "legacy")
     serves(cluster)

@@ -162,11 +162,12 @@ class UdpSender(Holder):
 class Loop:
     """A client that keeps connecting to a Service until stopped (probe.py loop)."""
 
-    def __init__(self, ns: str, host: str, port: int, stop_file: Path, max_seconds: float = 60) -> None:
+    def __init__(self, ns: str, host: str, port: int, stop_file: Path, max_seconds: float = 60,
+                 mode: str = "loop") -> None:  # "udp-loop": a new UDP flow each time
         self.stop_file = stop_file
         stop_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(PROBE), "loop", host, str(port),
+            ["ip", "netns", "exec", ns, sys.executable, str(PROBE), mode, host, str(port),
              "--timeout", "1", "--max-seconds", str(max_seconds), "--stop-file", str(stop_file)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )

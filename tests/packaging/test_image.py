@@ -138,3 +138,89 @@ def test_image_programs_the_namespace_and_serves_health_and_metrics(podman_env, 
     finally:
         sh("podman", "rm", "-f", name, env=podman_env, check=False)
     assert "table ip kproxy" in in_ns(netns, "nft", "list", "tables").stdout  # rules stay
+
+
+# --- every mode, with exactly the DaemonSet's security context ---------------------------------
+
+def daemonset_podman_flags(container: str) -> list[str]:
+    """podman flags for one container of manifests/daemonset.yaml, from its securityContext
+    (so the test follows the manifest): privileged, capabilities, read-only root, no new
+    privileges. Without `privileged`, podman (like every runtime) mounts /proc/sys read-only."""
+    import yaml
+
+    pod = yaml.safe_load((TOP / "manifests" / "daemonset.yaml").read_text())["spec"]["template"]["spec"]
+    (spec,) = [c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] == container]
+    sc = spec["securityContext"]
+    flags = ["--privileged"] if sc.get("privileged") else []
+    caps = sc.get("capabilities", {})
+    if caps.get("drop"):
+        flags += ["--cap-drop", ",".join(caps["drop"])]
+    if caps.get("add"):
+        flags += ["--cap-add", ",".join(caps["add"])]
+    if sc.get("readOnlyRootFilesystem"):
+        flags.append("--read-only")
+    if sc.get("allowPrivilegeEscalation") is False:
+        flags += ["--security-opt", "no-new-privileges"]
+    return flags
+
+
+def pod_run(ns: str, container: str) -> list[str]:
+    return ["podman", "run", "--network", f"ns:/run/netns/{ns}", *daemonset_podman_flags(container),
+            "-v", f"{HERE / 'manifests'}:/manifests:ro"]
+
+
+def sysctl(ns: str) -> str:
+    return in_ns(ns, "sysctl", "-n", "net.ipv4.conf.all.route_localnet").stdout.strip()
+
+
+def wait_healthy(ns: str) -> str:
+    deadline = time.monotonic() + 30
+    code = ""
+    while time.monotonic() < deadline and code != "200":
+        code = in_ns(ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:10256/healthz",
+                     check=False).stdout
+        time.sleep(0.3)
+    return code
+
+
+@pytest.mark.parametrize("mode", ["nftables", "iptables"])
+def test_the_daemonsets_security_context_works_in_every_mode(podman_env, image, netns, mode):
+    host_localnet = Path("/proc/sys/net/ipv4/conf/all/route_localnet").read_text()
+    flags = ["--manifests", "/manifests", "--node-ip", "10.77.0.2", "--proxy-mode", mode]
+    in_ns(netns, "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0")
+
+    # the agent's context: /proc/sys is read-only in it
+    probe = sh(*pod_run(netns, "kproxy"), "--rm", "--entrypoint", "sh", image, "-c",
+               "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet", env=podman_env, check=False)
+    assert probe.returncode != 0 and "Read-only file system" in probe.stderr, probe
+
+    # without the init container: no traceback; iptables mode warns once, localhost NodePorts off
+    out = sh(*pod_run(netns, "kproxy"), "--rm", image, "sync", *flags, env=podman_env, check=False)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    warned = [line for line in out.stderr.splitlines() if "cannot set net.ipv4.conf.all.route_localnet=1" in line]
+    assert len(warned) == (1 if mode == "iptables" else 0), out.stderr
+    if mode == "iptables":
+        saved = in_ns(netns, "iptables-nft-save").stdout
+        assert "--dport 30080" in saved and "127.0.0.0/8" not in saved, saved
+    else:
+        assert "table ip kproxy" in in_ns(netns, "nft", "list", "tables").stdout
+
+    # the init container (privileged, from the same image) sets what the config needs
+    sh(*pod_run(netns, "sysctls"), "--rm", image, "sysctls", *flags, env=podman_env)
+    assert sysctl(netns) == ("1" if mode == "iptables" else "0")
+
+    # then the agent, as the DaemonSet runs it: healthy, nothing to warn about, localhost NodePorts on
+    name = f"kproxy-{netns}-{mode}"
+    try:
+        sh(*pod_run(netns, "kproxy"), "-d", "--name", name, image, "run", *flags, env=podman_env)
+        assert wait_healthy(netns) == "200"
+        assert in_ns(netns, "curl", "-s", "http://127.0.0.1:10249/proxyMode").stdout == mode
+        if mode == "iptables":
+            assert "-d 127.0.0.0/8" in in_ns(netns, "iptables-nft-save").stdout
+        sh("podman", "stop", "-t", "20", name, env=podman_env)
+        assert sh("podman", "inspect", "-f", "{{.State.ExitCode}}", name, env=podman_env).stdout.strip() == "0"
+        logs = sh("podman", "logs", name, env=podman_env).stderr
+        assert "Traceback" not in logs and "[warning" not in logs and "[error" not in logs, logs
+    finally:
+        sh("podman", "rm", "-f", name, env=podman_env, check=False)
+    assert Path("/proc/sys/net/ipv4/conf/all/route_localnet").read_text() == host_localnet  # host untouched

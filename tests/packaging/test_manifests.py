@@ -61,6 +61,11 @@ def test_daemonset_replaces_kube_proxy(rendered):
     assert volumes["xtables-lock"]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
     config_flag = next(a for a in container["command"] if a.startswith("--config="))
     assert config_flag == f"--config={mounts['/var/lib/kproxy']['mountPath']}/config.conf"
+    # the sysctls the agent cannot write (read-only /proc/sys) are set by a privileged init
+    # container from the same config file, with the same image
+    (init,) = pod["initContainers"]
+    assert init["image"] == container["image"] and init["securityContext"]["privileged"] is True
+    assert init["command"] == ["kproxy", "sysctls", config_flag]
 
 
 def test_configmap_holds_a_config_kproxy_accepts_in_full(rendered):

@@ -40,6 +40,8 @@ def test_systemd_unit_verifies(tmp_path):
         pytest.fail("systemd-analyze is not installed")
     unit = (TOP / "systemd" / "kproxy.service").read_text()
     assert "ExecStart=/opt/kproxy/bin/kproxy run $KPROXY_ARGS" in unit
+    # ProtectKernelTunables makes /proc/sys read-only: the sysctls are set before, unsandboxed
+    assert "ProtectKernelTunables=yes" in unit and "ExecStartPre=+/opt/kproxy/bin/kproxy sysctls $KPROXY_ARGS" in unit
     # verify checks that ExecStart exists: point it at a binary that does
     (tmp_path / "kproxy.service").write_text(unit.replace("/opt/kproxy/bin/kproxy", "/bin/true"))
     result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "kproxy.service")],

@@ -35,7 +35,7 @@ def run_returning(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, 
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--bogus", "dump"], "unrecognized arguments: --bogus"),
     (["lab", "--bogus"], "unrecognized arguments: --bogus"),
-    ([], "the following arguments are required: COMMAND (run, sync, dump, cleanup, trace, config, lab)"),
+    ([], "the following arguments are required: COMMAND (run, sync, dump, top, cleanup, sysctls, trace, config, lab)"),
     (["lab"], "lab: the following arguments are required: ACTION (up, status, walk, curl, scale, exec, down)"),
     (["sync", "--conntrack-max-per-core", "-3"], "argument --conntrack-max-per-core: -3 is negative"),
 ])

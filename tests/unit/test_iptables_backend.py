@@ -347,3 +347,11 @@ def test_ipv6_renders_ipv6_addresses_rejects_and_no_localhost_nodeports():
         ("[fd00:96::10]:80", ("[fd00:244::2]:80", "[fd00:244::3]:80"))]  # IPv6 bracketed, as trace prints it
     with pytest.raises(ValueError):
         backend_.sync(make(WEB))  # an IPv4 plan to the IPv6 backend
+
+
+def test_route_localnet_that_cannot_be_set_turns_localhost_nodeports_off():
+    kernel = FakeIptables()
+    IptablesBackend(kernel, route_localnet=lambda: False).sync(make(WEB))
+    saved = kernel.save_all()
+    assert "127.0.0.0/8" not in saved and "-j KUBE-FIREWALL" not in saved
+    assert "--dport 30080" in saved  # NodePorts on the node's addresses still answer

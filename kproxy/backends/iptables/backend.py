@@ -21,7 +21,7 @@ from kproxy.backends.base import SyncResult
 from kproxy.backends.iptables.chains import ChainState
 from kproxy.backends.iptables.drift import differences
 from kproxy.backends.iptables.kernel import IptablesKernel
-from kproxy.backends.iptables.localnet import enable_route_localnet  # KUBE-FIREWALL guards what it opens
+from kproxy.backends.iptables.localnet import route_localnet_or_warn  # KUBE-FIREWALL guards what it opens
 from kproxy.backends.iptables.render import (
     ServicePortRules,
     jumps,
@@ -40,7 +40,7 @@ class IptablesBackend:
     mode = "iptables"
 
     def __init__(self, kernel: IptablesKernel, localhost_nodeports: bool = True,
-                 route_localnet: Callable[[], None] = enable_route_localnet, family: int = 4) -> None:
+                 route_localnet: Callable[[], bool | None] = route_localnet_or_warn, family: int = 4) -> None:
         self._kernel = kernel
         self.family = family
         self._localhost_nodeports = localhost_nodeports and family == 4
@@ -63,8 +63,9 @@ class IptablesBackend:
         state = self._state
         full = full or state is None or state.key != key
         if full:
-            if self._localhost_nodeports:
-                self._route_localnet()
+            # False: route_localnet cannot be set (warned once); localhost NodePorts stay off
+            if self._localhost_nodeports and self._route_localnet() is False:
+                self._localhost_nodeports = False
             state = ChainState(key)
             node_changes = state.update([sp.name for sp in plan.service_ports], plan.service_ports, render)
             state.set_node(render_node(plan, self._localhost_nodeports), node_changes)

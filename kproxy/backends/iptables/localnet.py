@@ -39,16 +39,33 @@ def _record(state_dir: Path) -> Path:
 
 def enable_route_localnet(sysctl: Path = ROUTE_LOCALNET, state_dir: Path = STATE_DIR) -> None:
     """Set it to 1, recording the value it had first (an existing record is kept: it holds
-    the value from before kproxy's first change)."""
+    the value from before kproxy's first change). OSError when it cannot be set (a
+    read-only /proc/sys: an unprivileged container, systemd's ProtectKernelTunables)."""
     before = sysctl.read_text().strip()
     if before == "1":
         return
     record = _record(state_dir)
-    if not record.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        record.write_text(f"{before}\n")
+    try:
+        if not record.exists():
+            state_dir.mkdir(parents=True, exist_ok=True)
+            record.write_text(f"{before}\n")
+    except OSError as err:  # a read-only root: no record, so cleanup will leave the value alone
+        log.debug("cannot record route_localnet's value", record=str(record), error=err.strerror)
     sysctl.write_text("1\n")
     log.info("set net.ipv4.conf.all.route_localnet=1 for localhost NodePorts", was=before, record=str(record))
+
+
+def route_localnet_or_warn(sysctl: Path = ROUTE_LOCALNET, state_dir: Path = STATE_DIR) -> bool:
+    """enable_route_localnet; False, with one warning, when it cannot be set: the caller
+    then programs no localhost NodePorts (they would not answer)."""
+    try:
+        enable_route_localnet(sysctl, state_dir)
+    except OSError as err:
+        log.warning(f"cannot set net.ipv4.conf.all.route_localnet=1 ({err.strerror or err}): NodePorts on "
+                    "127.0.0.1 are off; set it before the agent starts (`kproxy sysctls`, as the DaemonSet's "
+                    "init container and the systemd unit's ExecStartPre do)")
+        return False
+    return True
 
 
 def restore_route_localnet(sysctl: Path = ROUTE_LOCALNET, state_dir: Path = STATE_DIR) -> str | None:
@@ -59,8 +76,13 @@ def restore_route_localnet(sysctl: Path = ROUTE_LOCALNET, state_dir: Path = STAT
         before = record.read_text().strip()
     except FileNotFoundError:
         return None
-    if sysctl.read_text().strip() == "1" and before != "1":  # still kproxy's value
-        sysctl.write_text(f"{before}\n")
-        log.info(f"set net.ipv4.conf.all.route_localnet back to {before}, as before kproxy changed it")
+    try:
+        if sysctl.read_text().strip() == "1" and before != "1":  # still kproxy's value
+            sysctl.write_text(f"{before}\n")
+            log.info(f"set net.ipv4.conf.all.route_localnet back to {before}, as before kproxy changed it")
+    except OSError as err:
+        log.warning(f"cannot set net.ipv4.conf.all.route_localnet back to {before} ({err.strerror or err}); "
+                    "left at 1")
+        return None
     record.unlink()
     return before

@@ -16,7 +16,6 @@ from ipaddress import ip_network
 from kproxy.backends.base import MASQUERADE_MARK
 from kproxy.backends.ipvs.objects import SHORT_CIRCUIT_BIT, aux_table_of
 from kproxy.backends.ipvs.render import short_circuits
-from kproxy.backends.nft.render import local_traffic
 from kproxy.backends.nft.names import (
     CLUSTER_CIDRS,
     CLUSTER_FRONTENDS,
@@ -31,6 +30,7 @@ from kproxy.backends.nft.names import (
     REJECT_CHAIN,
     SERVICE_CIDRS,
 )
+from kproxy.backends.nft.render import local_traffic
 from kproxy.model import IPAddress, IPNetwork
 from kproxy.plan import FrontendKind, Plan
 from kproxy.values import collapse_cidrs, ip_text
