@@ -10,6 +10,7 @@ never in another exception (tests/property checks this with arbitrary objects).
 from __future__ import annotations
 
 import socket
+import sys
 from dataclasses import replace
 from ipaddress import AddressValueError, IPv4Address, ip_address, ip_network
 from typing import Any
@@ -64,8 +65,15 @@ def object_key(obj: Any) -> tuple[str, str]:
     if not isinstance(meta, dict):
         return ("default", "")
     namespace, name = meta.get("namespace"), meta.get("name")
-    return (namespace if isinstance(namespace, str) and namespace else "default",
+    return (shared(namespace) if isinstance(namespace, str) and namespace else "default",
             name if isinstance(name, str) else "")
+
+
+def shared(text: str) -> str:
+    """One string object for a value that repeats across objects (namespaces, node names,
+    zones, port names): each JSON document otherwise brings its own copy, and 100,000
+    endpoints would keep 100,000 copies of a few node names."""
+    return sys.intern(text) if type(text) is str else text
 
 
 def describe_key(namespace: str, name: str) -> str:
@@ -213,7 +221,7 @@ def parse_service(obj: Any) -> Service | None:
     ports: list[ServicePort] = []
     seen: set[str] = set()
     for field, raw in raw_ports:
-        port_name = ctx.text(raw.get("name"), f"{field}.name")
+        port_name = shared(ctx.text(raw.get("name"), f"{field}.name"))
         if len(raw_ports) > 1 and not port_name:
             # Two unnamed ports would share one ServicePortName: the API forbids it.
             raise ctx.error(f"{field}.name", "missing port name (required with several ports)")
@@ -355,7 +363,7 @@ def parse_endpoint_slice(obj: Any) -> EndpointSlice | None:
             continue  # upstream skips a port without a number
         ports.append(
             SlicePort(
-                name=ctx.text(raw.get("name"), f"{field}.name"),
+                name=shared(ctx.text(raw.get("name"), f"{field}.name")),
                 port=ctx.port(raw.get("port"), f"{field}.port"),
                 protocol=ctx.protocol(raw.get("protocol"), f"{field}.protocol"),
             )
@@ -381,11 +389,11 @@ def _endpoints(ctx: _Ctx, field: str, raw: dict[str, Any], family: int, address_
     raw_hints = ctx.mapping(raw.get("hints"), f"{field}.hints")
     hints: dict[str, tuple[str, ...]] = {}
     for kind in ("forZones", "forNodes"):
-        names = [ctx.text(hint.get("name"), f"{path}.name")
+        names = [shared(ctx.text(hint.get("name"), f"{path}.name"))
                  for path, hint in ctx.entries(raw_hints.get(kind), f"{field}.hints.{kind}")]
         hints[kind] = tuple(sorted(names))
-    node_name = ctx.text(raw.get("nodeName"), f"{field}.nodeName") or None
-    zone = ctx.text(raw.get("zone"), f"{field}.zone") or None
+    node_name = shared(ctx.text(raw.get("nodeName"), f"{field}.nodeName")) or None
+    zone = shared(ctx.text(raw.get("zone"), f"{field}.zone")) or None
     out: list[SliceEndpoint] = []
     for path, address in ctx.items(raw.get("addresses"), f"{field}.addresses"):
         ip = ctx.ip(address, path)

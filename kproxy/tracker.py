@@ -89,27 +89,25 @@ class Tracker:
     def replace_all(self, objects_by_kind: Mapping[str, Iterable[Any]]) -> None:
         """The full state of several kinds in one transaction: a snapshot never sees one
         kind relisted and the other not (a relisted Service without its slices)."""
-        parsed: dict[str, dict[Any, Any]] = {}
-        invalid: dict[InvalidKey, tuple[str, str]] = {}
+        parsed = self.parsed_list()
         for kind, objects in objects_by_kind.items():
-            store: dict[Any, Any] = {}
-            unnamed = 0
-            for obj in objects:
-                key, value, error = self._parse(kind, obj)
-                if error is not None:
-                    namespace, name = object_key(obj)
-                    unnamed += not name
-                    invalid[(kind, namespace, name, 0 if name else unnamed)] = error
-                elif value is not None:
-                    store[key] = value
-            parsed[kind] = store
+            parsed.add(kind, objects)
+        self.replace_parsed(parsed)
+
+    def parsed_list(self) -> ParsedList:
+        """An empty full state to fill a page at a time (`add`), then `replace_parsed`: a
+        paged list never holds more than one page of raw objects."""
+        return ParsedList(self._parse)
+
+    def replace_parsed(self, parsed: ParsedList) -> None:
+        """`replace_all` of objects already parsed: every kind added to `parsed` is replaced."""
         changed = False
         with self._lock:
-            for kind, store in parsed.items():
+            for kind, store in parsed.stores.items():
                 changed = self._replace_locked(kind, store) or changed
-            to_log = {k: e for k, e in invalid.items() if self._invalid.get(k) != e}
-            self._invalid = {k: e for k, e in self._invalid.items() if k[0] not in parsed}
-            self._invalid.update(invalid)
+            to_log = {k: e for k, e in parsed.invalid.items() if self._invalid.get(k) != e}
+            self._invalid = {k: e for k, e in self._invalid.items() if k[0] not in parsed.stores}
+            self._invalid.update(parsed.invalid)
         self._log_invalid(to_log)
         if changed:
             self._on_change()
@@ -281,6 +279,30 @@ class Tracker:
                 field=field,
                 error=message,
             )
+
+
+class ParsedList:
+    """Objects of a (re)list parsed as they come, page by page; raw objects are dropped
+    as soon as they are parsed."""
+
+    def __init__(self, parse: Callable[[str, Any], tuple[Any, Any, tuple[str, str] | None]]) -> None:
+        self._parse = parse
+        self.stores: dict[str, dict[Any, Any]] = {}
+        self.invalid: dict[InvalidKey, tuple[str, str]] = {}
+        self._unnamed: dict[str, int] = {}
+
+    def add(self, kind: str, objects: Iterable[Any]) -> None:
+        """Parse more objects of `kind` (also none: the kind is then replaced by nothing)."""
+        store = self.stores.setdefault(kind, {})
+        for obj in objects:
+            key, value, error = self._parse(kind, obj)
+            if error is not None:
+                namespace, name = object_key(obj)
+                if not name:  # the unnamed ones of one list are told apart by an ordinal
+                    self._unnamed[kind] = self._unnamed.get(kind, 0) + 1
+                self.invalid[(kind, namespace, name, 0 if name else self._unnamed[kind])] = error
+            elif value is not None:
+                store[key] = value
 
 
 class SliceIndex:

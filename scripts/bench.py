@@ -2,16 +2,28 @@
 
 Run as root with the venv's Python:
 
-    .venv/bin/python scripts/bench.py [--services 1000,10000,50000] [--endpoints 10]
+    .venv/bin/python scripts/bench.py [--services 1000,10000,50000] [--endpoints 10] [--source manifests|api]
 
 For each size, in a fresh namespace (deleted afterwards, also on failure):
+
+--source manifests (the default):
   1. cold `kproxy sync --once` from a generated manifests file: wall time and the
-     fields of its "synced" log line (plan_ms, apply_ms, total_ms, operations, ...);
+     fields of its "synced" log line (plan_ms, apply_ms, total_ms, operations, ...), and
+     the nft floor (`nft -f` of the ruleset it left, into an empty namespace);
   2. `kproxy cleanup`, then `kproxy run --manifests FILE` in the background: its first
      sync, then CHANGES rewrites of the file each moving one endpoint of one slice to a
      new IP, timing the "synced" line each causes (median and max) and end to end from
      the file write to that line;
   3. the agent's peak RSS (VmHWM) and CPU time, and the size of the ruleset it left.
+
+--source api (the production path):
+  1. the fake API server (tests/api/fake_apiserver.py) in the namespace, serving the same
+     objects by list (in pages) and watch; `kproxy run --kubeconfig` watching it: start ->
+     first sync (wall time), and RSS then;
+  2. CHANGES (default 50) EndpointSlice writes, each moving one endpoint to a new IP:
+     write -> kernel (`nft monitor` in the namespace shows the new element; nftables mode
+     only) and write -> "synced" line, p50/p99/max;
+  3. the agent's peak RSS (VmHWM) and CPU time.
 Progress goes to stderr; stdout gets exactly one JSON object.
 """
 
@@ -23,6 +35,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shutil
 import signal
 import statistics
@@ -305,10 +318,73 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "max": max(values), "min": min(values)}
 
 
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": round(at(0.5), 1), "p99": round(at(0.99), 1), "max": round(ordered[-1], 1),
+            "min": round(ordered[0], 1), "n": len(ordered)}
+
+
+class KernelMonitor:
+    """`nft monitor new elements` in the namespace: when each new element reached the
+    kernel (nft flushes every event line, so the read time is the commit time plus a
+    pipe hop)."""
+
+    def __init__(self, ns: Netns) -> None:
+        self.proc = subprocess.Popen(
+            ns.argv("nft", "monitor", "new", "elements"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        # nft monitor loads the ruleset before it listens (seconds at 200,000 elements):
+        # an element of a table of our own shows when it listens. (The commit moves the
+        # ruleset generation, so the agent's next sync reads the kernel back: the caller
+        # makes an uncounted change first.)
+        ns.run("nft", "add table ip kproxy-bench-probe")
+        ns.run("nft", "add set ip kproxy-bench-probe ready { type ipv4_addr ; }")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ns.run("nft", "add element ip kproxy-bench-probe ready { 192.0.2.1 }")
+            try:
+                self.wait_for("192.0.2.1", 1.0)
+                break
+            except TimeoutError:
+                ns.run("nft", "delete element ip kproxy-bench-probe ready { 192.0.2.1 }")
+        else:
+            raise TimeoutError("nft monitor did not start listening within 120 s")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.put((time.monotonic(), raw))
+
+    def wait_for(self, ip: str, timeout: float) -> float:
+        """When an element holding `ip` was added (monotonic); bounded by `timeout`."""
+        pattern = re.compile(re.escape(ip) + r"(?![\d])")
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                at, line = self.lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if pattern.search(line):
+                return at
+        raise TimeoutError(f"{ip} did not reach the kernel within {timeout} s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 def bench_size(
     kproxy: str, services: int, endpoints: int, changes: int, timeout: float, workdir: Path
 ) -> dict[str, Any]:
-    result: dict[str, Any] = {"services": services, "endpoints_per_service": endpoints}
+    result: dict[str, Any] = {"services": services, "endpoints_per_service": endpoints, "source": "manifests"}
     manifests = workdir / f"bench-{services}.json"
     moved: dict[int, int] = {}
     started = time.monotonic()
@@ -368,11 +444,97 @@ def bench_size(
     return result
 
 
+def settle(agent: Agent, quiet: float = 2.0, limit: float = 120.0) -> int:
+    """Wait until the agent has not synced for `quiet` seconds (the Node object, listed
+    after the first sync, may cause another full one); how many syncs that took."""
+    syncs, deadline = 0, time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            agent.next_synced(quiet)
+            syncs += 1
+        except TimeoutError:
+            return syncs
+    return syncs
+
+
+def bench_api(
+    kproxy: str, services: int, endpoints: int, changes: int, timeout: float, workdir: Path
+) -> dict[str, Any]:
+    """The agent watching the fake API server: start -> first sync, write -> kernel, RSS."""
+    sys.path.insert(0, str(TOP))  # the fake API server lives with the API tests (soak.py uses it too)
+    from tests.api.fake_apiserver import FakeApiServer, Store, in_netns, write_kubeconfig
+
+    result: dict[str, Any] = {"services": services, "endpoints_per_service": endpoints, "source": "api"}
+    moved: dict[int, int] = {}
+    started = time.monotonic()
+    store = Store()
+    for i in range(services):
+        store.apply(service(i))
+        store.apply(endpoint_slice(i, endpoints, moved))
+    result["generate_s"] = round(time.monotonic() - started, 2)
+
+    with Netns(f"kpbench-{os.getpid()}-{services}") as ns:
+        server = in_netns(ns.name, lambda: FakeApiServer(store))
+        monitor: KernelMonitor | None = None
+        try:
+            kubeconfig = workdir / f"kubeconfig-{services}"
+            write_kubeconfig(kubeconfig, server.url)
+            log(f"{services} services (api): run, first sync")
+            started = time.monotonic()
+            agent = Agent(ns, kproxy, ["--kubeconfig", str(kubeconfig)])
+            try:
+                first, at = agent.next_synced(timeout)
+                result["run_first_sync"] = {"wall_s": round(at - started, 2), **synced_fields(first)}
+                result["agent_at_first_sync"] = agent.status()
+                result["syncs_while_settling"] = settle(agent)
+                monitor = KernelMonitor(ns) if proxy_mode() == "nftables" else None
+                samples = []
+                for n in range(changes + 1):  # the first, uncounted: it absorbs the probe's readback
+                    slice_index = (n * 7919 + 1) % services
+                    moved[slice_index] = n + 1
+                    ip = str(MOVED_BASE + n + 1)
+                    changed = endpoint_slice(slice_index, endpoints, moved)
+                    agent.drain()
+                    time.sleep(0.2)  # past min-sync-period: the write is not held back by it
+                    written = time.monotonic()
+                    store.apply(changed)
+                    try:
+                        kernel_at = monitor.wait_for(ip, min(timeout, 60)) if monitor else None
+                    except TimeoutError as err:
+                        raise TimeoutError(f"{err}; agent's last output: {agent.tail}") from None
+                    line, at = agent.next_synced(timeout, skip_noop=True)
+                    sample = {"synced_line_ms": round((at - written) * 1000, 1), **synced_fields(line)}
+                    if kernel_at is not None:
+                        sample["kernel_ms"] = round((kernel_at - written) * 1000, 1)
+                    if n == 0:
+                        result["first_change_uncounted"] = sample
+                        continue
+                    samples.append(sample)
+                    if n < 3 or n == changes:
+                        log(f"{services} services (api): change {n}: {sample}")
+                result["endpoint_change"] = {
+                    key: percentiles([s[key] for s in samples])
+                    for key in ("kernel_ms", "synced_line_ms", "total_ms", "apply_ms", "plan_ms")
+                    if samples and all(isinstance(s.get(key), (int, float)) for s in samples)
+                }
+                result["endpoint_change"]["operations"] = sorted({s.get("operations") for s in samples}, key=str)
+                result["agent"] = agent.status()
+            finally:
+                result.setdefault("agent", {})["exit_code"] = agent.stop()
+        finally:
+            if monitor is not None:
+                monitor.stop()
+            server.stop()
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", default="1000,10000,30000", help="comma-separated sizes")
     parser.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
-    parser.add_argument("--changes", type=int, default=5, help="one-endpoint changes per size")
+    parser.add_argument("--changes", type=int, help="one-endpoint changes per size (default 5; api: 50)")
+    parser.add_argument("--source", choices=("manifests", "api"), default="manifests",
+                        help="where the agent reads the cluster: a manifests file, or the fake API server")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per sync")
     parser.add_argument("--kproxy", default=str(TOP / ".venv/bin/kproxy"))
     parser.add_argument("--proxy-mode", choices=("nftables", "iptables", "ipvs"), default="nftables",
@@ -390,9 +552,12 @@ def main() -> int:
     # kproxy is installed editable: uncommitted changes under kproxy/ are what runs.
     dirty = subprocess.run(["git", "-C", str(TOP), "status", "--porcelain", "--", "kproxy"],
                            capture_output=True, text=True).stdout.strip() != ""  # fmt: skip
+    changes = args.changes if args.changes is not None else (50 if args.source == "api" else 5)
+    measure = bench_api if args.source == "api" else bench_size
     report: dict[str, Any] = {
         "commit": commit,
         "proxy_mode": args.proxy_mode,
+        "source": args.source,
         "kproxy_uncommitted_changes": dirty,
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
@@ -409,7 +574,7 @@ def main() -> int:
         for size in sizes:
             try:
                 report["results"].append(
-                    bench_size(args.kproxy, size, args.endpoints, args.changes, args.timeout, workdir)
+                    measure(args.kproxy, size, args.endpoints, changes, args.timeout, workdir)
                 )
             except Exception as e:  # noqa: BLE001 - one size failing must not hide the others' numbers
                 log(f"{size} services failed: {e}")

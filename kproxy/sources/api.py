@@ -4,8 +4,10 @@ Bodies are read as raw JSON (`_preload_content=False`): the client's model class
 seconds at 10k objects and we parse into kproxy.model anyway. The protocol is the one
 client-go's reflector speaks: list, watch from the list's resourceVersion with bookmarks,
 re-watch from the last seen version when a watch ends, relist on 410 Gone, back off on
-errors. The tracker is never cleared because the API is unreachable: the rules
-programmed from the last known state keep traffic flowing.
+errors; lists are read in pages (`limit`/`continue`, 500 objects a page), each parsed
+before the next is read, and an expired continue token means a full relist. The tracker
+is never cleared because the API is unreachable: the rules programmed from the last
+known state keep traffic flowing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kproxy.parse import UPSTREAM_LABEL_SELECTOR
 from kproxy.sources.threads import start_guarded
-from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, SERVICE_CIDR, Tracker
+from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, SERVICE_CIDR, ParsedList, Tracker
 
 log = structlog.get_logger(__name__)
 
@@ -146,6 +148,7 @@ class ApiSource:
         probe_backoff: float = 1.0,
         connect_timeout: float = 5.0,
         list_read_timeout: float = 60.0,
+        list_page_size: int = 500,
         watch_read_timeout: float | None = None,
         label_selector: str = UPSTREAM_LABEL_SELECTOR,
         node_name: str | None = None,
@@ -159,6 +162,7 @@ class ApiSource:
         self._backoff = (initial_backoff, max_backoff, probe_backoff)
         self._connect_timeout = connect_timeout
         self._list_read_timeout = list_read_timeout
+        self._list_page_size = list_page_size  # 0: one request for the whole list
         # The server ends a watch after watch_timeout; a longer silence means a dead connection.
         self._watch_read_timeout = watch_read_timeout or watch_timeout + 30
         self._label_selector = label_selector
@@ -290,29 +294,71 @@ class ApiSource:
         with self._relist_lock:
             if self._cursor(kind).generation != generation:
                 return  # another thread listed while this one waited
-            lists = {r.kind: self._list(r) for r in group}
+            parsed = self._tracker.parsed_list()
+            versions = {r.kind: self._list(r, parsed) for r in group}
             with self._state:
-                self._tracker.replace_all({k: items for k, (items, _) in lists.items()})
-                for k, (_, version) in lists.items():
+                self._tracker.replace_parsed(parsed)
+                for k, version in versions.items():
                     self._cursors[k] = _Cursor(version, self._cursors[k].generation + 1)
         for r in group:
             self._synced[r.kind].set()
             if r.kind != kind:
                 self._cut(r.kind)
 
-    def _list(self, resource: _Resource) -> tuple[list[Any], str]:
-        """One list call: (items, resourceVersion)."""
+    def _list(self, resource: _Resource, parsed: ParsedList) -> str:
+        """List one kind in pages of `list_page_size` (as client-go's reflector does), each
+        parsed into `parsed` before the next is read; returns the list's resourceVersion.
+        An expired continue token (410) means a full relist, as for an expired watch."""
         started = time.monotonic()
+        token: str | None = None
+        pages = objects = 0
+        while True:
+            body = self._list_page(resource, token)
+            items = body.get("items")
+            if not isinstance(items, list | None):
+                raise _Trouble(f"the {resource.kind} list has no list of items", answered=True)
+            for item in items or ():
+                if isinstance(item, dict):
+                    item["kind"] = resource.kind  # list items carry no kind
+            parsed.add(resource.kind, items or ())
+            pages, objects = pages + 1, objects + len(items or ())
+            version = _resource_version(body)
+            metadata = body.get("metadata")
+            token = metadata.get("continue") if isinstance(metadata, dict) else None
+            del body, items  # only one page of raw objects at a time
+            if not token or not isinstance(token, str):
+                break
+        log.info(
+            "listed",
+            kind=resource.kind,
+            objects=objects,
+            pages=pages,
+            resource_version=version,
+            ms=round((time.monotonic() - started) * 1000),
+        )
+        return version
+
+    def _list_page(self, resource: _Resource, token: str | None) -> dict[str, Any]:
+        """One list request (a page after `token` if given), decoded."""
+        paging: dict[str, Any] = {"limit": self._list_page_size} if self._list_page_size > 0 else {}
+        if token:
+            paging["_continue"] = token
         try:
             response = resource.list_call(
                 label_selector=self._label_selector,
                 _preload_content=False,
                 _request_timeout=(self._connect_timeout, self._list_read_timeout),
+                **paging,
             )
-        except _API_ERRORS as exc:
-            if resource.optional and isinstance(exc, ApiException) and exc.status in (403, 404):
+        except ApiException as exc:
+            if resource.optional and exc.status in (403, 404):
                 raise _NotServed(f"HTTP {exc.status} {exc.reason}") from None
+            if exc.status == 410 and token:
+                log.info("list continue token expired, relisting", kind=resource.kind)
+                raise _Gone() from exc
             raise _Trouble(exc, answered=_answered(exc)) from None
+        except _API_ERRORS as exc:
+            raise _Trouble(exc, answered=False) from None
         with self._reading(resource.kind, response):
             try:
                 raw = response.read()
@@ -322,22 +368,9 @@ class ApiSource:
             body = json.loads(raw)
         except ValueError:
             raise _Trouble(f"the {resource.kind} list is not JSON ({len(raw)} bytes)", answered=True) from None
-        items = body.get("items") if isinstance(body, dict) else None
-        if not isinstance(items, list | None):
+        if not isinstance(body, dict):
             raise _Trouble(f"the {resource.kind} list has no list of items", answered=True)
-        items = items or []
-        for item in items:
-            if isinstance(item, dict):
-                item["kind"] = resource.kind  # list items carry no kind
-        version = _resource_version(body)
-        log.info(
-            "listed",
-            kind=resource.kind,
-            objects=len(items),
-            resource_version=version,
-            ms=round((time.monotonic() - started) * 1000),
-        )
-        return items, version
+        return body
 
     def _watch(self, resource: _Resource, version: str, progress: _Progress) -> None:
         """Follow one watch request until it ends or a newer list makes it stale."""

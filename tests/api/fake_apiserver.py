@@ -5,7 +5,9 @@ Serves /api/v1/services, /apis/discovery.k8s.io/v1/endpointslices, /api/v1/nodes
 API server older than 1.33 without the beta API), and takes POSTed events.k8s.io/v1 Events
 (kept in `Store.events`):
 - list: `{"kind": "ServiceList", "metadata": {"resourceVersion"}, "items": [...]}` (items
-  without kind, as the real server sends them);
+  without kind, as the real server sends them); with `limit`, in pages of a consistent
+  snapshot: `metadata.continue` names the next page, and a continue token older than the
+  last `expire()` (or `expire_continues()`) gets HTTP 410 Expired, as from etcd compaction;
 - watch (`?watch=true&resourceVersion=N`): chunked newline-delimited JSON events after N
   (ADDED/MODIFIED/DELETED/BOOKMARK), ending after timeoutSeconds;
 - 410 Gone for a watch from a version older than the last `expire()`, either as an
@@ -21,8 +23,10 @@ missed, as from a real API server that came back.
 
 from __future__ import annotations
 
+import base64
 import copy
 import ctypes
+import itertools
 import json
 import os
 import re
@@ -45,6 +49,12 @@ RESOURCE_OF_KIND = {"Service": "services", "EndpointSlice": "endpointslices", "N
                     "ServiceCIDR": "servicecidrs"}
 EVENTS_PATH = re.compile(r"/apis/events\.k8s\.io/v1/namespaces/([^/]+)/events")
 STALL_S = 30.0  # a stalled response is given up by the server after this long at most
+SNAPSHOTS_KEPT = 16  # paged lists in progress; older continue tokens expire
+CONTINUE_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new "
+    "list without the continue parameter, or use the continue token in this response to retrieve the "
+    "remainder of the results."
+)  # the real server's words
 
 
 class Store:
@@ -66,6 +76,11 @@ class Store:
         self.stalled: Counter[tuple[str, str]] = Counter()  # stalls served
         self.calls: Counter[tuple[str, str]] = Counter()  # (resource, "list"|"watch")
         self.watch_versions: list[tuple[str, str]] = []  # (resource, resourceVersion asked)
+        self.list_limits: list[tuple[str, int, bool]] = []  # (resource, limit asked, a continue given)
+        # paged lists in progress: snapshot id -> (version, items in key order)
+        self.snapshots: dict[int, tuple[int, list[Any]]] = {}
+        self.continue_expiries: list[str] = []  # one-shot: the next continue of the resource gets 410
+        self._snapshot_ids = itertools.count(1)
 
     # --- changes, as a controller would make them -------------------------------------
 
@@ -147,26 +162,70 @@ class Store:
             self.oldest = self.version
             self.generation += 1
             self.frozen = False
+            self.snapshots.clear()
             self.cond.notify_all()
+
+    def expire_continues(self, resource: str | None = None) -> None:
+        """Continue tokens of paged lists in progress expire (410 on their next page): at
+        once, or with `resource`, when that resource's next page is asked for."""
+        with self.cond:
+            if resource is None:
+                self.snapshots.clear()
+            else:
+                self.continue_expiries.append(resource)
 
     # --- serving ------------------------------------------------------------------------
 
-    def list_body(self, resource: str, kind: str, api_version: str) -> dict[str, Any]:
+    def list_body(self, resource: str, kind: str, api_version: str, limit: int = 0,
+                  token: str | None = None) -> dict[str, Any] | None:
+        """A list response, or one page of it with `limit`; None: `token` has expired."""
         with self.cond:
             self.calls[(resource, "list")] += 1
-            items = []
-            for key in sorted(self.objects[resource]):
-                item = copy.deepcopy(self.objects[resource][key])
-                if isinstance(item, dict):
-                    item.pop("kind", None)
-                    item.pop("apiVersion", None)
-                items.append(item)
-            return {
-                "kind": f"{kind}List",
-                "apiVersion": api_version,
-                "metadata": {"resourceVersion": str(self.version)},
-                "items": items,
-            }
+            self.list_limits.append((resource, limit, bool(token)))
+            if token and resource in self.continue_expiries:
+                self.continue_expiries.remove(resource)
+                self.snapshots.clear()
+            if token:
+                snapshot_id, start = _decode_continue(token)
+                if snapshot_id not in self.snapshots:
+                    return None
+                version, items = self.snapshots[snapshot_id]
+            else:
+                # stored objects are never changed in place (apply and delete store copies):
+                # a snapshot of references is a consistent view of this version
+                snapshot_id, start, version = next(self._snapshot_ids), 0, self.version
+                items = [self.objects[resource][key] for key in sorted(self.objects[resource])]
+            end = start + limit if limit > 0 else len(items)
+            metadata: dict[str, Any] = {"resourceVersion": str(version)}
+            if end < len(items):
+                self.snapshots[snapshot_id] = (version, items)
+                while len(self.snapshots) > SNAPSHOTS_KEPT:
+                    del self.snapshots[min(self.snapshots)]
+                metadata["continue"] = _encode_continue(snapshot_id, end)
+                metadata["remainingItemCount"] = len(items) - end
+            else:
+                self.snapshots.pop(snapshot_id, None)
+            page = [_without_type(item) for item in items[start:end]]
+        return {"kind": f"{kind}List", "apiVersion": api_version, "metadata": metadata, "items": page}
+
+
+def _without_type(item: Any) -> Any:
+    """A list item as the real server sends it: no kind or apiVersion (a shallow copy)."""
+    if not isinstance(item, dict):
+        return item
+    return {k: v for k, v in item.items() if k not in ("kind", "apiVersion")}
+
+
+def _encode_continue(snapshot_id: int, start: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([snapshot_id, start]).encode()).decode()
+
+
+def _decode_continue(token: str) -> tuple[int, int]:
+    try:
+        snapshot_id, start = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(snapshot_id), int(start)
+    except (ValueError, TypeError):
+        return -1, 0  # unknown: expired
 
 
 def _by_resource() -> dict[str, tuple[str, str, str]]:
@@ -240,7 +299,13 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             resource, kind, api_version = PATHS[url.path]
             if query.get("watch") in ("true", "1"):
                 return self._watch(resource, query)
-            body = store.list_body(resource, kind, api_version)
+            try:
+                limit = int(query.get("limit") or 0)
+            except ValueError:
+                return self._json(400, _status(400, "BadRequest", f"limit: {query['limit']!r}"))
+            body = store.list_body(resource, kind, api_version, limit, query.get("continue"))
+            if body is None:
+                return self._json(410, _status(410, "Expired", CONTINUE_EXPIRED))
             if store.take_stall(resource, "list"):
                 data = json.dumps(body).encode()
                 self.send_response(200)
