@@ -117,7 +117,7 @@ class Tracker:
         updates = [(current.pop(key), None) for key in current.keys() - store.keys()]
         for key, value in store.items():
             before = current.get(key)
-            if before is not None and before == value:
+            if before is not None and (before is value or before == value):
                 # keep the stored object: the planner's cache recognises it by identity
                 store[key] = before
             else:
@@ -303,6 +303,21 @@ class ParsedList:
                 self.invalid[(kind, namespace, name, 0 if name else self._unnamed[kind])] = error
             elif value is not None:
                 store[key] = value
+
+
+def merge_parsed(into: ParsedList, parts: Iterable[ParsedList]) -> ParsedList:
+    """Several files' parsed objects as one full state (a later file's object wins, as
+    when the files are read in order); every source kind is replaced, also by nothing."""
+    for kind in SOURCE_KINDS:
+        into.stores.setdefault(kind, {})
+    for part in parts:
+        for kind, store in part.stores.items():
+            into.stores.setdefault(kind, {}).update(store)
+        for (kind, namespace, name, ordinal), error in part.invalid.items():
+            if not name:  # the unnamed ones of all files are told apart by one ordinal
+                into._unnamed[kind] = ordinal = into._unnamed.get(kind, 0) + 1
+            into.invalid[(kind, namespace, name, ordinal)] = error
+    return into
 
 
 class SliceIndex:

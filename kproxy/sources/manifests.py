@@ -28,7 +28,7 @@ from yaml.events import (
     StreamStartEvent,
 )
 
-from kproxy.tracker import SOURCE_KINDS, Tracker
+from kproxy.tracker import SOURCE_KINDS, ParsedList, Tracker, merge_parsed
 
 log = structlog.get_logger(__name__)
 
@@ -214,25 +214,45 @@ def _one_line(exc: Exception) -> str:
 
 
 class ManifestSource:
-    """Feeds a Tracker from manifests; `watch` polls for changes and reloads."""
+    """Feeds a Tracker from manifests; `watch` polls for changes and reloads.
+
+    Each file's objects are kept parsed (never raw) with the file's (mtime, size): a
+    reload reads and parses only the files that changed, and hands the tracker the same
+    value objects for the rest, which it recognises by identity. In a folder with one
+    file per object, or a few per file, a one-object change costs one small parse."""
 
     def __init__(self, path: str | os.PathLike[str], tracker: Tracker) -> None:
         self.path = Path(path)
         self._tracker = tracker
         self._fingerprint: Fingerprint | None = None
+        self._files: dict[str, tuple[tuple[int, int], ParsedList, int]] = {}
         self.skipped = 0  # list items of the last load that were not objects
 
     def load_once(self) -> None:
-        """Load everything and replace the tracker's state. Raises ManifestError."""
+        """Load what changed and replace the tracker's state. Raises ManifestError."""
         # Fingerprint before reading: a write racing the read is seen by the next poll.
         fingerprint = self.fingerprint()
-        skipped: list[str] = []
-        objects = load_manifests(self.path, skipped=skipped)
+        files: dict[str, tuple[tuple[int, int], ParsedList, int]] = {}
+        # no fingerprint: nothing there (manifest_files says why) or every stat failed
+        for name, mtime, size in fingerprint or [(str(f), -1, -1) for f in manifest_files(self.path)]:
+            cached = self._files.get(name)
+            if cached is not None and cached[0] == (mtime, size) and mtime >= 0:
+                files[name] = cached
+                continue
+            skipped: list[str] = []
+            parsed = self._tracker.parsed_list()
+            by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in SOURCE_KINDS}
+            for obj in load_manifests(name, skipped=skipped):
+                by_kind[obj["kind"]].append(obj)
+            for kind, objects in by_kind.items():
+                parsed.add(kind, objects)
+            files[name] = ((mtime, size), parsed, len(skipped))
         # One transaction: a sync never sees the new Services with the old slices.
-        self._tracker.replace_all({kind: [o for o in objects if o.get("kind") == kind] for kind in SOURCE_KINDS})
+        self._tracker.replace_parsed(merge_parsed(self._tracker.parsed_list(), (f[1] for f in files.values())))
+        self._files = files
         self._fingerprint = fingerprint
-        self.skipped = len(skipped)
-        log.debug("manifests loaded", path=str(self.path), objects=len(objects))
+        self.skipped = sum(f[2] for f in files.values())
+        log.debug("manifests loaded", path=str(self.path), files=len(files))
 
     def fingerprint(self) -> Fingerprint:
         """(name, mtime_ns, size) of every manifest file; a change means reload."""

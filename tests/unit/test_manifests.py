@@ -215,3 +215,27 @@ def test_watch_folder_sees_new_file(tmp_path: Path) -> None:
         stop.set()
         thread.join(timeout=2)
     assert not thread.is_alive()
+
+
+def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kproxy.sources.manifests as manifests
+
+    (tmp_path / "a.yaml").write_text(dump_yaml(service("a"), endpoint_slice("a", ["10.1.0.1"])))
+    (tmp_path / "b.yaml").write_text(dump_yaml(service("b"), endpoint_slice("b", ["10.1.0.2"])))
+    tracker = Tracker()
+    source = ManifestSource(tmp_path, tracker)
+    source.load_once()
+    before = tracker.snapshot()
+    read: list[str] = []
+    real = manifests.load_manifests
+    monkeypatch.setattr(manifests, "load_manifests", lambda path, **kw: read.append(Path(path).name) or real(path, **kw))
+    (tmp_path / "b.yaml").write_text(dump_yaml(service("b"), endpoint_slice("b", ["10.1.0.3"])))
+    source.load_once()
+    after = tracker.snapshot()
+    assert read == ["b.yaml"]
+    a = ServiceName("default", "a")
+    assert after.services[a] is before.services[a]  # reused, not parsed again
+    assert [str(e.ip) for s in after.slices_by_service[ServiceName("default", "b")] for e in s.endpoints] == ["10.1.0.3"]
+    (tmp_path / "a.yaml").unlink()  # a file removed takes its objects with it
+    source.load_once()
+    assert set(tracker.snapshot().services) == {ServiceName("default", "b")}

@@ -107,12 +107,13 @@ GROUPS: dict[str, Group] = {
         ipvs_mode(DP, "test_cluster_ip_from_pod_reaches_ready_endpoints_unmasqueraded"),
         ipvs_mode(DP, "test_node_port_is_masqueraded_and_only_on_nodeport_addresses", "default"),
         ipvs_mode(DP, "test_reject_and_drop", "client"),
+        ipvs_mode(DP, "test_udp_cluster_ip"),
         ipvs_mode(POL, "test_sctp_services_are_programmed"),
         ipvs_mode(POL, "test_external_policy_local_short_circuits_pods_and_the_node"),
         ipvs_mode(POL, "test_client_ip_affinity_sticks_per_client_and_spreads_clients"),
         "tests/netns/test_netns_ipvs.py::test_graceful_termination_keeps_a_live_connection_on_a_removed_endpoint",
     ), budget=600, modules=IPVS_MODULES,
-        doc="IPVS mode: ClusterIP from a pod, NodePort, reject/drop, SCTP, externalTrafficPolicy Local "
+        doc="IPVS mode: ClusterIP from a pod, NodePort, reject/drop, UDP, SCTP, externalTrafficPolicy Local "
             "(client address kept), ClientIP affinity, graceful termination on a live connection"),
     # the whole data-plane suite of one mode (by hand: 6-7 minutes per mode and kernel here)
     "nftables": Group((DP, POL, DUAL, "-k", "nftables"), budget=1500, modules=LAB_MODULES,
