@@ -252,7 +252,7 @@ def test_sctp_services_are_programmed(cluster, kproxy):
         pytest.skip("this kernel has no SCTP support: SCTP rules checked, SCTP packets not sent")
     r = traffic.probe(cluster.ns("pod1"), "sctp", "10.96.0.70", 7000, count=5)
     assert not r.failures, r
-    assert r.pairs() == {("pod2", cluster.pods["pod1"])}, r  # a pod's ClusterIP traffic keeps its source
+    assert r.pairs() == {("pod2", cluster.pods["pod1"].ip)}, r  # a pod's ClusterIP traffic keeps its source
     r = traffic.probe(cluster.client, "sctp", NODE1_IP, 30700, count=5)
     assert not r.failures, r
     assert r.pairs() == {("pod2", NODE1_BRIDGE_IP)}, r  # a NodePort from outside is masqueraded

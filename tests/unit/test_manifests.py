@@ -228,14 +228,16 @@ def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path, monkeypatch
     before = tracker.snapshot()
     read: list[str] = []
     real = manifests.load_manifests
-    monkeypatch.setattr(manifests, "load_manifests", lambda path, **kw: read.append(Path(path).name) or real(path, **kw))
+    monkeypatch.setattr(manifests, "load_manifests",
+                        lambda path, **kw: read.append(Path(path).name) or real(path, **kw))
     (tmp_path / "b.yaml").write_text(dump_yaml(service("b"), endpoint_slice("b", ["10.1.0.3"])))
     source.load_once()
     after = tracker.snapshot()
     assert read == ["b.yaml"]
     a = ServiceName("default", "a")
     assert after.services[a] is before.services[a]  # reused, not parsed again
-    assert [str(e.ip) for s in after.slices_by_service[ServiceName("default", "b")] for e in s.endpoints] == ["10.1.0.3"]
+    (b_slice,) = after.slices_by_service[ServiceName("default", "b")]
+    assert [str(e.ip) for e in b_slice.endpoints] == ["10.1.0.3"]
     (tmp_path / "a.yaml").unlink()  # a file removed takes its objects with it
     source.load_once()
     assert set(tracker.snapshot().services) == {ServiceName("default", "b")}
