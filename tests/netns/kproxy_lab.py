@@ -41,7 +41,8 @@ def kernel_has_ipvs() -> bool:
     return subprocess.run(["modprobe", "-n", "-q", "ip_vs"], capture_output=True, check=False).returncode == 0
 
 
-PROXY_MODES = ("nftables", "iptables", "ipvs") if kernel_has_ipvs() else ("nftables", "iptables")
+IPVS_KERNEL = kernel_has_ipvs()
+PROXY_MODES = ("nftables", "iptables", "ipvs") if IPVS_KERNEL else ("nftables", "iptables")
 
 
 class Kproxy:
@@ -120,8 +121,9 @@ class Kproxy:
     def reset(self) -> None:
         for proc, _log in self.agents:
             self.cluster.stop(proc)
-        self.cli("cleanup", check=False)
-        # Our own namespace: leave nothing for the next test, whatever cleanup did.
+        # Our own namespace: leave nothing for the next test. Plain commands, not `kproxy
+        # cleanup`: they remove every mode's state too, and a Python start costs seconds in
+        # an emulated VM kernel, twice per test (cleanup itself has its own tests).
         self.cluster.run("node1", "nft", "flush", "ruleset", check=False)  # iptables-nft's too
         for cmd in ("iptables", "ip6tables"):
             if "*" in self.cluster.run("node1", f"{cmd}-legacy-save", check=False).stdout:
@@ -130,7 +132,7 @@ class Kproxy:
                     self.cluster.run("node1", f"{cmd}-legacy", "-t", table, "-X", check=False)
         self.cluster.run("node1", "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0", check=False)
         self.cluster.run("node1", "conntrack", "-F", check=False)
-        if self.mode == "ipvs":
+        if IPVS_KERNEL:
             self.cluster.run("node1", "ipvsadm", "-C", check=False)
             self.cluster.run("node1", "ip", "link", "del", "kube-ipvs0", check=False)
 
