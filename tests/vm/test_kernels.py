@@ -95,8 +95,9 @@ GROUPS: dict[str, Group] = {
     "ipvs-state": Group((
         *in_modes(POL, "test_client_ip_affinity_sticks_per_client_and_spreads_clients", modes=("ipvs",)),
         f"{IPVS}::test_graceful_termination_keeps_a_live_connection_on_a_removed_endpoint",
-    ), budget=240, modules=IPVS_MODULES, doc="IPVS: ClientIP affinity (persistence), graceful termination "
-                                             "on a live connection"),
+        *in_modes(DP, "test_udp_cluster_ip", modes=("ipvs",)),
+    ), budget=300, modules=IPVS_MODULES, doc="IPVS: ClientIP affinity (persistence), graceful termination "
+                                             "on a live connection, UDP ClusterIP"),
     "ranges": Group(in_modes(POL, "test_load_balancer_source_ranges", modes=NFT_IPT), budget=240,
                     modules=LAB_MODULES, doc="loadBalancerSourceRanges, nftables and iptables"),
     "dualstack": Group((
