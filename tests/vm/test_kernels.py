@@ -129,9 +129,9 @@ GROUPS: dict[str, Group] = {
 # 5.10 and 6.1 refused kproxy's short-circuit rules once (docs/kernels.md), 6.12 its
 # source-range set: each runs what would show it again.
 DEFAULT_MATRIX = {
-    "5.10": ("core", "local", "ipvs-state"),
-    "6.1": ("core", "local", "nodeport"),
-    "6.12": ("core", "ranges", "reject"),
+    "5.10": ("core", "local", "ipvs-state", "reject"),
+    "6.1": ("core", "local", "nodeport", "dualstack"),
+    "6.12": ("core", "ranges", "reject", "nodeport"),
 }
 DEFAULT_GROUPS = ("core",)  # for a kernel DEFAULT_MATRIX does not name
 
