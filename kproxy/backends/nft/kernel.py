@@ -44,11 +44,14 @@ class LibNftKernel:
         return None
 
     def exists(self) -> bool:
-        """Whether the table is there; cheap (`list table` of a large one takes seconds)."""
-        rc, out, err = self._nft.cmd(f"list tables {self.table.split()[0]}")
+        """Whether the table is there, in about a millisecond. nft 1.0.6 fetches every set's
+        elements for `list tables` and `list table` (2 s with kproxy's 10k-Service table in
+        the namespace), but only tables for `list flowtables`, which prints each table's
+        header even when it has no flowtable."""
+        rc, out, err = self._nft.cmd(f"list flowtables {self.table.split()[0]}")
         if rc != 0:
             raise NftError(_first_error(err))
-        return f"table {self.table}" in str(out).splitlines()
+        return f"table {self.table} {{" in str(out).splitlines()
 
     def list_table(self) -> dict[str, Any] | None:
         return self._list(f"table {self.table}")
