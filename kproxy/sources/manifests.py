@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,20 +68,19 @@ def load_manifests(path: str | os.PathLike[str], kinds: Collection[str] | None =
     return objects
 
 
-def _documents(file: Path) -> Iterator[Any]:
+def _documents(file: Path, hook: Callable[[dict[str, Any]], Any] | None = None) -> list[Any]:
+    """The documents of a file; `hook` sees every mapping as soon as it is complete and
+    returns what stands for it (raises _Unsupported where the fast YAML path cannot run it)."""
     try:
         text = file.read_bytes()
     except OSError as exc:
         raise ManifestError(f"{file}: cannot read: {exc.strerror or exc}") from None
     try:
         if file.suffix == ".json":
-            yield json.loads(text)
-            return
-        # Materialise inside the try: load_all is lazy and raises while iterating.
-        docs = fast_load_all(text)
+            return [json.loads(text, object_hook=hook)]
+        return fast_load_all(text, hook)
     except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
         raise ManifestError(f"{file}: cannot parse: {_one_line(exc)}") from None
-    yield from docs
 
 
 class _Unsupported(Exception):
@@ -113,21 +112,24 @@ def _plain_scalar(value: str) -> Any:
         return out
 
 
-def fast_load_all(text: bytes | str) -> list[Any]:
+def fast_load_all(text: bytes | str, hook: Callable[[dict[str, Any]], Any] | None = None) -> list[Any]:
     """Same result as `list(yaml.load_all(text, Loader=CSafeLoader))`, several times faster.
 
-    Falls back to PyYAML for anything but plain mappings, sequences and scalars.
+    Falls back to PyYAML for anything but plain mappings, sequences and scalars (with a
+    `hook`, raises _Unsupported instead: the hook has seen part of the file).
     """
     parser = _Loader(text)
     try:
-        return _build(parser)
+        return _build(parser, hook)
     except _Unsupported:
+        if hook is not None:
+            raise
         return list(yaml.load_all(text, Loader=_Loader))
     finally:
         parser.dispose()
 
 
-def _build(parser: Any) -> list[Any]:
+def _build(parser: Any, hook: Callable[[dict[str, Any]], Any] | None = None) -> list[Any]:
     docs: list[Any] = []
     stack: list[list[Any]] = []  # [container, pending mapping key or _NO_KEY]
     root: Any = None
@@ -144,7 +146,11 @@ def _build(parser: Any) -> list[Any]:
                 raise _Unsupported("tag or anchor")
             stack.append([{} if kind is MappingStartEvent else [], _NO_KEY])
             continue
-        elif kind is MappingEndEvent or kind is SequenceEndEvent:
+        elif kind is MappingEndEvent:
+            value = stack.pop()[0]
+            if hook is not None:
+                value = hook(value)
+        elif kind is SequenceEndEvent:
             value = stack.pop()[0]
         elif kind is DocumentStartEvent:
             root = None
@@ -179,7 +185,7 @@ _NO_KEY = object()
 
 def _flatten(doc: Any, file: Path, skipped: list[str], where: str = "") -> Iterator[dict[str, Any]]:
     """Objects of one document: a `List`/`*List` is unpacked; empty documents are skipped."""
-    if doc is None:
+    if doc is None or doc is TAKEN:
         return
     if isinstance(doc, list):  # a bare JSON array of objects
         for i, item in enumerate(doc):
@@ -201,7 +207,7 @@ def _flatten(doc: Any, file: Path, skipped: list[str], where: str = "") -> Itera
 
 
 def _item(item: Any, file: Path, skipped: list[str], where: str) -> Iterator[dict[str, Any]]:
-    if isinstance(item, dict | list) or item is None:
+    if isinstance(item, dict | list) or item is None or item is TAKEN:
         yield from _flatten(item, file, skipped, where)
         return
     log.warning("skipping a list item that is not an object", file=str(file), item=where.lstrip("."),
@@ -211,6 +217,37 @@ def _item(item: Any, file: Path, skipped: list[str], where: str) -> Iterator[dic
 
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
+
+
+TAKEN = object()  # stands in a document for an object parsed while the file was read
+
+
+def parse_file(file: Path, new_list: Callable[[], ParsedList]) -> tuple[ParsedList, int]:
+    """One file's Services, EndpointSlices, Nodes and ServiceCIDRs, parsed as the file is
+    decoded: each object is parsed the moment its last field is read and its raw form
+    dropped, so a 10k-Service file never sits in memory as raw objects (about 150 MB).
+    Returns the parsed objects and how many list items were not objects."""
+    parsed = new_list()
+
+    def take(obj: dict[str, Any]) -> Any:
+        kind = obj.get("kind")
+        if kind in SOURCE_KINDS and "metadata" in obj and "apiVersion" in obj:
+            parsed.add(kind, (obj,))
+            return TAKEN
+        return obj  # a part of an object, another kind, or an API list item without kind
+
+    try:
+        docs = _documents(file, take)
+    except _Unsupported:  # anchors or tags: PyYAML's loader, without the hook
+        parsed = new_list()
+        docs = _documents(file)
+    skipped: list[str] = []
+    for doc in docs:
+        for obj in _flatten(doc, file, skipped):
+            kind = obj.get("kind")
+            if kind in SOURCE_KINDS:
+                parsed.add(kind, (obj,))
+    return parsed, len(skipped)
 
 
 class ManifestSource:
@@ -239,14 +276,8 @@ class ManifestSource:
             if cached is not None and cached[0] == (mtime, size) and mtime >= 0:
                 files[name] = cached
                 continue
-            skipped: list[str] = []
-            parsed = self._tracker.parsed_list()
-            by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in SOURCE_KINDS}
-            for obj in load_manifests(name, skipped=skipped):
-                by_kind[obj["kind"]].append(obj)
-            for kind, objects in by_kind.items():
-                parsed.add(kind, objects)
-            files[name] = ((mtime, size), parsed, len(skipped))
+            parsed, skipped = parse_file(Path(name), self._tracker.parsed_list)
+            files[name] = ((mtime, size), parsed, skipped)
         # One transaction: a sync never sees the new Services with the old slices.
         self._tracker.replace_parsed(merge_parsed(self._tracker.parsed_list(), (f[1] for f in files.values())))
         self._files = files

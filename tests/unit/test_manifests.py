@@ -227,9 +227,8 @@ def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path, monkeypatch
     source.load_once()
     before = tracker.snapshot()
     read: list[str] = []
-    real = manifests.load_manifests
-    monkeypatch.setattr(manifests, "load_manifests",
-                        lambda path, **kw: read.append(Path(path).name) or real(path, **kw))
+    real = manifests.parse_file
+    monkeypatch.setattr(manifests, "parse_file", lambda path, new: read.append(path.name) or real(path, new))
     (tmp_path / "b.yaml").write_text(dump_yaml(service("b"), endpoint_slice("b", ["10.1.0.3"])))
     source.load_once()
     after = tracker.snapshot()
@@ -241,3 +240,33 @@ def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path, monkeypatch
     (tmp_path / "a.yaml").unlink()  # a file removed takes its objects with it
     source.load_once()
     assert set(tracker.snapshot().services) == {ServiceName("default", "b")}
+
+
+@pytest.mark.parametrize("form", ["json-list", "yaml-list", "yaml-docs", "yaml-anchors", "service-list"])
+def test_objects_are_parsed_while_the_file_is_read_in_every_form(tmp_path: Path, form: str) -> None:
+    from kproxy.sources.manifests import parse_file
+
+    objs = [service("a"), endpoint_slice("a", ["10.1.0.1"]), service("b")]
+    if form == "json-list":
+        f = tmp_path / "m.json"
+        f.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    elif form == "yaml-list":
+        f = tmp_path / "m.yaml"
+        f.write_text(dump_yaml({"apiVersion": "v1", "kind": "List", "items": objs}))
+    elif form == "yaml-docs":
+        f = tmp_path / "m.yaml"
+        f.write_text(dump_yaml(*objs))
+    elif form == "yaml-anchors":  # PyYAML's loader: the fast path leaves anchors to it
+        f = tmp_path / "m.yaml"
+        f.write_text(dump_yaml(*objs) + "---\nx: &anchor {kind: Pod}\ny: *anchor\n")
+    else:  # an API list body: items carry no kind
+        f = tmp_path / "m.json"
+        items = [{k: v for k, v in o.items() if k != "kind"} for o in objs if o["kind"] == "Service"]
+        f.write_text(json.dumps({"apiVersion": "v1", "kind": "ServiceList", "items": items}))
+    tracker = Tracker()
+    parsed, skipped = parse_file(f, tracker.parsed_list)
+    tracker.replace_parsed(parsed)
+    state = tracker.snapshot()
+    assert skipped == 0
+    assert sorted(state.services) == [ServiceName("default", "a"), ServiceName("default", "b")]
+    assert list(state.slices) == ([] if form == "service-list" else [("default", "a-abc12")])
