@@ -343,14 +343,18 @@ class KernelMonitor:
         # makes an uncounted change first.)
         ns.run("nft", "add table ip kproxy-bench-probe")
         ns.run("nft", "add set ip kproxy-bench-probe ready { type ipv4_addr ; }")
+        # Each probe moves the generation, which restarts a listing in progress: wait longer
+        # each time, or a listing slower than the probe interval never completes.
         deadline = time.monotonic() + 120
+        wait = 1.0
         while time.monotonic() < deadline:
             ns.run("nft", "add element ip kproxy-bench-probe ready { 192.0.2.1 }")
             try:
-                self.wait_for("192.0.2.1", 1.0)
+                self.wait_for("192.0.2.1", wait)
                 break
             except TimeoutError:
                 ns.run("nft", "delete element ip kproxy-bench-probe ready { 192.0.2.1 }")
+                wait = min(wait * 2, 30.0)
         else:
             raise TimeoutError("nft monitor did not start listening within 120 s")
 
