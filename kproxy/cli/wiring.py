@@ -19,7 +19,7 @@ import structlog
 from kproxy import node as node_facts
 from kproxy.agent import Generation
 from kproxy.backends.base import Backend
-from kproxy.backends.generation import ruleset_generation
+from kproxy.backends.generation import RulesetGeneration
 from kproxy.backends.registry import ModeUnavailable, check_mode, make_backend, node_variant, remove_other_modes
 from kproxy.backends.takeover import KernelIpvs, take_over
 from kproxy.cli.errors import UsageError
@@ -192,7 +192,7 @@ def generation_source(args: argparse.Namespace) -> Generation:
     generation, which iptables-nft moves too; iptables-legacy has none."""
     if args.proxy_mode == "iptables" and node_variant(args.iptables_variant) == "legacy":
         return lambda: None
-    return ruleset_generation
+    return RulesetGeneration()
 
 
 def apply_conntrack_sysctls(args: argparse.Namespace) -> dict[str, str]:
