@@ -17,7 +17,7 @@ import time
 import pytest
 import traffic
 from kproxy_lab import Kproxy
-from topology import NODE1_IP, Cluster
+from topology import NODE1_IP, TIME_SCALE, Cluster
 
 from manifests import endpoint, endpoint_slice, port, service, slice_port
 
@@ -63,14 +63,16 @@ def test_dump_stats_counts_real_connections(cluster: Cluster, kproxy: Kproxy) ->
         assert udp["established"] + udp["other"] == 2, udp  # two flows from fresh sockets
 
         # new connections during a window: 12 short ones, 3 s after the start of a --rate 6s
-        # (its first read comes well before, its second well after)
-        burst = subprocess.Popen(["sh", "-c", 'sleep 3; exec "$@"', "sh", "ip", "netns", "exec", pod1,
-                                  sys.executable, str(traffic.PROBE), "tcp", CLUSTER_IP, "80", "--count", "12"],
+        # (its first read comes well before, its second well after; both stretched in an
+        # emulated VM kernel, where kproxy alone takes seconds to start)
+        window = 6 * TIME_SCALE
+        burst = subprocess.Popen(["sh", "-c", f'sleep {3 * TIME_SCALE}; exec "$@"', "sh", "ip", "netns", "exec",
+                                  pod1, sys.executable, str(traffic.PROBE), "tcp", CLUSTER_IP, "80", "--count", "12"],
                                  stdout=subprocess.DEVNULL)
-        stats = json.loads(kproxy.cli("dump", "--stats", "--rate", "6s", "--json").stdout)
-        burst.wait(timeout=20)
+        stats = json.loads(kproxy.cli("dump", "--stats", "--rate", f"{window:g}s", "--json").stdout)
+        burst.wait(timeout=20 * TIME_SCALE)
         cip = frontend(stats, "ClusterIP", "TCP")
-        assert stats["window_seconds"] == 6.0 and cip["new_per_second"] == 2.0, cip  # 12 in 6 s
+        assert stats["window_seconds"] == window and cip["new_per_second"] == round(12 / window, 2), cip
         assert cip["established"] == 3 and cip["other"] == 12, cip  # the short ones are in TIME_WAIT
 
         text = kproxy.cli("dump", "--stats").stdout

@@ -12,7 +12,7 @@ import time
 import pytest
 import traffic
 from kproxy_lab import Kproxy
-from topology import CLUSTER_CIDR, NODE1_IP, Cluster
+from topology import CLUSTER_CIDR, NODE1_IP, TIME_SCALE, Cluster
 
 from manifests import endpoint, endpoint_slice, port, service, slice_port
 from tests.upstream_rules import UpstreamPort, iptables_restore, nft_script
@@ -70,7 +70,7 @@ def test_takeover_from_kube_proxy_drops_no_connection(cluster: Cluster, kproxy: 
 
     held = [traffic.Holder(pod1, CLUSTER_IP, 80), traffic.Holder(client, NODE1_IP, TCP_NODEPORT)]
     loops = {
-        f"{what} {proto}": traffic.Loop(ns, ip, p, kproxy.workdir / f"{what}-{proto}.stop", max_seconds=45,
+        f"{what} {proto}": traffic.Loop(ns, ip, p, kproxy.workdir / f"{what}-{proto}.stop", max_seconds=45 * TIME_SCALE,
                                         mode="loop" if proto == "tcp" else "udp-loop")
         for what, ns, ip, tcp_port, udp_port in (("clusterip", pod1, CLUSTER_IP, 80, 53),
                                                    ("nodeport", client, NODE1_IP, TCP_NODEPORT, UDP_NODEPORT))
@@ -81,7 +81,7 @@ def test_takeover_from_kube_proxy_drops_no_connection(cluster: Cluster, kproxy: 
         agent = kproxy.start(objects(cluster))
         log = kproxy.agents[-1][1]
         traffic.wait_until(lambda: log.read_text(), lambda text: "took over from kube-proxy" in text,
-                           seconds=20, what="the takeover line")
+                           seconds=20 * TIME_SCALE, what="the takeover line")
         time.sleep(1.0)  # and on kproxy's alone afterwards
         results = {name: loop.stop() for name, loop in loops.items()}
         for name, result in results.items():

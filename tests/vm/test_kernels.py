@@ -98,6 +98,10 @@ GROUPS: dict[str, Group] = {
         *in_modes(DP, "test_udp_cluster_ip", modes=("ipvs",)),
     ), budget=300, modules=IPVS_MODULES, doc="IPVS: ClientIP affinity (persistence), graceful termination "
                                              "on a live connection, UDP ClusterIP"),
+    "ipvs-ops": Group(("tests/netns/test_netns_local_detection.py", "tests/netns/test_netns_stats.py",
+                       "tests/netns/test_netns_takeover.py", "-k", "ipvs"), budget=600, modules=IPVS_MODULES,
+                      doc="IPVS: every local-traffic detector with real packets, dump --stats and top, "
+                          "takeover from upstream's rules"),
     "ranges": Group(in_modes(POL, "test_load_balancer_source_ranges", modes=NFT_IPT), budget=240,
                     modules=LAB_MODULES, doc="loadBalancerSourceRanges, nftables and iptables"),
     "dualstack": Group((
