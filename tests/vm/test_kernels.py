@@ -98,10 +98,19 @@ GROUPS: dict[str, Group] = {
         *in_modes(DP, "test_udp_cluster_ip", modes=("ipvs",)),
     ), budget=300, modules=IPVS_MODULES, doc="IPVS: ClientIP affinity (persistence), graceful termination "
                                              "on a live connection, UDP ClusterIP"),
-    "ipvs-ops": Group(("tests/netns/test_netns_local_detection.py", "tests/netns/test_netns_stats.py",
-                       "tests/netns/test_netns_takeover.py", "-k", "ipvs"), budget=600, modules=IPVS_MODULES,
-                      doc="IPVS: every local-traffic detector with real packets, dump --stats and top, "
-                          "takeover from upstream's rules"),
+    "ipvs-ops": Group((
+        *(f"tests/netns/test_netns_local_detection.py::{t}[ipvs]" for t in (
+            "test_cluster_cidr_mode_source_in_the_cluster_cidr_is_local",
+            "test_bridge_interface_mode_only_traffic_from_the_bridge_is_local",
+            "test_interface_name_prefix_mode_only_traffic_from_matching_interfaces_is_local",
+            "test_node_cidr_mode_follows_the_nodes_pod_cidrs")),
+        "tests/netns/test_netns_stats.py::test_dump_stats_counts_real_connections[ipvs]",
+        "tests/netns/test_netns_stats.py::test_top_plain_lines_and_full_screen[ipvs]",
+        *in_modes("tests/netns/test_netns_takeover.py", "test_takeover_from_kube_proxy_drops_no_connection",
+                  modes=("ipvs-iptables-nft", "ipvs-iptables-legacy", "ipvs-nftables")),
+    ), budget=900, modules=IPVS_MODULES,
+        doc="IPVS: every local-traffic detector with real packets, dump --stats and top, takeover from "
+            "upstream's rules"),
     "ranges": Group(in_modes(POL, "test_load_balancer_source_ranges", modes=NFT_IPT), budget=240,
                     modules=LAB_MODULES, doc="loadBalancerSourceRanges, nftables and iptables"),
     "dualstack": Group((
