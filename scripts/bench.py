@@ -356,6 +356,7 @@ class KernelMonitor:
                 ns.run("nft", "delete element ip kproxy-bench-probe ready { 192.0.2.1 }")
                 wait = min(wait * 2, 30.0)
         else:
+            self.stop()  # the caller gets no monitor to stop
             raise TimeoutError("nft monitor did not start listening within 120 s")
 
     def _read(self) -> None:
