@@ -144,7 +144,7 @@ GROUPS: dict[str, Group] = {
 DEFAULT_MATRIX = {
     "5.10": ("core", "local", "ipvs-state", "reject"),
     "6.1": ("core", "local", "nodeport", "dualstack"),
-    "6.12": ("core", "ranges", "reject", "ipvs-ops"),
+    "6.12": ("core", "ranges", "ipvs-ops"),
 }
 DEFAULT_GROUPS = ("core",)  # for a kernel DEFAULT_MATRIX does not name
 
