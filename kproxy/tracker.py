@@ -297,27 +297,22 @@ class ParsedList:
         for obj in objects:
             key, value, error = self._parse(kind, obj)
             if error is not None:
-                namespace, name = object_key(obj)
-                if not name:  # the unnamed ones of one list are told apart by an ordinal
-                    self._unnamed[kind] = self._unnamed.get(kind, 0) + 1
-                self.invalid[(kind, namespace, name, 0 if name else self._unnamed[kind])] = error
+                self._add_invalid(kind, *object_key(obj), error)
             elif value is not None:
                 store[key] = value
 
+    def absorb(self, other: ParsedList) -> None:
+        """Another file's parsed objects on top of these (its objects win, as when the
+        files are read in order)."""
+        for kind, store in other.stores.items():
+            self.stores.setdefault(kind, {}).update(store)
+        for (kind, namespace, name, _ordinal), error in other.invalid.items():
+            self._add_invalid(kind, namespace, name, error)
 
-def merge_parsed(into: ParsedList, parts: Iterable[ParsedList]) -> ParsedList:
-    """Several files' parsed objects as one full state (a later file's object wins, as
-    when the files are read in order); every source kind is replaced, also by nothing."""
-    for kind in SOURCE_KINDS:
-        into.stores.setdefault(kind, {})
-    for part in parts:
-        for kind, store in part.stores.items():
-            into.stores.setdefault(kind, {}).update(store)
-        for (kind, namespace, name, ordinal), error in part.invalid.items():
-            if not name:  # the unnamed ones of all files are told apart by one ordinal
-                into._unnamed[kind] = ordinal = into._unnamed.get(kind, 0) + 1
-            into.invalid[(kind, namespace, name, ordinal)] = error
-    return into
+    def _add_invalid(self, kind: str, namespace: str, name: str, error: tuple[str, str]) -> None:
+        if not name:  # the unnamed ones of one list are told apart by an ordinal
+            self._unnamed[kind] = self._unnamed.get(kind, 0) + 1
+        self.invalid[(kind, namespace, name, 0 if name else self._unnamed[kind])] = error
 
 
 class SliceIndex:

@@ -28,7 +28,7 @@ from yaml.events import (
     StreamStartEvent,
 )
 
-from kproxy.tracker import SOURCE_KINDS, ParsedList, Tracker, merge_parsed
+from kproxy.tracker import SOURCE_KINDS, ParsedList, Tracker
 
 log = structlog.get_logger(__name__)
 
@@ -279,7 +279,12 @@ class ManifestSource:
             parsed, skipped = parse_file(Path(name), self._tracker.parsed_list)
             files[name] = ((mtime, size), parsed, skipped)
         # One transaction: a sync never sees the new Services with the old slices.
-        self._tracker.replace_parsed(merge_parsed(self._tracker.parsed_list(), (f[1] for f in files.values())))
+        merged = self._tracker.parsed_list()
+        for kind in SOURCE_KINDS:
+            merged.add(kind, ())  # every kind is replaced, also by nothing
+        for _stamp, parsed, _skipped in files.values():
+            merged.absorb(parsed)
+        self._tracker.replace_parsed(merged)
         self._files = files
         self._fingerprint = fingerprint
         self.skipped = sum(f[2] for f in files.values())

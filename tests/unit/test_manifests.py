@@ -270,3 +270,13 @@ def test_objects_are_parsed_while_the_file_is_read_in_every_form(tmp_path: Path,
     assert skipped == 0
     assert sorted(state.services) == [ServiceName("default", "a"), ServiceName("default", "b")]
     assert list(state.slices) == ([] if form == "service-list" else [("default", "a-abc12")])
+
+
+def test_unnamed_broken_objects_of_two_files_are_each_left_out(tmp_path: Path) -> None:
+    unnamed = {"apiVersion": "v1", "kind": "Service", "metadata": {}, "spec": "not an object"}
+    (tmp_path / "a.yaml").write_text(dump_yaml(unnamed, service("a")))
+    (tmp_path / "b.yaml").write_text(dump_yaml(unnamed))
+    tracker = Tracker()
+    ManifestSource(tmp_path, tracker).load_once()
+    assert list(tracker.snapshot().services) == [ServiceName("default", "a")]
+    assert tracker.invalid_count() == 2  # one per file, not one overwriting the other
