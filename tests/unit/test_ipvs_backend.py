@@ -196,9 +196,13 @@ def test_ipvsadm_view_and_json():
         {"address": "10.244.1.2", "port": 80, "weight": 1, "forward": "Masq", "active": 2, "inactive": 1}]
 
 
-def aux_sets(script: str) -> dict[str, str]:
-    """set name -> its line of the auxiliary table's script."""
-    return {line.split()[1]: line for line in script.splitlines() if line.strip().startswith("set ")}
+def aux_sets(kernel: FakeIpvs) -> dict[str, set[str]]:
+    """set name -> its elements as nft lists them (key, comment, map data)."""
+    listing = kernel.aux.listing()
+    assert listing is not None
+    return {name: {key + (f' comment "{comment}"' if comment else "") + (f" : {data}" if data else "")
+                   for key, (data, comment) in elements.items()}
+            for name, (_spec, elements) in listing["sets"].items()}
 
 
 def test_auxiliary_table_holds_masquerade_reject_drop_and_source_range_facts():
@@ -213,7 +217,7 @@ def test_auxiliary_table_holds_masquerade_reject_drop_and_source_range_facts():
                                         "nodeName": "node1"}]))
     kernel = FakeIpvs()
     IpvsBackend(kernel).sync(plan)
-    sets = aux_sets(kernel.aux_scripts[0])
+    sets = aux_sets(kernel)
     assert '10.96.0.10 . tcp . 80 comment "default/web ClusterIP"' in sets["frontends"]
     assert '192.168.50.10 . tcp . 30080 comment "default/web NodePort"' in sets["frontends"]
     assert "10.96.0.10 . tcp . 80" in sets["cluster-frontends"]
@@ -267,7 +271,7 @@ def test_local_policy_frontends_short_circuit_pods_and_the_node_through_a_firewa
     marked = {k: v for k, v in kernel.virtuals.items() if k.fwmark}
     assert len(marked) == 2  # the LB IP and the NodePort on the node IP
     assert all(set(v.reals) == {real("10.244.1.2"), real("10.244.2.2")} for v in marked.values())
-    (marks,) = [line for line in kernel.aux_scripts[0].splitlines() if "map short-circuit-marks" in line]
-    assert all(f"{k.fwmark:#x}" in marks for k in marked)
-    assert "203.0.113.30 . tcp . 80 : " in marks and "192.168.50.10 . tcp . 30030 : " in marks
+    marks = kernel.aux.elements("short-circuit-marks")
+    assert set(marks.values()) == {f"{k.fwmark:#x}" for k in marked}
+    assert set(marks) == {"203.0.113.30 . tcp . 80", "192.168.50.10 . tcp . 30030"}
     assert all(k.fwmark & 0x4000 == 0 and k.fwmark & 0x10000000 for k in marked)

@@ -11,11 +11,13 @@ keyed with meta l4proto).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from ipaddress import ip_network
 
 from kproxy.backends.base import MASQUERADE_MARK
 from kproxy.backends.ipvs.objects import SHORT_CIRCUIT_BIT, aux_table_of
 from kproxy.backends.ipvs.render import short_circuits
+from kproxy.backends.nft.elements import ElementTable
 from kproxy.backends.nft.names import (
     CLUSTER_CIDRS,
     CLUSTER_FRONTENDS,
@@ -30,9 +32,11 @@ from kproxy.backends.nft.names import (
     REJECT_CHAIN,
     SERVICE_CIDRS,
 )
-from kproxy.backends.nft.render import local_traffic
+from kproxy.backends.nft.objects import Chain, Element, SetSpec, Skeleton
+from kproxy.backends.nft.render import PRESENT, Contribution, local_traffic
+from kproxy.backends.nft.transaction import full_transaction
 from kproxy.model import IPAddress, IPNetwork
-from kproxy.plan import FrontendKind, Plan
+from kproxy.plan import FrontendKind, Plan, ServicePortPlan
 from kproxy.values import collapse_cidrs, ip_text
 
 # Names only IPVS mode's table has
@@ -41,15 +45,30 @@ REJECT_FRONTENDS = "reject-frontends"  # no usable endpoint anywhere
 FIREWALL_ALLOW = "firewall-allow"  # LB ip . allowed source range (the frontend is checked first)
 DROP_FRONTENDS = "drop-frontends"  # none on this node (a Local traffic policy)
 SHORT_CIRCUIT_MARKS = "short-circuit-marks"  # Local-policy frontend -> its firewall-mark virtual server
+NODE_OWNER = ""  # owner of the node-wide elements; sorts before every Service port
 
 
 def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
     """The whole table as one nft script that replaces what was there atomically."""
-    ip, addr = ("ip", "ipv4_addr") if plan.family == 4 else ("ip6", "ipv6_addr")
-    table = aux_table_of(plan.family)
-    sets = _elements(plan, nodeport_ips)
+    table = ElementTable()
+    for sp in plan.service_ports:
+        table.replace(str(sp.name), None, service_port_elements(sp, nodeport_ips))
+    table.replace(NODE_OWNER, None, node_elements(plan, plan.service_ports, nodeport_ips))
+    return full_transaction(aux_skeleton(plan), table).text()
+
+
+def aux_skeleton(plan: Plan) -> Skeleton:
+    """The chains and set definitions: they depend on node-wide settings only."""
+    sets = tuple(SetSpec(name=name, spec=spec, is_map=" : " in spec) for name, spec in _specs(plan.family).items())
+    chains = tuple(Chain(name=name, hook=hook or None, rules=tuple(rules))
+                   for name, (hook, *rules) in _chains(plan).items())
+    return Skeleton(chains=chains, sets=sets, table=aux_table_of(plan.family))
+
+
+def _specs(family: int) -> dict[str, str]:
+    ip, addr = ("ip", "ipv4_addr") if family == 4 else ("ip6", "ipv6_addr")
     frontend = FRONTEND_KEY.format(ip=ip)
-    specs = {
+    return {
         FRONTENDS: f"typeof {frontend};", CLUSTER_FRONTENDS: f"typeof {frontend};",
         MASQ_FRONTENDS: f"typeof {frontend};", REJECT_FRONTENDS: f"typeof {frontend};",
         DROP_FRONTENDS: f"typeof {frontend};", FIREWALL_FRONTENDS: f"typeof {frontend};",
@@ -61,10 +80,16 @@ def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
         SHORT_CIRCUIT_MARKS: f"typeof {frontend} : meta mark;",
         NO_MASQ_SOURCES: f"type {addr}; flags interval;",
     }
+
+
+def _chains(plan: Plan) -> dict[str, tuple[str, ...]]:
+    """chain -> (its hook or "", its rules...)"""
+    ip = "ip" if plan.family == 4 else "ip6"
+    frontend = FRONTEND_KEY.format(ip=ip)
     new = "ct state new"
     is_local, not_local = local_traffic(plan, ip)
     short_circuited = f"meta mark & {SHORT_CIRCUIT_BIT:#x} == {SHORT_CIRCUIT_BIT:#x}"
-    chains = {
+    chains: dict[str, tuple[str, ...]] = {
         # before the masquerade marks (nat, -100) and IPVS: pods and the node reaching a
         # Local-policy frontend get its firewall mark (see render.short_circuits)
         "short-circuit-prerouting": ("type filter hook prerouting priority -150; policy accept;",
@@ -106,26 +131,7 @@ def render_aux(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> str:
         MASQUERADING: ("", f"meta mark & {MASQUERADE_MARK} == 0 return",
                        f"meta mark set meta mark ^ {MASQUERADE_MARK}", "masquerade fully-random"),
     }
-    for key, (mark, _sp) in short_circuits(plan, nodeport_ips).items():
-        element = f"{ip_text(key.ip)} . {key.protocol.nft} . {key.port} : {mark:#x}"
-        sets.setdefault(SHORT_CIRCUIT_MARKS, {})[element] = ""
-    lines = [f"add table {table}", f"delete table {table}", f"table {table} {{"]
-    for name, spec in specs.items():
-        elements = sets.get(name)
-        body = ""
-        if elements:
-            texts = (f'{e} comment "{c}"' if c else e for e, c in sorted(elements.items()))
-            body = f" elements = {{ {', '.join(texts)} }}"
-        kind = "map" if " : " in spec else "set"
-        lines.append(f"  {kind} {name} {{ {spec}{body} }}")
-    for name, (hook, *rules) in chains.items():
-        lines.append(f"  chain {name} {{")
-        if hook:
-            lines.append(f"    {hook}")
-        lines.extend(f"    {rule}" for rule in rules)
-        lines.append("  }")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return chains
 
 
 def delete_aux(family: int) -> str:
@@ -133,37 +139,42 @@ def delete_aux(family: int) -> str:
     return f"add table {table}\ndelete table {table}\n"
 
 
-def _elements(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> dict[str, dict[str, str]]:
-    """set name -> element -> its comment ("" for none)."""
-    out: dict[str, dict[str, str]] = {}
+def service_port_elements(sp: ServicePortPlan, nodeport_ips: tuple[IPAddress, ...]) -> Contribution:
+    """What one Service port puts in the table's sets."""
+    out: Contribution = {}
 
-    def add(name: str, element: str, comment: str = "") -> None:
-        out.setdefault(name, {}).setdefault(element, comment)
+    def add(name: str, element: str, value: Element = PRESENT) -> None:
+        out.setdefault(name, {})[element] = value
 
-    # sorted: when two Service ports claim one frontend, the same one names it every time
-    for sp in sorted(plan.service_ports, key=lambda s: s.name):
-        proto = sp.protocol.nft
-        for fe in sp.frontends:
-            ips = (fe.ip,) if fe.ip is not None else nodeport_ips
-            keys = [f"{ip_text(ip)} . {proto} . {fe.port}" for ip in ips]
-            for key in keys:
-                add(FRONTENDS, key, f"{sp.name} {fe.kind}")  # what `kproxy dump` names it by
-                if not sp.targets_for(fe):
-                    add(DROP_FRONTENDS if sp.empty_verdict() == "drop" else REJECT_FRONTENDS, key)
-                if fe.kind is FrontendKind.CLUSTER_IP:
-                    add(CLUSTER_FRONTENDS, key)
-                elif sp.masquerade_external:
-                    add(MASQ_FRONTENDS, key)
-                if sp.source_ranges and fe.kind is FrontendKind.LOAD_BALANCER:
-                    add(FIREWALL_FRONTENDS, key)
-            if fe.kind is FrontendKind.CLUSTER_IP and fe.ip is not None:
-                add(CLUSTER_IPS, ip_text(fe.ip))
-            if sp.source_ranges and fe.kind is FrontendKind.LOAD_BALANCER and fe.ip is not None:
-                for cidr in sp.source_ranges:
-                    add(FIREWALL_ALLOW, f"{ip_text(fe.ip)} . {cidr}")
-        for t in sp.all_targets():
-            if t.is_local:
-                add(HAIRPIN, f"{ip_text(t.ip)} . {ip_text(t.ip)}")
+    proto = sp.protocol.nft
+    for fe in sp.frontends:
+        ips = (fe.ip,) if fe.ip is not None else nodeport_ips
+        for key in [f"{ip_text(ip)} . {proto} . {fe.port}" for ip in ips]:
+            add(FRONTENDS, key, Element(comment=f"{sp.name} {fe.kind}"))  # what `kproxy dump` names it by
+            if not sp.targets_for(fe):
+                add(DROP_FRONTENDS if sp.empty_verdict() == "drop" else REJECT_FRONTENDS, key)
+            if fe.kind is FrontendKind.CLUSTER_IP:
+                add(CLUSTER_FRONTENDS, key)
+            elif sp.masquerade_external:
+                add(MASQ_FRONTENDS, key)
+            if sp.source_ranges and fe.kind is FrontendKind.LOAD_BALANCER:
+                add(FIREWALL_FRONTENDS, key)
+        if fe.kind is FrontendKind.CLUSTER_IP and fe.ip is not None:
+            add(CLUSTER_IPS, ip_text(fe.ip))
+        if sp.source_ranges and fe.kind is FrontendKind.LOAD_BALANCER and fe.ip is not None:
+            for cidr in sp.source_ranges:
+                add(FIREWALL_ALLOW, f"{ip_text(fe.ip)} . {cidr}")
+    for t in sp.all_targets():
+        if t.is_local:
+            add(HAIRPIN, f"{ip_text(t.ip)} . {ip_text(t.ip)}")
+    return out
+
+
+def node_elements(plan: Plan, short_circuited: Iterable[ServicePortPlan],
+                  nodeport_ips: tuple[IPAddress, ...]) -> Contribution:
+    """The node-wide elements: service and cluster CIDRs, and the short-circuit marks of
+    the externalTrafficPolicy Local ports in `short_circuited`."""
+    out: Contribution = {}
     if plan.service_cidrs:
         out[SERVICE_CIDRS] = _intervals(plan.service_cidrs)
     if plan.local.cidrs:
@@ -171,8 +182,11 @@ def _elements(plan: Plan, nodeport_ips: tuple[IPAddress, ...]) -> dict[str, dict
     if not plan.masquerade_all and not plan.local.by_interface:
         everyone = (ip_network("0.0.0.0/0") if plan.family == 4 else ip_network("::/0"),)
         out[NO_MASQ_SOURCES] = _intervals(plan.local.cidrs or everyone)
+    for key, (mark, _sp) in short_circuits(short_circuited, nodeport_ips).items():
+        element = f"{ip_text(key.ip)} . {key.protocol.nft} . {key.port}"
+        out.setdefault(SHORT_CIRCUIT_MARKS, {})[element] = Element(data=f"{mark:#x}")
     return out
 
 
-def _intervals(cidrs: tuple[IPNetwork, ...]) -> dict[str, str]:
-    return {str(c): "" for c in collapse_cidrs(cidrs)}
+def _intervals(cidrs: tuple[IPNetwork, ...]) -> dict[str, Element]:
+    return {str(c): PRESENT for c in collapse_cidrs(cidrs)}

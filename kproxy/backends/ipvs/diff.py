@@ -8,7 +8,7 @@ SCTP (deleted at once: expire_nodest_conn ends their flows) or its drain time is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from kproxy.backends.ipvs.objects import IpvsState, ListedVirtual, RealKey, RealStats, VirtualKey, VirtualServer
@@ -73,18 +73,34 @@ def diff(desired: IpvsState, virtuals: Mapping[VirtualKey, ListedVirtual], addre
          drain_expired: Set[tuple[VirtualKey, RealKey]] = frozenset()) -> list[Operation]:
     """Operations that make (virtuals, addresses) into `desired`, in an order the kernel
     accepts and that never leaves a wanted frontend without its address or server."""
-    ops: list[Operation] = [AddAddress(ip=ip) for ip in sorted(desired.addresses - addresses)]
-    for key, want in sorted(desired.virtuals.items()):
+    return diff_some(desired.virtuals.get, desired.addresses.__contains__, virtuals, addresses,
+                     desired.virtuals.keys() | virtuals.keys(), desired.addresses | addresses, drain_expired)
+
+
+def diff_some(want: Callable[[VirtualKey], VirtualServer | None], want_address: Callable[[IPAddress], bool],
+              virtuals: Mapping[VirtualKey, ListedVirtual], addresses: Set[IPAddress],
+              keys: Iterable[VirtualKey], ips: Iterable[IPAddress],
+              drain_expired: Set[tuple[VirtualKey, RealKey]] = frozenset()) -> list[Operation]:
+    """`diff` looking only at the virtual servers `keys` and the addresses `ips`: what a
+    change touched, so its cost follows the change and not the size of the cluster."""
+    ips = sorted(ips)
+    ops: list[Operation] = [AddAddress(ip=ip) for ip in ips if ip not in addresses and want_address(ip)]
+    gone: list[Operation] = []
+    for key in sorted(keys):
+        wanted = want(key)
         have = virtuals.get(key)
-        if have is None:
-            ops.append(AddVirtual(key=key, scheduler=want.scheduler, persistence=want.persistence))
-            ops.extend(AddReal(virtual=key, real=r, weight=w) for r, w in sorted(want.reals.items()))
-            continue
-        if (have.scheduler, have.persistence) != want.settings():
-            ops.append(EditVirtual(key=key, scheduler=want.scheduler, persistence=want.persistence))
-        ops.extend(_reals(key, want, have, drain_expired))
-    ops.extend(DelVirtual(key=key) for key in sorted(virtuals) if key not in desired.virtuals)
-    ops.extend(DelAddress(ip=ip) for ip in sorted(addresses - desired.addresses))
+        if wanted is None:
+            if have is not None:
+                gone.append(DelVirtual(key=key))
+        elif have is None:
+            ops.append(AddVirtual(key=key, scheduler=wanted.scheduler, persistence=wanted.persistence))
+            ops.extend(AddReal(virtual=key, real=r, weight=w) for r, w in sorted(wanted.reals.items()))
+        else:
+            if (have.scheduler, have.persistence) != wanted.settings():
+                ops.append(EditVirtual(key=key, scheduler=wanted.scheduler, persistence=wanted.persistence))
+            ops.extend(_reals(key, wanted, have, drain_expired))
+    ops.extend(gone)
+    ops.extend(DelAddress(ip=ip) for ip in ips if ip in addresses and not want_address(ip))
     return ops
 
 
@@ -108,11 +124,16 @@ def _reals(key: VirtualKey, want: VirtualServer, have: ListedVirtual,
     return ops
 
 
-def draining(virtuals: Mapping[VirtualKey, ListedVirtual], desired: IpvsState) -> set[tuple[VirtualKey, RealKey]]:
-    """Real servers kept at weight 0 until their connections end."""
-    return {(key, real) for key, have in virtuals.items() if key in desired.virtuals
-            for real, stats in have.reals.items()
-            if real not in desired.virtuals[key].reals and stats.weight == 0}
+def draining(virtuals: Mapping[VirtualKey, ListedVirtual], want: Callable[[VirtualKey], VirtualServer | None],
+             keys: Iterable[VirtualKey]) -> set[tuple[VirtualKey, RealKey]]:
+    """Real servers of the virtual servers `keys` kept at weight 0 until their connections end."""
+    out: set[tuple[VirtualKey, RealKey]] = set()
+    for key in keys:
+        have, wanted = virtuals.get(key), want(key)
+        if have is not None and wanted is not None:
+            out.update((key, real) for real, stats in have.reals.items()
+                       if real not in wanted.reals and stats.weight == 0)
+    return out
 
 
 def apply_to(virtuals: dict[VirtualKey, ListedVirtual], addresses: set[IPAddress],

@@ -10,16 +10,18 @@ from typing import Any
 
 from kproxy.backends.ipvs.diff import AddAddress, AddReal, AddVirtual, DelAddress, DelReal, Operation, apply_to
 from kproxy.backends.ipvs.kernel import IpvsError
-from kproxy.backends.ipvs.objects import ListedVirtual, RealKey, RealStats, VirtualKey
+from kproxy.backends.ipvs.objects import ListedVirtual, RealKey, RealStats, VirtualKey, aux_table_of
+from kproxy.backends.nft.fake import FakeNft
 from kproxy.model import IPAddress
 
 
 class FakeIpvs:
-    def __init__(self, local: Iterable[IPAddress] = ()) -> None:
+    def __init__(self, local: Iterable[IPAddress] = (), family: int = 4) -> None:
         self.virtuals: dict[VirtualKey, ListedVirtual] = {}
         self.addrs: set[IPAddress] = set()
         self.local = tuple(local)
         self.aux_scripts: list[str] = []
+        self.aux = FakeNft(aux_table_of(family))  # the auxiliary table, as nft would hold it
         self.requests = 0  # netlink requests a real kernel would have received
         self.fail_on: type | None = None  # the next operation of this type is refused
 
@@ -71,14 +73,16 @@ class FakeIpvs:
         self.virtuals[key].reals[real] = RealStats(weight=stats.weight, active=active, inactive=inactive)
 
     def apply_aux(self, script: str) -> None:
+        self.aux.apply(script)
         self.aux_scripts.append(script)
 
     def aux_table(self) -> dict[str, Any] | None:
-        return None  # the fake does not parse nft; tests read aux_scripts
+        return None  # FakeNft lists no rule expressions; tests read self.aux
 
     def cleanup(self) -> bool:
         had = bool(self.virtuals or self.addrs or self.aux_scripts)
         self.virtuals.clear()
         self.addrs.clear()
         self.aux_scripts.clear()
+        self.aux.delete_table()
         return had

@@ -38,15 +38,22 @@ def render_state(plan: Plan, *, scheduler: str = DEFAULT_SCHEDULER,
         for key, server in render_service_port(sp, np_ips, scheduler):
             virtuals.setdefault(key, server)
         addresses.update(fe.ip for fe in sp.frontends if fe.ip is not None)
-    unspecified = ip_address("0.0.0.0" if plan.family == 4 else "::")
-    for mark, sp in short_circuits(plan, np_ips).values():
-        virtuals[VirtualKey(ip=unspecified, protocol=Protocol.TCP, port=0, fwmark=mark)] = VirtualServer(
-            scheduler=scheduler, persistence=sp.affinity_timeout or 0,
-            reals={RealKey(ip=t.ip, port=t.port): 1 for t in sp.short_circuit_targets})
+    virtuals.update(fwmark_virtuals(plan.service_ports, np_ips, plan.family, scheduler))
     return IpvsState(virtuals=virtuals, addresses=frozenset(addresses))
 
 
-def short_circuits(plan: Plan, np_ips: tuple[IPAddress, ...]) -> dict[VirtualKey, tuple[int, ServicePortPlan]]:
+def fwmark_virtuals(service_ports: Iterable[ServicePortPlan], np_ips: tuple[IPAddress, ...], family: int,
+                    scheduler: str) -> dict[VirtualKey, VirtualServer]:
+    """The firewall-mark virtual servers that take short-circuited traffic (below)."""
+    unspecified = ip_address("0.0.0.0" if family == 4 else "::")
+    return {VirtualKey(ip=unspecified, protocol=Protocol.TCP, port=0, fwmark=mark): VirtualServer(
+                scheduler=scheduler, persistence=sp.affinity_timeout or 0,
+                reals={RealKey(ip=t.ip, port=t.port): 1 for t in sp.short_circuit_targets})
+            for mark, sp in short_circuits(service_ports, np_ips).values()}
+
+
+def short_circuits(service_ports: Iterable[ServicePortPlan],
+                   np_ips: tuple[IPAddress, ...]) -> dict[VirtualKey, tuple[int, ServicePortPlan]]:
     """externalTrafficPolicy Local: traffic from pods and from the node to an external
     frontend goes to every endpoint, as in the other modes. IPVS has one set of real servers
     per (ip, proto, port), so the auxiliary table marks that traffic and a firewall-mark
@@ -54,7 +61,7 @@ def short_circuits(plan: Plan, np_ips: tuple[IPAddress, ...]) -> dict[VirtualKey
     Service port). Marks come from a hash of the frontend, so they stay put when other
     Services come and go."""
     found: dict[VirtualKey, ServicePortPlan] = {}
-    for sp in sorted(plan.service_ports, key=lambda s: s.name):
+    for sp in sorted(service_ports, key=lambda s: s.name):
         if not (sp.external_policy_local and sp.short_circuit_targets):
             continue
         for fe in sp.frontends:
