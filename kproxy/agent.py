@@ -50,6 +50,7 @@ class SyncReport:
     apply_ms: float
     total_ms: float
     families: tuple[FamilySync, ...] = ()
+    netlink_ms: float | None = None  # IPVS mode only (SyncResult.netlink_ms)
 
 
 SyncHook = Callable[[Plan, SyncReport], object]
@@ -205,14 +206,17 @@ class Agent:
                 apply_ms=round(sum(r.apply_ms for r in results), 2),
                 total_ms=round((done - started) * 1000, 2),
                 families=tuple(families),
+                netlink_ms=(round(sum(r.netlink_ms or 0 for r in results), 2)
+                            if any(r.netlink_ms is not None for r in results) else None),
             )
             self.last_sync = report
         for plan in plans:
             for callback in self.on_synced:
                 callback(plan, report)
+        extra = {} if report.netlink_ms is None else {"netlink_ms": report.netlink_ms}
         log.info("synced", service_ports=report.service_ports, endpoints=report.endpoints,
                  operations=report.operations, full=report.full, plan_ms=report.plan_ms,
-                 render_ms=report.render_ms, apply_ms=report.apply_ms, total_ms=report.total_ms)
+                 render_ms=report.render_ms, apply_ms=report.apply_ms, total_ms=report.total_ms, **extra)
         return report
 
 

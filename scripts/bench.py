@@ -438,7 +438,7 @@ def bench_size(
                 "samples": samples,
                 **{
                     key: spread([s[key] for s in samples])
-                    for key in ("apply_ms", "total_ms", "plan_ms", "e2e_ms")
+                    for key in ("apply_ms", "netlink_ms", "total_ms", "plan_ms", "e2e_ms")
                     if all(isinstance(s.get(key), (int, float)) for s in samples)
                 },
                 "operations": [s.get("operations") for s in samples],

@@ -23,6 +23,9 @@ class SyncResult:
     # kernel transactions committed: each moves the nftables ruleset generation by one,
     # which tells the agent whether anyone else changed the rules meanwhile
     transactions: int = 0
+    # IPVS mode: the part of apply_ms spent in IPVS and address netlink requests (the rest is
+    # its auxiliary nftables table)
+    netlink_ms: float | None = None
 
 
 class Backend(Protocol):

@@ -102,6 +102,7 @@ class IpvsBackend:
         # until the kernel took it all: a failure means reading it again
         self._virtuals = self._desired = self._skeleton = None
         sent = self._kernel.apply(ops)
+        netlinked = time.perf_counter()
         transactions = 0
         if aux:
             self._kernel.apply_aux(aux.text())
@@ -113,7 +114,8 @@ class IpvsBackend:
                              **{pair: self._drain_since.get(pair, now) for pair in still}}
         done = time.perf_counter()
         return SyncResult(full=full, operations=sent + aux.operations, transactions=transactions,
-                          render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
+                          render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000,
+                          netlink_ms=(netlinked - rendered) * 1000)
 
     def _aux_script(self, skeleton: Skeleton, delta: ElementDelta | None) -> NftTransaction:
         """The auxiliary table's changes, or the whole table after a failure, at the first
