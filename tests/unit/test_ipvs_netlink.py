@@ -520,3 +520,31 @@ def test_addresses_of_kube_ipvs0_and_the_nodes_other_addresses() -> None:
     assert kernel.local_addresses() == (ip_address("192.168.50.10"),)
     fake.link = False
     assert kernel.addresses() == set()  # a full read looks kube-ipvs0 up again
+
+
+def test_entries_of_one_size_but_another_layout_are_walked_not_taken_from_the_cache() -> None:
+    def entry(*attrs: bytes) -> bytes:
+        return nl._genl(FID, nl.IPVS_CMD_NEW_DEST, nl.NLM_F_MULTI, 1, nl._attr(nl.IPVS_CMD_ATTR_DEST, b"".join(attrs)))
+
+    addr = nl._attr(nl.IPVS_DEST_ATTR_ADDR, REAL4.ip.packed.ljust(16, b"\0"))
+    port = nl._attr(nl.IPVS_DEST_ATTR_PORT, struct.pack("!H", REAL4.port))
+    weight = nl._attr(nl.IPVS_DEST_ATTR_WEIGHT, struct.pack("=I", 5))
+    active = nl._attr(nl.IPVS_DEST_ATTR_ACTIVE_CONNS, struct.pack("=I", 7))
+    first = entry(addr, port, weight, active)
+    second = entry(addr, port, active, weight)  # the same size, weight and connections swapped
+    third = entry(addr, nl._attr(nl.IPVS_DEST_ATTR_PORT, struct.pack("!H", 99)), weight, active)
+    assert nl.dest(one(first), 4) == (REAL4, RealStats(weight=5, active=7))
+    assert nl.dest(one(second), 4) == (REAL4, RealStats(weight=5, active=7))
+    assert nl.dest(one(first), 4) == (REAL4, RealStats(weight=5, active=7))
+    assert nl.dest(one(third), 4) == (RealKey(ip=REAL4.ip, port=99), RealStats(weight=5, active=7))
+
+
+def test_acks_are_read_straight_from_the_receive_buffer() -> None:
+    requests = [nl.ipvs_request(DelVirtual(key=TCP4), FID, seq) for seq in (4, 5, 6)]
+    replies = (nl._message(nl.NLMSG_ERROR, 0x100, 4, struct.pack("=i", 0) + requests[0][:16])
+               + nl._message(nl.NLMSG_ERROR, 0, 5, struct.pack("=i", -errno.ESRCH) + requests[1])
+               + nl._message(nl.NLMSG_ERROR, 0, 6, struct.pack("=i", -errno.ENOENT)))
+    buffer = bytearray(replies) + bytearray(64)  # the rest of the buffer is stale bytes
+    assert nl.acks(buffer, len(replies)) == [(0, 4), (errno.ESRCH, 5), (errno.ENOENT, 6)]
+    with pytest.raises(ValueError, match="truncated"):
+        nl.acks(buffer, len(replies) - 4)

@@ -11,6 +11,7 @@ import socket
 import typing
 from collections.abc import Callable, Iterable
 from functools import partial
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 8 << 20  # room for a batch's acks
 RECEIVE_SIZE = 64 << 10  # a dump's datagrams are at most 32 KiB
 BATCH_BYTES = 64 << 10  # requests per sendmsg (the socket's send buffer is ~200 KiB)
-BATCH_LIMIT = 4096  # operations looked at for one batch
 REPLY_TIMEOUT = 30.0  # seconds; replies are queued before sendmsg returns, so only a lost one waits
 STALE_REPLIES = 64  # replies of an interrupted earlier call a read may skip
 MAX_DUMP_PARTS = 1 << 20
@@ -136,15 +136,17 @@ class NetlinkSocket:
         self._seq = self._seq % 0xFFFFFFFF + 1
         return self._seq
 
-    def _receive(self) -> bytes:
+    def _receive_into(self) -> int:
+        """One datagram into the receive buffer; its size."""
         for _ in range(2):
             try:
-                size = self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+                return self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 select.select([self.sock], [], [], REPLY_TIMEOUT)
-                continue
-            return bytes(memoryview(self._buffer)[:size])
         raise TimeoutError(errno.ETIMEDOUT, "no netlink reply")
+
+    def _receive(self) -> bytes:
+        return bytes(memoryview(self._buffer)[:self._receive_into()])
 
     def batch(self, requests: bytes, seqs: list[int]) -> dict[int, int]:
         """Send requests, each with NLM_F_ACK and one of `seqs` (in order), in one datagram;
@@ -154,10 +156,7 @@ class NetlinkSocket:
         mine, last = set(seqs), seqs[-1]
         # bounded: one datagram per ack, and a few stale replies of an interrupted call
         for _ in range(len(seqs) + STALE_REPLIES):
-            for msg in netlink.messages(self._receive()):
-                if msg.kind != netlink.NLMSG_ERROR:
-                    continue
-                code, seq = netlink.error_code(msg)
+            for code, seq in netlink.acks(self._buffer, self._receive_into()):
                 if code and seq in mine:
                     refused[seq] = code
                 if seq == last:
@@ -295,43 +294,45 @@ class NetlinkIpvs:
     # --- writing ----------------------------------------------------------------------------
 
     def apply(self, ops: Iterable[Operation]) -> int:
-        """The operations in order, many to a sendmsg (a run of IPVS or of address operations
-        at most BATCH_BYTES long); how many were sent. The first refused one raises IpvsError
-        and no later batch is sent (the kernel went on with the rest of its own batch)."""
+        """The operations in order, many to a sendmsg (batches of IPVS or of address operations,
+        each at most BATCH_BYTES long and with room for its acks); how many were sent. The first
+        refused one raises IpvsError and no later batch is sent (the kernel went on with the
+        rest of that batch: IPVS has no transactions, and the backend reads the kernel back)."""
         todo = list(ops)
         done = 0
-        for _ in range(len(todo)):  # bounded: every round takes at least one operation
-            if done >= len(todo):
-                break
-            addresses = netlink.is_address_op(todo[done])
-            run = todo[done:done + BATCH_LIMIT]
-            run = run[:next((i for i, op in enumerate(run) if netlink.is_address_op(op) != addresses), len(run))]
-            try:
-                done += self._send_addresses(run) if addresses else self._send_ipvs(run)
-            except OSError as err:
-                if addresses:
-                    self._ifindex = None
-                raise IpvsError(f"{_describe(todo[done])}: {err.strerror or err}") from None
+        for addresses, run in groupby(netlink.is_address_op(op) for op in todo):
+            end = done + sum(1 for _ in run)
+            for _ in range(end - done):  # bounded: every batch sends at least one operation
+                if done >= end:
+                    break
+                try:
+                    done += self._send_addresses(todo, done, end) if addresses else self._send_ipvs(todo, done, end)
+                except OSError as err:
+                    if addresses:
+                        self._ifindex = None
+                    raise IpvsError(f"{_describe(todo[done])}: {err.strerror or err}") from None
         return done
 
-    def _send_ipvs(self, ops: list[Operation]) -> int:
+    def _send_ipvs(self, ops: list[Operation], start: int, end: int) -> int:
         family_id = self._ipvs_id()
-        return self._send(self._genl, ops, lambda op, seq: netlink.ipvs_request(op, family_id, seq))
+        return self._send(self._genl, ops, start, end, lambda op, seq: netlink.ipvs_request(op, family_id, seq))
 
-    def _send_addresses(self, ops: list[Operation]) -> int:
-        index = self._link_index(create=any(isinstance(op, AddAddress) for op in ops))
+    def _send_addresses(self, ops: list[Operation], start: int, end: int) -> int:
+        end = min(end, start + self._rtnl.max_batch)
+        index = self._link_index(create=any(isinstance(op, AddAddress) for op in ops[start:end]))
         if index is None:  # deleting addresses of a link that is gone
-            return len(ops)
-        return self._send(self._rtnl, ops, lambda op, seq: netlink.address_request(op, index, seq))
+            return end - start
+        return self._send(self._rtnl, ops, start, end, lambda op, seq: netlink.address_request(op, index, seq))
 
-    def _send(self, sock: NetlinkSocket, ops: list[Operation], encode: Callable[[Operation, int], bytes]) -> int:
-        """As many of `ops` as fit one batch; how many. A refused one raises IpvsError."""
+    def _send(self, sock: NetlinkSocket, ops: list[Operation], start: int, end: int,
+              encode: Callable[[Operation, int], bytes]) -> int:
+        """As many of ops[start:end] as fit one batch; how many. A refused one raises IpvsError."""
         parts: list[bytes] = []
         seqs: list[int] = []
         size = 0
-        for op in ops[:sock.max_batch]:
+        for i in range(start, min(end, start + sock.max_batch)):
             seq = sock.next_seq()
-            part = encode(op, seq)
+            part = encode(ops[i], seq)
             if parts and size + len(part) > BATCH_BYTES:
                 break
             parts.append(part)
@@ -342,7 +343,7 @@ class NetlinkIpvs:
             index, code = min((seqs.index(seq), code) for seq, code in refused.items())
             if sock is self._rtnl:
                 self._ifindex = None
-            raise IpvsError(f"{_describe(ops[index])}: {os.strerror(code)}")
+            raise IpvsError(f"{_describe(ops[start + index])}: {os.strerror(code)}")
         return len(parts)
 
     def apply_aux(self, script: str) -> None:
