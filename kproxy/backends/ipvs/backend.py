@@ -1,6 +1,6 @@
 """IpvsBackend: renders a Plan as IPVS objects, diffs them against what the kernel holds, and
-sends one netlink request per difference; the auxiliary nftables table is replaced in one
-batch when it changed.
+sends one netlink request per difference (many to a sendmsg); the auxiliary nftables table
+is replaced in one batch when it changed.
 
 What was applied is kept in memory, so a sync after the first reads back only the virtual
 servers whose real servers are draining. The first sync, the one after a failure and a
