@@ -7,6 +7,7 @@ over a fake kernel end of the sockets (no root, no kernel)."""
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pyroute2.netlink.generic.ipvs import ipvsmsg
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
+from kproxy.backends.ipvs import kernel as kernel_module
 from kproxy.backends.ipvs import netlink as nl
 from kproxy.backends.ipvs.diff import (
     AddAddress,
@@ -300,6 +302,15 @@ def ack(request: nl.Message, code: int = 0) -> bytes:
     return nl._message(nl.NLMSG_ERROR, 0x100, request.seq, struct.pack("=i", -code) + header)
 
 
+NEVER_READABLE = os.pipe()[0]  # what select() waits on when a read finds nothing queued
+
+
+@pytest.fixture(autouse=True)
+def _short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a read with nothing queued is a missing reply: fail in a moment, not after 30 s
+    monkeypatch.setattr(kernel_module, "REPLY_TIMEOUT", 0.01)
+
+
 class FakeKernelEnd:
     """The kernel's end of one netlink socket: each sendmsg's messages handled in order, each
     reply a datagram of its own (as the kernel queues them), read back with MSG_DONTWAIT."""
@@ -322,6 +333,9 @@ class FakeKernelEnd:
     def close(self) -> None:
         pass
 
+    def fileno(self) -> int:
+        return NEVER_READABLE
+
     def send(self, data: bytes) -> int:
         msgs = list(nl.messages(bytes(data)))
         self.datagrams.append(msgs)
@@ -331,7 +345,7 @@ class FakeKernelEnd:
 
     def recv_into(self, buffer: bytearray, size: int, flags: int) -> int:
         if not self.queue:
-            raise AssertionError("read with no reply queued: the fake's kernel answered everything already")
+            raise BlockingIOError(errno.EAGAIN, "nothing queued")  # (MSG_DONTWAIT)
         data = self.queue.popleft()
         buffer[:len(data)] = data
         return len(data)
@@ -350,6 +364,7 @@ class FakeIpvsKernel:
         self.services: list[tuple[bytes, list[bytes]]] = []
         self.addresses: list[bytes] = []
         self.refuse: Callable[[nl.Message], int] = lambda msg: 0
+        self.lose: Callable[[nl.Message], bool] = lambda msg: False  # an ack that never comes
         self.genl = FakeKernelEnd(self._genl, rcvbuf)
         self.rtnl = FakeKernelEnd(self._rtnl, rcvbuf)
 
@@ -373,7 +388,7 @@ class FakeIpvsKernel:
         if command == nl.IPVS_CMD_GET_DEST:
             key = msg.data[msg.start + 4:msg.end]
             return self.done(msg, next((d for s, d in self.services if key_of(s) == key), []))
-        return [ack(msg, self.refuse(msg))]
+        return [] if self.lose(msg) else [ack(msg, self.refuse(msg))]
 
     def _rtnl(self, msg: nl.Message) -> list[bytes]:
         if msg.kind == nl.RTM_GETLINK:
@@ -548,3 +563,21 @@ def test_acks_are_read_straight_from_the_receive_buffer() -> None:
     assert nl.acks(buffer, len(replies)) == [(0, 4), (errno.ESRCH, 5), (errno.ENOENT, 6)]
     with pytest.raises(ValueError, match="truncated"):
         nl.acks(buffer, len(replies) - 4)
+
+
+def test_a_missing_ack_fails_the_apply_and_the_next_one_reads_only_its_own() -> None:
+    fake = FakeIpvsKernel(rcvbuf=16 * 2048)
+    kernel = fake.netlink_ipvs()
+    ops = sync_ops(10)
+    first, last = ops[10], ops[25]  # the first IPVS batch: 16 requests
+    for lost, why in ((first, "1 netlink acks missing"), (last, "no netlink reply")):
+        fake.lose = lambda msg, lost=lost: msg.data[msg.start - 16:msg.end][20:] == nl.ipvs_request(lost, FID, 0)[20:]
+        with pytest.raises(IpvsError, match=rf"^AddVirtual TCP 10\.96\.0\.1:80 rr 0: {why}$"):
+            kernel.apply(ops[10:])
+        assert not fake.genl.queue  # what the failed batch left unread is gone
+    fake.lose = lambda msg: False
+    fake.refuse = lambda msg: errno.EEXIST if msg.data[msg.start] == nl.IPVS_CMD_NEW_SERVICE else 0
+    with pytest.raises(IpvsError, match=r"^AddVirtual TCP 10\.96\.0\.1:80 rr 0: File exists$"):
+        kernel.apply(ops[10:])
+    fake.refuse = lambda msg: 0
+    assert kernel.apply(ops) == len(ops)

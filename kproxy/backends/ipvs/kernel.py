@@ -36,7 +36,7 @@ RECEIVE_BUFFER = 8 << 20  # room for a batch's acks
 RECEIVE_SIZE = 64 << 10  # a dump's datagrams are at most 32 KiB
 BATCH_BYTES = 64 << 10  # requests per sendmsg (the socket's send buffer is ~200 KiB)
 REPLY_TIMEOUT = 30.0  # seconds; replies are queued before sendmsg returns, so only a lost one waits
-STALE_REPLIES = 64  # replies of an interrupted earlier call a read may skip
+STALE_REPLIES = 64  # replies of another request a read may skip (a failed call drains its own)
 MAX_DUMP_PARTS = 1 << 20
 
 # Upstream's IPVS-mode sysctls (per network namespace): conntrack for IPVS connections, so
@@ -138,47 +138,75 @@ class NetlinkSocket:
 
     def _receive_into(self) -> int:
         """One datagram into the receive buffer; its size."""
-        for _ in range(2):
-            try:
-                return self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                select.select([self.sock], [], [], REPLY_TIMEOUT)
-        raise TimeoutError(errno.ETIMEDOUT, "no netlink reply")
+        try:
+            return self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        # a wait only if a kernel ever queued a reply late (none does: see the class)
+        select.select([self.sock], [], [], REPLY_TIMEOUT)
+        try:
+            return self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            raise TimeoutError(errno.ETIMEDOUT, "no netlink reply") from None
 
     def _receive(self) -> bytes:
         return bytes(memoryview(self._buffer)[:self._receive_into()])
+
+    def _drain(self) -> None:
+        """Drop the replies a failed call left unread (ENOBUFS: some were lost), so that the
+        next call reads only its own."""
+        for _ in range(MAX_DUMP_PARTS):
+            try:
+                self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue
 
     def batch(self, requests: bytes, seqs: list[int]) -> dict[int, int]:
         """Send requests, each with NLM_F_ACK and one of `seqs` (in order), in one datagram;
         errno by sequence number of the refused ones."""
         self.sock.send(requests)
         refused: dict[int, int] = {}
-        mine, last = set(seqs), seqs[-1]
-        # bounded: one datagram per ack, and a few stale replies of an interrupted call
-        for _ in range(len(seqs) + STALE_REPLIES):
-            for code, seq in netlink.acks(self._buffer, self._receive_into()):
-                if code and seq in mine:
-                    refused[seq] = code
-                if seq == last:
-                    return refused
-        raise TimeoutError(errno.ETIMEDOUT, "netlink acks missing")
+        mine, last, acked = set(seqs), seqs[-1], 0
+        try:
+            # bounded: one datagram per ack, and a few stale replies
+            for _ in range(len(seqs) + STALE_REPLIES):
+                for code, seq in netlink.acks(self._buffer, self._receive_into()):
+                    if seq not in mine:
+                        continue
+                    acked += 1
+                    if code:
+                        refused[seq] = code
+                    if seq == last:
+                        if acked != len(seqs):  # the kernel acks every request, in order
+                            raise OSError(errno.EPROTO, f"{len(seqs) - acked} netlink acks missing")
+                        return refused
+            raise TimeoutError(errno.ETIMEDOUT, "netlink acks missing")
+        except BaseException:
+            self._drain()
+            raise
 
     def request(self, build: Callable[[int], bytes]) -> list[netlink.Message]:
         """One request with NLM_F_ACK (built for a sequence number): its replies before the ack."""
         seq = self.next_seq()
         self.sock.send(build(seq))
         out: list[netlink.Message] = []
-        for _ in range(STALE_REPLIES):
-            for msg in netlink.messages(self._receive()):
-                if msg.seq != seq:
-                    continue
-                if msg.kind == netlink.NLMSG_ERROR:
-                    code = netlink.error_code(msg)[0]
-                    if code:
-                        raise OSError(code, os.strerror(code))
-                    return out
-                out.append(msg)
-        raise TimeoutError(errno.ETIMEDOUT, "no netlink ack")
+        try:
+            for _ in range(STALE_REPLIES):
+                for msg in netlink.messages(self._receive()):
+                    if msg.seq != seq:
+                        continue
+                    if msg.kind == netlink.NLMSG_ERROR:
+                        code = netlink.error_code(msg)[0]
+                        if code:
+                            raise OSError(code, os.strerror(code))
+                        return out
+                    out.append(msg)
+            raise TimeoutError(errno.ETIMEDOUT, "no netlink ack")
+        except BaseException:
+            self._drain()
+            raise
 
     def dump(self, build: Callable[[int], bytes]) -> list[netlink.Message]:
         """A dump request (built for a sequence number): every entry until NLMSG_DONE. One at a
@@ -186,18 +214,22 @@ class NetlinkSocket:
         seq = self.next_seq()
         self.sock.send(build(seq))
         out: list[netlink.Message] = []
-        for _ in range(MAX_DUMP_PARTS):
-            for msg in netlink.messages(self._receive()):
-                if msg.seq != seq:
-                    continue
-                if msg.kind in (netlink.NLMSG_DONE, netlink.NLMSG_ERROR):
-                    code = (netlink.done_code(msg) if msg.kind == netlink.NLMSG_DONE
-                            else netlink.error_code(msg)[0])
-                    if code:
-                        raise OSError(code, os.strerror(code))
-                    return out
-                out.append(msg)
-        raise TimeoutError(errno.ETIMEDOUT, "netlink dump did not end")
+        try:
+            for _ in range(MAX_DUMP_PARTS):
+                for msg in netlink.messages(self._receive()):
+                    if msg.seq != seq:
+                        continue
+                    if msg.kind in (netlink.NLMSG_DONE, netlink.NLMSG_ERROR):
+                        code = (netlink.done_code(msg) if msg.kind == netlink.NLMSG_DONE
+                                else netlink.error_code(msg)[0])
+                        if code:
+                            raise OSError(code, os.strerror(code))
+                        return out
+                    out.append(msg)
+            raise TimeoutError(errno.ETIMEDOUT, "netlink dump did not end")
+        except BaseException:
+            self._drain()
+            raise
 
 
 class NetlinkIpvs:
@@ -247,16 +279,22 @@ class NetlinkIpvs:
 
     def list_virtuals(self) -> dict[VirtualKey, ListedVirtual]:
         family_id = self._ipvs_id()
-        services = [s for msg in self._genl.dump(partial(netlink.dump_services_request, family_id))
-                    if (s := netlink.service(msg, self.family)) is not None]
+        try:
+            services = [s for msg in self._genl.dump(partial(netlink.dump_services_request, family_id))
+                        if (s := netlink.service(msg, self.family)) is not None]
+        except OSError as err:
+            raise IpvsError(f"listing virtual servers: {err.strerror or err}") from None
         return {s.key: ListedVirtual(scheduler=s.scheduler, persistence=s.persistence, reals=self.list_reals(s.key))
                 for s in services}
 
     def list_reals(self, key: VirtualKey) -> dict[RealKey, RealStats]:
         family_id = self._ipvs_id()
         # a missing virtual server dumps nothing
-        return dict(entry for msg in self._genl.dump(partial(netlink.dump_dests_request, key, family_id))
-                    if (entry := netlink.dest(msg, self.family)) is not None)
+        try:
+            return dict(entry for msg in self._genl.dump(partial(netlink.dump_dests_request, key, family_id))
+                        if (entry := netlink.dest(msg, self.family)) is not None)
+        except OSError as err:
+            raise IpvsError(f"listing the real servers of {key}: {err.strerror or err}") from None
 
     def _link_index(self, create: bool = False) -> int | None:
         if self._ifindex is not None:
@@ -449,7 +487,11 @@ def read_ipvs() -> dict[VirtualKey, ListedVirtual]:
         return {}
     found: dict[VirtualKey, ListedVirtual] = {}
     for family in FAMILY_NUMBERS:
-        found.update(NetlinkIpvs(family).list_virtuals())
+        kernel = NetlinkIpvs(family)
+        try:
+            found.update(kernel.list_virtuals())
+        finally:
+            kernel.close()
     return found
 
 
