@@ -108,9 +108,12 @@ GROUPS: dict[str, Group] = {
         "tests/netns/test_netns_stats.py::test_top_plain_lines_and_full_screen[ipvs]",
         *in_modes("tests/netns/test_netns_takeover.py", "test_takeover_from_kube_proxy_drops_no_connection",
                   modes=("ipvs-iptables-nft", "ipvs-iptables-legacy", "ipvs-nftables")),
-    ), budget=900, modules=IPVS_MODULES,
+        *(f"tests/netns/test_netns_ipvs_netlink.py::{t}" for t in (
+            "test_thousands_of_servers_in_one_apply_read_back_changed_refused_and_deleted",
+            "test_ipv6_and_firewall_mark_servers_and_their_settings")),
+    ), budget=1000, modules=IPVS_MODULES,
         doc="IPVS: every local-traffic detector with real packets, dump --stats and top, takeover from "
-            "upstream's rules"),
+            "upstream's rules, batched netlink requests (14,000 in one apply), IPv6 and firewall-mark servers"),
     "ranges": Group(in_modes(POL, "test_load_balancer_source_ranges", modes=NFT_IPT), budget=240,
                     modules=LAB_MODULES, doc="loadBalancerSourceRanges, nftables and iptables"),
     "dualstack": Group((

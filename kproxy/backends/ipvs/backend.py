@@ -1,6 +1,6 @@
 """IpvsBackend: renders a Plan as IPVS objects, diffs them against what the kernel holds, and
-sends one netlink request per difference; the auxiliary nftables table gets the element
-changes, or is replaced whole when its chains changed.
+sends one netlink request per difference (many to a sendmsg); the auxiliary nftables table
+gets the element changes, or is replaced whole when its chains changed.
 
 What was applied is kept in memory, so a sync after the first renders only the Service ports
 the planner says changed, diffs only the virtual servers and addresses they touched, and

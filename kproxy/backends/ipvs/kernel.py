@@ -4,46 +4,40 @@ nftables table (libnftables, through the nft backend's kernel)."""
 
 from __future__ import annotations
 
+import errno
+import os
+import select
 import socket
 import typing
-from collections.abc import Iterable
-from ipaddress import ip_address
+from collections.abc import Callable, Iterable
+from functools import partial
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import structlog
-from pyroute2 import IPVS, IPRoute, IPVSDest, IPVSService
+from pyroute2 import IPVS, IPRoute
 
-from kproxy.backends.ipvs.diff import (
-    AddAddress,
-    AddReal,
-    AddVirtual,
-    DelAddress,
-    DelReal,
-    DelVirtual,
-    EditVirtual,
-    Operation,
-    SetWeight,
-)
-from kproxy.backends.ipvs.objects import (
-    DUMMY_LINK,
-    FWD_MASQ,
-    PERSISTENT,
-    ListedVirtual,
-    RealKey,
-    RealStats,
-    VirtualKey,
-    aux_table_of,
-)
+from kproxy.backends.ipvs import netlink
+from kproxy.backends.ipvs.diff import AddAddress, DelAddress, DelVirtual, Operation
+from kproxy.backends.ipvs.objects import DUMMY_LINK, ListedVirtual, RealKey, RealStats, VirtualKey, aux_table_of
 from kproxy.backends.nft.kernel import LibNftKernel
-from kproxy.model import IPAddress, Protocol
+from kproxy.model import IPAddress
 
 log = structlog.get_logger(__name__)
 
-PROTOCOL_NUMBERS = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP,
-                    Protocol.SCTP: socket.IPPROTO_SCTP}
-PROTOCOLS_BY_NUMBER = {n: p for p, n in PROTOCOL_NUMBERS.items()}
 FAMILY_NUMBERS = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+NETLINK_GENERIC = 16  # linux/netlink.h (not in Python's socket module)
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+SO_RCVBUFFORCE = 33
+RECEIVE_BUFFER = 8 << 20  # room for a batch's acks
+RECEIVE_SIZE = 64 << 10  # a dump's datagrams are at most 32 KiB
+BATCH_BYTES = 64 << 10  # requests per sendmsg (the socket's send buffer is ~200 KiB)
+REPLY_TIMEOUT = 30.0  # seconds; replies are queued before sendmsg returns, so only a lost one waits
+STALE_REPLIES = 64  # replies of another request a read may skip (a failed call drains its own)
+MAX_DUMP_PARTS = 1 << 20
 
 # Upstream's IPVS-mode sysctls (per network namespace): conntrack for IPVS connections, so
 # the masquerade rules see them; new connections never reuse a draining server's entry;
@@ -115,128 +109,280 @@ def write_sysctls(values: dict[str, int]) -> dict[str, str]:
     return failed
 
 
-class NetlinkIpvs:
-    """IpvsKernel over pyroute2, for one IP family of the current network namespace."""
+class NetlinkSocket:
+    """One netlink socket, open for its owner's life: batches of requests read back by their
+    acks, single requests, and dumps. The kernel handles what a sendmsg carries before the call
+    returns, so every reply is already queued when it is read (a wait means a lost reply)."""
 
-    def __init__(self, family: int = 4) -> None:
+    def __init__(self, protocol: int, sock: socket.socket | None = None) -> None:
+        self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        try:
+            # a batch's acks wait here all at once: SO_RCVBUFFORCE (root) goes past rmem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        # a refused request's error reply without a copy of the request
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self.sock.bind((0, 0))
+        # the kernel doubles what was set; an ack takes up to ~1 KiB of it (skb overhead)
+        self.max_batch = max(16, self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2048)
+        self._seq = 0
+        self._buffer = bytearray(RECEIVE_SIZE)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def next_seq(self) -> int:
+        self._seq = self._seq % 0xFFFFFFFF + 1
+        return self._seq
+
+    def _receive_into(self) -> int:
+        """One datagram into the receive buffer; its size."""
+        try:
+            return self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        # a wait only if a kernel ever queued a reply late (none does: see the class)
+        select.select([self.sock], [], [], REPLY_TIMEOUT)
+        try:
+            return self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            raise TimeoutError(errno.ETIMEDOUT, "no netlink reply") from None
+
+    def _receive(self) -> bytes:
+        return bytes(memoryview(self._buffer)[:self._receive_into()])
+
+    def _drain(self) -> None:
+        """Drop the replies a failed call left unread (ENOBUFS: some were lost), so that the
+        next call reads only its own."""
+        for _ in range(MAX_DUMP_PARTS):
+            try:
+                self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue
+
+    def batch(self, requests: bytes, seqs: list[int]) -> dict[int, int]:
+        """Send requests, each with NLM_F_ACK and one of `seqs` (in order), in one datagram;
+        errno by sequence number of the refused ones."""
+        self.sock.send(requests)
+        refused: dict[int, int] = {}
+        mine, last, acked = set(seqs), seqs[-1], 0
+        try:
+            # bounded: one datagram per ack, and a few stale replies
+            for _ in range(len(seqs) + STALE_REPLIES):
+                for code, seq in netlink.acks(self._buffer, self._receive_into()):
+                    if seq not in mine:
+                        continue
+                    acked += 1
+                    if code:
+                        refused[seq] = code
+                    if seq == last:
+                        if acked != len(seqs):  # the kernel acks every request, in order
+                            raise OSError(errno.EPROTO, f"{len(seqs) - acked} netlink acks missing")
+                        return refused
+            raise TimeoutError(errno.ETIMEDOUT, "netlink acks missing")
+        except BaseException:
+            self._drain()
+            raise
+
+    def request(self, build: Callable[[int], bytes]) -> list[netlink.Message]:
+        """One request with NLM_F_ACK (built for a sequence number): its replies before the ack."""
+        seq = self.next_seq()
+        self.sock.send(build(seq))
+        out: list[netlink.Message] = []
+        try:
+            for _ in range(STALE_REPLIES):
+                for msg in netlink.messages(self._receive()):
+                    if msg.seq != seq:
+                        continue
+                    if msg.kind == netlink.NLMSG_ERROR:
+                        code = netlink.error_code(msg)[0]
+                        if code:
+                            raise OSError(code, os.strerror(code))
+                        return out
+                    out.append(msg)
+            raise TimeoutError(errno.ETIMEDOUT, "no netlink ack")
+        except BaseException:
+            self._drain()
+            raise
+
+    def dump(self, build: Callable[[int], bytes]) -> list[netlink.Message]:
+        """A dump request (built for a sequence number): every entry until NLMSG_DONE. One at a
+        time: the kernel runs one dump per socket."""
+        seq = self.next_seq()
+        self.sock.send(build(seq))
+        out: list[netlink.Message] = []
+        try:
+            for _ in range(MAX_DUMP_PARTS):
+                for msg in netlink.messages(self._receive()):
+                    if msg.seq != seq:
+                        continue
+                    if msg.kind in (netlink.NLMSG_DONE, netlink.NLMSG_ERROR):
+                        code = (netlink.done_code(msg) if msg.kind == netlink.NLMSG_DONE
+                                else netlink.error_code(msg)[0])
+                        if code:
+                            raise OSError(code, os.strerror(code))
+                        return out
+                    out.append(msg)
+            raise TimeoutError(errno.ETIMEDOUT, "netlink dump did not end")
+        except BaseException:
+            self._drain()
+            raise
+
+
+class NetlinkIpvs:
+    """IpvsKernel over netlink, for one IP family of the current network namespace: requests
+    encoded by netlink.py, many to a sendmsg, on two sockets kept open (IPVS's generic netlink
+    and rtnetlink); pyroute2 only creates and deletes kube-ipvs0."""
+
+    def __init__(self, family: int = 4, *, genl: NetlinkSocket | None = None,
+                 rtnl: NetlinkSocket | None = None) -> None:
         self.family = family
-        self._af = FAMILY_NUMBERS[family]
-        self._ipvs = IPVS()
-        self._ipr = IPRoute()
-        self._aux = LibNftKernel(aux_table_of(family))
+        self._genl = genl or NetlinkSocket(NETLINK_GENERIC)
+        self._rtnl = rtnl or NetlinkSocket(socket.NETLINK_ROUTE)
+        self._ipr_socket: IPRoute | None = None
+        self._aux_kernel: LibNftKernel | None = None
+        self._family_id: int | None = None  # IPVS's generic netlink id, asked once
+        self._ifindex: int | None = None  # kube-ipvs0's, cached; forgotten when a request fails
+
+    def close(self) -> None:
+        self._genl.close()
+        self._rtnl.close()
+        if self._ipr_socket is not None:
+            self._ipr_socket.close()
+
+    @property
+    def _aux(self) -> LibNftKernel:
+        if self._aux_kernel is None:
+            self._aux_kernel = LibNftKernel(aux_table_of(self.family))
+        return self._aux_kernel
+
+    @property
+    def _ipr(self) -> IPRoute:
+        """pyroute2, for creating and deleting kube-ipvs0 (rare: opened when first needed)."""
+        if self._ipr_socket is None:
+            self._ipr_socket = IPRoute()
+        return self._ipr_socket
+
+    def _ipvs_id(self) -> int:
+        if self._family_id is None:
+            try:
+                (reply,) = self._genl.request(partial(netlink.get_family_request, netlink.IPVS_GENL_NAME))
+            except OSError as err:
+                raise IpvsError(f"the kernel has no IPVS ({err.strerror or err})") from None
+            self._family_id = netlink.family_id(reply)
+        return self._family_id
 
     # --- reading ----------------------------------------------------------------------------
 
     def list_virtuals(self) -> dict[VirtualKey, ListedVirtual]:
-        out = {}
-        for msg in self._ipvs.service("dump"):
-            svc = IPVSService.from_message(msg)
-            key = self._virtual_key(svc)
-            if key is None:
-                continue
-            flags = svc.get("flags") or {}
-            persistent = bool(flags.get("flags", 0) & PERSISTENT) if isinstance(flags, dict) else False
-            out[key] = ListedVirtual(scheduler=str(svc.get("sched_name")),
-                                     persistence=int(svc.get("timeout") or 0) if persistent else 0,
-                                     reals=self.list_reals(key))
-        return out
+        family_id = self._ipvs_id()
+        try:
+            services = [s for msg in self._genl.dump(partial(netlink.dump_services_request, family_id))
+                        if (s := netlink.service(msg, self.family)) is not None]
+        except OSError as err:
+            raise IpvsError(f"listing virtual servers: {err.strerror or err}") from None
+        return {s.key: ListedVirtual(scheduler=s.scheduler, persistence=s.persistence, reals=self.list_reals(s.key))
+                for s in services}
 
     def list_reals(self, key: VirtualKey) -> dict[RealKey, RealStats]:
-        out = {}
-        for msg in self._ipvs.dest("dump", service=self._service(key)):
-            attrs = dict(msg.get("IPVS_CMD_ATTR_DEST")["attrs"])
-            real = RealKey(ip=ip_address(attrs["IPVS_DEST_ATTR_ADDR"]), port=int(attrs["IPVS_DEST_ATTR_PORT"]))
-            out[real] = RealStats(weight=int(attrs.get("IPVS_DEST_ATTR_WEIGHT", 0)),
-                                  active=int(attrs.get("IPVS_DEST_ATTR_ACTIVE_CONNS", 0)),
-                                  inactive=int(attrs.get("IPVS_DEST_ATTR_INACT_CONNS", 0)),
-                                  forward=int(attrs.get("IPVS_DEST_ATTR_FWD_METHOD", 0)) & 0x7)
-        return out
-
-    def _virtual_key(self, svc: Any) -> VirtualKey | None:
-        if svc.get("af") != self._af:
-            return None
-        if svc.get("fwmark"):
-            unspecified = ip_address("0.0.0.0" if self.family == 4 else "::")
-            return VirtualKey(ip=unspecified, protocol=Protocol.TCP, port=0, fwmark=int(svc["fwmark"]))
-        if "addr" not in svc:
-            return None
-        proto = PROTOCOLS_BY_NUMBER.get(int(svc.get("protocol") or 0))
-        if proto is None:
-            return None
-        return VirtualKey(ip=ip_address(svc["addr"]), protocol=proto, port=int(svc["port"]))
+        family_id = self._ipvs_id()
+        # a missing virtual server dumps nothing
+        try:
+            return dict(entry for msg in self._genl.dump(partial(netlink.dump_dests_request, key, family_id))
+                        if (entry := netlink.dest(msg, self.family)) is not None)
+        except OSError as err:
+            raise IpvsError(f"listing the real servers of {key}: {err.strerror or err}") from None
 
     def _link_index(self, create: bool = False) -> int | None:
-        found = self._ipr.link_lookup(ifname=DUMMY_LINK)
-        if found:
-            return int(found[0])
-        if not create:
-            return None
-        # Left down, as upstream: its addresses are local (IPVS takes their packets) but the
-        # node neither answers ARP for them through it nor routes out of it.
-        self._ipr.link("add", ifname=DUMMY_LINK, kind="dummy")
-        return int(self._ipr.link_lookup(ifname=DUMMY_LINK)[0])
+        if self._ifindex is not None:
+            return self._ifindex
+        try:
+            (reply,) = self._rtnl.request(partial(netlink.link_request, DUMMY_LINK))
+            self._ifindex = netlink.link_index(reply)
+        except OSError as err:
+            if err.errno != errno.ENODEV:
+                raise
+            if not create:
+                return None
+            # Left down, as upstream: its addresses are local (IPVS takes their packets) but the
+            # node neither answers ARP for them through it nor routes out of it.
+            self._ipr.link("add", ifname=DUMMY_LINK, kind="dummy")
+            self._ifindex = int(self._ipr.link_lookup(ifname=DUMMY_LINK)[0])
+        return self._ifindex
+
+    def _all_addresses(self) -> list[tuple[int, IPAddress]]:
+        return [entry for msg in self._rtnl.dump(partial(netlink.dump_addresses_request, self.family))
+                if (entry := netlink.address(msg)) is not None and entry[1].version == self.family]
 
     def addresses(self) -> set[IPAddress]:
+        self._ifindex = None  # a full read looks the link up again
         index = self._link_index()
         if index is None:
             return set()
-        return {ip_address(a.get_attr("IFA_ADDRESS")) for a in self._ipr.get_addr(index=index, family=self._af)}
+        return {ip for link, ip in self._all_addresses() if link == index}
 
     def local_addresses(self) -> tuple[IPAddress, ...]:
         skip = self._link_index()
-        found = {ip_address(a.get_attr("IFA_ADDRESS")) for a in self._ipr.get_addr(family=self._af)
-                 if a["index"] != skip}
+        found = {ip for link, ip in self._all_addresses() if link != skip}
         return tuple(sorted(ip for ip in found if not ip.is_loopback and not ip.is_link_local))
 
     # --- writing ----------------------------------------------------------------------------
 
     def apply(self, ops: Iterable[Operation]) -> int:
-        """Each operation as one netlink request, in order; how many were sent."""
-        count = 0
-        for op in ops:
-            try:
-                self._apply_one(op)
-            except Exception as err:  # noqa: BLE001 - netlink errors come in several types
-                raise IpvsError(f"{_describe(op)}: {err}") from None
-            count += 1
-        return count
+        """The operations in order, many to a sendmsg (batches of IPVS or of address operations,
+        each at most BATCH_BYTES long and with room for its acks); how many were sent. The first
+        refused one raises IpvsError and no later batch is sent (the kernel went on with the
+        rest of that batch: IPVS has no transactions, and the backend reads the kernel back)."""
+        todo = list(ops)
+        done = 0
+        for addresses, run in groupby(netlink.is_address_op(op) for op in todo):
+            end = done + sum(1 for _ in run)
+            for _ in range(end - done):  # bounded: every batch sends at least one operation
+                if done >= end:
+                    break
+                try:
+                    done += self._send_addresses(todo, done, end) if addresses else self._send_ipvs(todo, done, end)
+                except OSError as err:
+                    if addresses:
+                        self._ifindex = None
+                    raise IpvsError(f"{_describe(todo[done])}: {err.strerror or err}") from None
+        return done
 
-    def _apply_one(self, op: Operation) -> None:
-        match op:
-            case AddAddress(ip=ip):
-                index = self._link_index(create=True)
-                self._ipr.addr("add", index=index, address=str(ip), prefixlen=32 if ip.version == 4 else 128)
-            case DelAddress(ip=ip):
-                index = self._link_index()
-                if index is not None:
-                    self._ipr.addr("del", index=index, address=str(ip), prefixlen=32 if ip.version == 4 else 128)
-            case AddVirtual(key=key):
-                self._ipvs.service("add", service=self._service(key, op.scheduler, op.persistence))
-            case EditVirtual(key=key):
-                self._ipvs.service("set", service=self._service(key, op.scheduler, op.persistence))
-            case DelVirtual(key=key):
-                self._ipvs.service("del", service=self._service(key))
-            case AddReal(virtual=key, real=real, weight=weight):
-                self._ipvs.dest("add", service=self._service(key), dest=self._dest(real, weight))
-            case SetWeight(virtual=key, real=real, weight=weight):
-                self._ipvs.dest("set", service=self._service(key), dest=self._dest(real, weight))
-            case DelReal(virtual=key, real=real):
-                self._ipvs.dest("del", service=self._service(key), dest=self._dest(real, 0))
+    def _send_ipvs(self, ops: list[Operation], start: int, end: int) -> int:
+        family_id = self._ipvs_id()
+        return self._send(self._genl, ops, start, end, lambda op, seq: netlink.ipvs_request(op, family_id, seq))
 
-    def _service(self, key: VirtualKey, scheduler: str = "rr", persistence: int = 0) -> Any:
-        where: dict[str, Any] = ({"fwmark": key.fwmark} if key.fwmark else
-                                 {"protocol": PROTOCOL_NUMBERS[key.protocol], "addr": str(key.ip), "port": key.port})
-        fields: dict[str, Any] = {
-            "af": self._af, **where, "sched_name": scheduler, "timeout": persistence,
-            "flags": {"flags": PERSISTENT if persistence else 0, "mask": 0xFFFFFFFF},
-            # the kernel reads the netmask as a host-order u32: all ones for IPv4, the
-            # prefix length for IPv6 (pyroute2 types the attribute as an IPv4 address)
-            "netmask": "255.255.255.255" if key.ip.version == 4 else "128.0.0.0",
-        }
-        return IPVSService(**fields)
+    def _send_addresses(self, ops: list[Operation], start: int, end: int) -> int:
+        end = min(end, start + self._rtnl.max_batch)
+        index = self._link_index(create=any(isinstance(op, AddAddress) for op in ops[start:end]))
+        if index is None:  # deleting addresses of a link that is gone
+            return end - start
+        return self._send(self._rtnl, ops, start, end, lambda op, seq: netlink.address_request(op, index, seq))
 
-    def _dest(self, real: RealKey, weight: int) -> Any:
-        return IPVSDest(addr=str(real.ip), port=real.port, weight=weight, fwd_method=FWD_MASQ)
+    def _send(self, sock: NetlinkSocket, ops: list[Operation], start: int, end: int,
+              encode: Callable[[Operation, int], bytes]) -> int:
+        """As many of ops[start:end] as fit one batch; how many. A refused one raises IpvsError."""
+        parts: list[bytes] = []
+        seqs: list[int] = []
+        size = 0
+        for i in range(start, min(end, start + sock.max_batch)):
+            seq = sock.next_seq()
+            part = encode(ops[i], seq)
+            if parts and size + len(part) > BATCH_BYTES:
+                break
+            parts.append(part)
+            seqs.append(seq)
+            size += len(part)
+        refused = sock.batch(b"".join(parts), seqs)
+        if refused:
+            index, code = min((seqs.index(seq), code) for seq, code in refused.items())
+            if sock is self._rtnl:
+                self._ifindex = None
+            raise IpvsError(f"{_describe(ops[start + index])}: {os.strerror(code)}")
+        return len(parts)
 
     def apply_aux(self, script: str) -> None:
         self._aux.apply(script)
@@ -248,16 +394,21 @@ class NetlinkIpvs:
         """Remove this family's virtual servers, kube-ipvs0 (when no family uses it any
         more) and the auxiliary table; True if there was any of it."""
         virtuals = self.list_virtuals()
-        for key in virtuals:
-            self._ipvs.service("del", service=self._service(key))
+        self.apply([DelVirtual(key=key) for key in sorted(virtuals)])
         had_table = self._aux.delete_table()
-        index = self._link_index()
         addresses = self.addresses()
-        for ip in addresses:
-            self._ipr.addr("del", index=index, address=str(ip), prefixlen=32 if ip.version == 4 else 128)
-        if index is not None and not self._ipr.get_addr(index=index):
+        self.apply([DelAddress(ip=ip) for ip in sorted(addresses)])
+        index = self._link_index()
+        if index is not None and not any(link == index for link, _ in self._all_addresses_any()):
             self._ipr.link("del", index=index)
+            self._ifindex = None
         return bool(virtuals or addresses or had_table)
+
+    def _all_addresses_any(self) -> list[tuple[int, IPAddress]]:
+        """Every address of both families (whether another family still uses kube-ipvs0)."""
+        return [entry for version in FAMILY_NUMBERS
+                for msg in self._rtnl.dump(partial(netlink.dump_addresses_request, version))
+                if (entry := netlink.address(msg)) is not None]
 
 
 def _describe(op: Operation) -> str:
@@ -291,8 +442,8 @@ def remove_ipvs_leftovers() -> bool:
     if IPVS_PROC.exists():
         for family in FAMILY_NUMBERS:
             kernel = NetlinkIpvs(family)
-            for key in kernel.list_virtuals():
-                kernel.apply([DelVirtual(key=key)])
+            kernel.apply([DelVirtual(key=key) for key in sorted(kernel.list_virtuals())])
+            kernel.close()
     with IPRoute() as ipr:
         ipr.link("del", index=link[0])
     return True
@@ -336,7 +487,11 @@ def read_ipvs() -> dict[VirtualKey, ListedVirtual]:
         return {}
     found: dict[VirtualKey, ListedVirtual] = {}
     for family in FAMILY_NUMBERS:
-        found.update(NetlinkIpvs(family).list_virtuals())
+        kernel = NetlinkIpvs(family)
+        try:
+            found.update(kernel.list_virtuals())
+        finally:
+            kernel.close()
     return found
 
 

@@ -12,7 +12,7 @@ from kproxy.values import endpoint_text
 DUMMY_LINK = "kube-ipvs0"  # upstream's name: holds every ClusterIP, externalIP and LB IP
 AUX_TABLE = "kproxy-ipvs"  # the nftables table with masquerade, reject, drop, source ranges
 DEFAULT_SCHEDULER = "rr"
-# Upstream's IPVS forwarding is masquerading (NAT); pyroute2's IPVSDest defaults to 3 (DR).
+# Upstream's IPVS forwarding is masquerading (NAT); ipvsadm's and pyroute2's default is 3 (DR).
 FWD_MASQ = 0
 PERSISTENT = 0x1  # IP_VS_SVC_F_PERSISTENT
 # Marks of short-circuited traffic (pods and the node reaching an externalTrafficPolicy:
