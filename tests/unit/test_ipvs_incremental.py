@@ -60,6 +60,7 @@ def test_a_one_endpoint_change_renders_and_sends_only_that_service(monkeypatch: 
     cluster_ip = VirtualKey(ip=ip_address("10.96.0.8"), protocol=Protocol.TCP, port=80)
     nodeport = VirtualKey(ip=ip_address("192.168.50.10"), protocol=Protocol.TCP, port=30007)
     assert result.operations == 2  # one real server on each of s7's two frontends
+    assert result.netlink_ms is not None and result.netlink_ms <= result.apply_ms
     assert new_real in kernel.virtuals[cluster_ip].reals and new_real in kernel.virtuals[nodeport].reals
     assert len(kernel.aux_scripts) == before  # no masquerade, reject or hairpin fact changed
     fresh = FakeIpvs()
