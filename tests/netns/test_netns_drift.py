@@ -118,3 +118,39 @@ def test_flows_survive_a_repair_and_a_kill_during_a_big_sync(cluster: Cluster, k
         held_vip.close()
         held_nodeport.close()
         udp.close()
+
+
+@pytest.fixture
+def nft_kproxy(cluster: Cluster, tmp_path: Path) -> Iterator[Kproxy]:
+    with Kproxy.in_node1(cluster, tmp_path, "nftables") as k:
+        yield k
+
+
+def test_commits_to_other_tables_are_not_read_back_and_tampering_still_is(cluster: Cluster,
+                                                                           nft_kproxy: Kproxy) -> None:
+    """kubelet and CNIs commit to nftables all the time (iptables-nft included): kproxy's
+    commit watch sees that those commits name other tables, so they cost no read of
+    kproxy's table; a commit that does touch it is read back, only what it touched."""
+    kproxy = nft_kproxy
+    agent = kproxy.start(web(cluster), "--sync-period", SYNC_PERIOD)
+    kproxy.wait_synced(agent)
+    serves = lambda r: set(r.pods) == {"pod2"} and not r.failures  # noqa: E731
+    traffic.wait_until(lambda: traffic.tcp(cluster.client, VIP, 80, count=3), serves, what="web serves")
+    log = kproxy.agents[-1][1]
+    cluster.run("node1", "nft", "add", "table", "ip", "other")
+    cluster.run("node1", "nft", "add", "set", "ip", "other", "s", "{ type ipv4_addr ; }")
+    cluster.run("node1", "iptables-nft", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT")
+    syncs = log.read_text().count("synced")
+    for n in range(5):  # one commit elsewhere, then a sync (at most one per --min-sync-period)
+        cluster.run("node1", "nft", "add", "element", "ip", "other", "s", "{", f"192.0.2.{n + 1}", "}")
+        kproxy.wait_synced(agent, count=syncs + n + 1, seconds=10)  # the periodic sync (2 s)
+    text = log.read_text()
+    assert "drift checked" not in text, text
+    # a commit that touches kproxy's table is read back: that set only, and repaired
+    cluster.run("node1", "nft", "delete", "element", "ip", "kproxy", "frontends", "{", VIP, ".", "tcp", ".", "80", "}")
+    traffic.wait_until(lambda: traffic.tcp(cluster.client, VIP, 80, count=3, timeout=0.5), serves,
+                       what="repaired", seconds=6)
+    text = log.read_text()
+    checks = [line for line in text.splitlines() if "drift checked" in line]
+    assert len(checks) == 1 and "touched='set frontends'" in checks[0] and "sets_read=1" in checks[0], text
+    assert "drift repaired" in text and "frontends: 1 element(s) missing" in text, text
