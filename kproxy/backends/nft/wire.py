@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv6Address
 
@@ -241,12 +241,33 @@ def _range_text(kind: str, first: int, last: int) -> str:
     return f"{_text(kind, first)}-{_text(kind, last)}"
 
 
-def _joined(fields: tuple[str, ...], raw: bytes) -> str:
-    return " . ".join(_text(kind, value) for kind, value in zip(fields, _field_values(fields, raw), strict=True))
+Formatter = Callable[[bytes], str]
 
 
-def _nested_value(payload: bytes) -> bytes:
-    return attributes(payload).get(DATA_VALUE, b"")
+def _formatter(kind: str, offset: int) -> Formatter:
+    """One field's text from a raw key or data (built once per set: 100,000s of elements)."""
+    o = offset
+    if kind == ADDR4:
+        return lambda r: f"{r[o]}.{r[o + 1]}.{r[o + 2]}.{r[o + 3]}"
+    if kind == ADDR6:
+        return lambda r: str(IPv6Address(r[o:o + 16]))
+    if kind == PROTO:
+        return lambda r: _PROTOCOLS.get(r[o]) or str(r[o])
+    if kind == PORT:
+        return lambda r: str(r[o] << 8 | r[o + 1])
+    return lambda r: str(int.from_bytes(r[o:o + 4], sys.byteorder))
+
+
+def joined(fields: tuple[str, ...]) -> Formatter:
+    """The text of a whole key or data ("10.96.0.10 . tcp . 80 . 1") from its bytes."""
+    parts = []
+    offset = 0
+    for kind in fields:
+        parts.append(_formatter(kind, offset))
+        offset += _WIDTH[kind]
+    if len(parts) == 1:
+        return parts[0]
+    return lambda r: " . ".join([part(r) for part in parts])
 
 
 def _verdict(payload: bytes) -> str:
@@ -257,41 +278,81 @@ def _verdict(payload: bytes) -> str:
     return f"{word} {chain}" if chain else word
 
 
+def _nested(body: bytes, start: int, end: int) -> bytes:
+    """The payload of the first attribute inside [start, end) (NFTA_DATA_VALUE of a key)."""
+    if start + _ATTR.size > end:
+        return b""
+    length = _ATTR.unpack_from(body, start)[0]
+    return body[start + _ATTR.size:min(start + length, end)]
+
+
 class ElementDecoder:
     """Elements of one set from its GETSETELEM dump, as (key, data) text. Intervals of a
     one-field interval set come as start and end (exclusive, flagged) elements in any order,
     so those are gathered and paired at the end (node settings: a few elements); every
-    other element is decoded as it comes."""
+    other element is decoded as it comes, with the attributes walked in place (a dump of
+    the 100,000-endpoint map decodes in about half a second)."""
 
     def __init__(self, shape: Layout) -> None:
         self.layout = shape
+        self._key = joined(shape.key)
+        self._data = joined(shape.data) if isinstance(shape.data, tuple) else None
         self._bounds: list[tuple[int, int]] = []  # (value, 0 for an end, 1 for a start)
 
     def feed(self, message: Message) -> Iterator[tuple[str, str | None]]:
-        elements = attributes(message.body).get(ELEM_LIST_ELEMENTS)
-        if elements is None:
+        body = message.body
+        unpack = _ATTR.unpack_from
+        top = 0
+        while top + 4 <= len(body):  # find NFTA_SET_ELEM_LIST_ELEMENTS
+            length, kind = unpack(body, top)
+            if length < 4:
+                return
+            if kind & 0x7FFF == ELEM_LIST_ELEMENTS:
+                break
+            top += (length + 3) & ~3
+        else:
             return
-        shape = self.layout
-        for _kind, element in attribute_list(elements):
-            found = attributes(element)
-            key = _nested_value(found.get(ELEM_KEY, b""))
-            if shape.interval and len(shape.key) == 1:
-                flags = _BE32.unpack(found[ELEM_FLAGS][:4])[0] if ELEM_FLAGS in found else 0
+        position, end = top + 4, top + length
+        shape, key_text, data_text = self.layout, self._key, self._data
+        plain = not shape.interval
+        while position + 4 <= end:
+            element_length = unpack(body, position)[0]
+            if element_length < 4:
+                return
+            element_end = position + element_length
+            at = position + 4
+            key = key_end = b""
+            data_at = data_end = flags = 0
+            while at + 4 <= element_end:
+                length, kind = unpack(body, at)
+                if length < 4:
+                    break
+                kind &= 0x7FFF
+                if kind == ELEM_KEY:
+                    key = _nested(body, at + 4, at + length)
+                elif kind == ELEM_DATA:
+                    data_at, data_end = at + 4, at + length
+                elif kind == ELEM_FLAGS:
+                    flags = _BE32.unpack_from(body, at + 4)[0]
+                elif kind == ELEM_KEY_END:
+                    key_end = _nested(body, at + 4, at + length)
+                at += (length + 3) & ~3
+            position += (element_length + 3) & ~3
+            if plain:
+                text = key_text(key)
+            elif len(shape.key) == 1:
                 (value,) = _field_values(shape.key, key)
                 self._bounds.append((value, 0 if flags & ELEM_INTERVAL_END else 1))
                 continue
-            if ELEM_KEY_END in found:
-                end = _nested_value(found[ELEM_KEY_END])
-                text = " . ".join(_range_text(kind, first, last) for kind, first, last in zip(
-                    shape.key, _field_values(shape.key, key), _field_values(shape.key, end), strict=True))
             else:
-                text = _joined(shape.key, key)
+                text = " . ".join(_range_text(kind, first, last) for kind, first, last in zip(
+                    shape.key, _field_values(shape.key, key), _field_values(shape.key, key_end or key), strict=True))
             if shape.data is None:
                 yield text, None
-            elif shape.data == VERDICT:
-                yield text, _verdict(found.get(ELEM_DATA, b""))
+            elif data_text is not None:
+                yield text, data_text(_nested(body, data_at, data_end))
             else:
-                yield text, _joined(tuple(shape.data), _nested_value(found.get(ELEM_DATA, b"")))
+                yield text, _verdict(body[data_at:data_end])
 
     def finish(self) -> Iterator[tuple[str, str | None]]:
         """The intervals of a one-field interval set, once every element has been fed."""
