@@ -149,10 +149,11 @@ class CommitWatch:
             except BlockingIOError:
                 return
             except OSError as err:
-                if err.errno != errno.ENOBUFS:
-                    raise
-                self._log.overflowed()
-                continue
+                self._log.overflowed()  # ENOBUFS: the kernel dropped events; anything else: unknown too
+                if err.errno == errno.ENOBUFS:
+                    continue
+                log.info("nftables events unreadable: the next drift check reads the whole table", error=str(err))
+                return
             self._log.feed(data)
         self._log.overflowed()
 
