@@ -3,7 +3,8 @@ transaction per sync, and read back what is programmed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from kproxy.backends.view import ProgrammedView
@@ -25,17 +26,30 @@ class SyncResult:
     transactions: int = 0
 
 
+# Element keys a set's changes are remembered by, at most; beyond, the whole set is read.
+MAX_TOUCHED_KEYS = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Touched:
     """What other programs' commits changed in one of kproxy's nftables tables: the table
-    itself (created, deleted, or objects kproxy does not make), and chains and sets by name."""
+    itself (created, deleted, or objects kproxy does not make), chains and sets by name,
+    and, for sets whose element changes are known one by one, the raw keys changed (as the
+    kernel's events carry them); a set in `sets` without `keys` changed as a whole."""
 
     table: bool = False
     chains: frozenset[str] = frozenset()
     sets: frozenset[str] = frozenset()
+    keys: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
 
     def __or__(self, other: Touched) -> Touched:
-        return Touched(self.table or other.table, self.chains | other.chains, self.sets | other.sets)
+        keys = {}
+        for name in self.sets | other.sets:
+            mine = self.keys.get(name) if name in self.sets else frozenset()
+            theirs = other.keys.get(name) if name in other.sets else frozenset()
+            if mine is not None and theirs is not None and len(mine | theirs) <= MAX_TOUCHED_KEYS:
+                keys[name] = mine | theirs
+        return Touched(self.table or other.table, self.chains | other.chains, self.sets | other.sets, keys)
 
     def __bool__(self) -> bool:
         return self.table or bool(self.chains) or bool(self.sets)
@@ -43,7 +57,9 @@ class Touched:
     def describe(self) -> str:
         parts = ["table"] if self.table else []
         parts += [f"chain {name}" for name in sorted(self.chains)]
-        parts += [f"set {name}" for name in sorted(self.sets)]
+        for name in sorted(self.sets):
+            count = len(self.keys[name]) if name in self.keys else None
+            parts.append(f"set {name}" + ("" if count is None else f" ({count} element{'s' * (count != 1)})"))
         return ", ".join(parts) or "nothing"
 
 

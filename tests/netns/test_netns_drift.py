@@ -132,7 +132,8 @@ def test_commits_to_other_tables_are_not_read_back_and_tampering_still_is(cluste
                                                                            nft_kproxy: Kproxy) -> None:
     """kubelet and CNIs commit to nftables all the time (iptables-nft included): kproxy's
     commit watch sees that those commits name other tables, so they cost no read of
-    kproxy's table; a commit that does touch it is read back, only what it touched."""
+    kproxy's table; a commit that does touch it is read back, only what it touched (the
+    element, by the key its event carries)."""
     kproxy = nft_kproxy
     agent = kproxy.start(web(cluster), "--sync-period", SYNC_PERIOD)
     kproxy.wait_synced(agent)
@@ -154,7 +155,8 @@ def test_commits_to_other_tables_are_not_read_back_and_tampering_still_is(cluste
                        what="repaired", seconds=6)
     text = log.read_text()
     checks = [line for line in text.splitlines() if "drift checked" in line]
-    assert len(checks) == 1 and "touched='set frontends'" in checks[0] and "sets_read=1" in checks[0], text
+    assert len(checks) == 1 and "touched='set frontends (1 element)'" in checks[0], text
+    assert "sets_read=1" in checks[0] and "elements_read=1 " in checks[0], text
     assert "drift repaired" in text and "frontends: 1 element(s) missing" in text, text
 
 

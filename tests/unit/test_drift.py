@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from kproxy.agent import Agent
+from kproxy.backends.base import MAX_TOUCHED_KEYS
 from kproxy.backends.iptables.backend import IptablesBackend
 from kproxy.backends.iptables.fake import FakeIptables
 from kproxy.backends.nft.backend import NftBackend
@@ -31,6 +32,7 @@ class CountingNft(FakeNft):
         super().__init__()
         self.structures = 0
         self.sets_read: list[str] = []
+        self.elements_read: list[str] = []  # one entry per element read by its key
 
     def structure(self) -> Structure | None:
         self.structures += 1
@@ -40,8 +42,12 @@ class CountingNft(FakeNft):
         self.sets_read.append(name)
         return super().read_elements(name, spec)
 
+    def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
+        self.elements_read.append(name)
+        return super().read_element(name, spec, key)
+
     def reads(self) -> int:
-        return self.structures + len(self.sets_read)
+        return self.structures + len(self.sets_read) + len(self.elements_read)
 
 
 def nft_agent(watch: bool = False) -> tuple[Agent, CountingNft, FakeWatch | None]:
@@ -112,13 +118,35 @@ def test_with_a_watch_foreign_changes_elsewhere_cost_no_read():
     assert kernel.reads() == 0
 
 
-def test_with_a_watch_only_the_sets_touched_are_read():
+def test_with_a_watch_only_the_elements_touched_are_read():
     agent, kernel, _events = nft_agent(watch=True)
     agent.sync()
-    kernel.apply("delete element ip kproxy cluster-ips { 10.96.0.10 }\n")
+    kernel.apply("delete element ip kproxy cluster-ips { 10.96.0.10 }\n"
+                 "add element ip kproxy endpoints-2 { 10.96.0.99 . tcp . 80 . 0 : 10.244.9.9 . 80 }\n"
+                 "delete element ip kproxy frontends { 10.96.0.10 . tcp . 80 }\n"
+                 "add element ip kproxy frontends { 10.96.0.10 . tcp . 80 : goto reject-chain }\n")
     (family,) = agent.sync().families
-    assert family.drift == ("cluster-ips: 1 element(s) missing",)
-    assert kernel.structures == 1 and kernel.sets_read == ["cluster-ips"]
+    assert family.drift == ("cluster-ips: 1 element(s) missing", "frontends: 1 element(s) changed",
+                            "endpoints-2: 1 element(s) not kproxy's")
+    assert kernel.structures == 1 and kernel.sets_read == []
+    assert sorted(kernel.elements_read) == ["cluster-ips", "endpoints-2", "frontends"]
+
+
+def test_an_interval_set_touched_is_read_whole():
+    agent, kernel, _events = nft_agent(watch=True)
+    agent.sync()
+    kernel.apply("add element ip kproxy service-cidrs { 10.200.0.0/16 }\n")
+    assert agent.sync().families[0].drift == ("service-cidrs: 1 element(s) not kproxy's",)
+    assert kernel.sets_read == ["service-cidrs"] and kernel.elements_read == []
+
+
+def test_a_set_changed_in_more_elements_than_are_remembered_is_read_whole():
+    agent, kernel, _events = nft_agent(watch=True)
+    agent.sync()
+    rogue = ", ".join(f"10.97.{n // 250}.{n % 250 + 1}" for n in range(MAX_TOUCHED_KEYS + 1))
+    kernel.apply(f"add element ip kproxy cluster-ips {{ {rogue} }}\n")
+    assert agent.sync().families[0].drift == (f"cluster-ips: {MAX_TOUCHED_KEYS + 1} element(s) not kproxy's",)
+    assert kernel.sets_read == ["cluster-ips"] and kernel.elements_read == []
 
 
 def test_with_a_watch_a_rule_change_reads_no_elements():
@@ -167,7 +195,8 @@ def test_a_foreign_commit_during_kproxys_own_reads_only_what_was_touched():
     kernel.apply = apply  # type: ignore[method-assign]
     assert kernel.reads() == 0
     assert agent.sync().families[0].drift == ()
-    assert kernel.structures == 1 and set(kernel.sets_read) <= {"endpoints-2", "nodeport-endpoints-2", "hairpin"}
+    assert kernel.structures == 1 and kernel.sets_read == []
+    assert set(kernel.elements_read) <= {"endpoints-2", "nodeport-endpoints-2", "hairpin"}
 
 
 def test_a_commit_whose_events_come_late_is_checked_when_they_come():

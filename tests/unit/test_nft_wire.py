@@ -33,7 +33,8 @@ def test_a_commit_names_the_sets_and_chains_it_touched_in_watched_tables_only():
     log.feed(COMMIT[0])
     log.feed(COMMIT[1])
     assert log.through == 3
-    assert log.take() == {"ip kproxy": Touched(chains=frozenset({"services"}), sets=frozenset({"cluster-ips"}))}
+    assert log.take() == {"ip kproxy": Touched(chains=frozenset({"services"}), sets=frozenset({"cluster-ips"}),
+                                               keys={"cluster-ips": frozenset({bytes([10, 96, 0, 1])})})}
     assert log.take() == {}
 
 
@@ -212,3 +213,31 @@ def test_every_set_render_makes_has_a_layout(spec):
 def test_an_unknown_field_is_refused():
     with pytest.raises(ValueError, match="ct mark"):
         wire.layout("typeof ct mark;")
+
+
+def test_element_events_carry_their_keys():
+    spec = "typeof ip daddr . meta l4proto . th dport . numgen random mod 10 : ip daddr . th dport;"
+    key = wire.key_bytes(wire.layout(spec).key, "10.96.18.194 . tcp . 80 . 3")
+    assert key == bytes.fromhex("0a6012c2060000000050000003000000")
+    assert wire.joined(wire.layout(spec).key)(key) == "10.96.18.194 . tcp . 80 . 3"
+    log = CommitLog(["ip kproxy"])
+    commit(log, 5, wire.event(wire.DELSETELEM, 2, wire.name_attr(wire.TABLE, "kproxy"),
+                              wire.name_attr(wire.ELEM_LIST_SET, "endpoints-10"), wire.element_list([key])))
+    touched = Touched(sets=frozenset({"endpoints-10"}), keys={"endpoints-10": frozenset({key})})
+    assert log.take() == {"ip kproxy": touched}
+
+
+def test_interval_events_and_events_without_elements_mean_the_whole_set():
+    log = CommitLog(["ip kproxy"])
+    interval = wire.attr(wire.ELEM_LIST_ELEMENTS, element("0a000001") + element("0a000002", flags=1))
+    commit(log, 5, wire.event(wire.NEWSETELEM, 2, wire.name_attr(wire.TABLE, "kproxy"),
+                              wire.name_attr(wire.ELEM_LIST_SET, "service-cidrs"), interval),
+           element_event(wire.NEWSETELEM, "kproxy", "cluster-ips"))
+    assert log.take() == {"ip kproxy": Touched(sets=frozenset({"service-cidrs", "cluster-ips"}))}
+
+
+def test_keys_of_one_set_add_up_and_a_whole_set_wins():
+    one = Touched(sets=frozenset({"s"}), keys={"s": frozenset({b"1"})})
+    two = Touched(sets=frozenset({"s", "t"}), keys={"s": frozenset({b"2"}), "t": frozenset({b"3"})})
+    assert one | two == Touched(sets=frozenset({"s", "t"}), keys={"s": frozenset({b"1", b"2"}), "t": frozenset({b"3"})})
+    assert (one | Touched(sets=frozenset({"s"}))).keys == {}

@@ -9,7 +9,8 @@ The kernel is read through a TableReader: the structure (chains with their rule 
 set names) costs milliseconds whatever the size; elements stream in set by set and are
 compared as they come, so a check never holds a second copy of a 200,000-element table.
 Only the sets another program touched are read when the commit watch can say which
-(`touched`); all of them otherwise.
+(`touched`), and of those only the elements it changed when the watch knows their keys;
+every set otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from functools import partial
 from typing import Protocol
 
 from kproxy.backends.base import Touched
+from kproxy.backends.nft import wire
 from kproxy.backends.nft.affinity6 import is_client_set
 from kproxy.backends.nft.elements import ElementTable
 from kproxy.backends.nft.names import is_affinity_map
@@ -40,6 +42,9 @@ class TableReader(Protocol):
 
     def read_elements(self, name: str, spec: str) -> Iterable[tuple[str, str | None]]:
         """(key, data or None) of each element of one set or map, as render writes them."""
+
+    def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
+        """One element by its raw key (as the kernel's events carry it); None: not there."""
 
 
 @dataclass(slots=True)
@@ -70,7 +75,9 @@ def differences(skeleton: Skeleton, table: ElementTable, kernel: TableReader, to
         if spec.name not in structure.sets:
             found.append(f"{'map' if spec.is_map else 'set'} {spec.name} missing")
         elif _to_read(spec, touched):
-            found += _element_differences(spec, table, kernel, stats)
+            keys = touched.keys.get(spec.name) if touched is not None and not touched.table else None
+            by_key = _key_differences(spec, table, kernel, keys, stats) if keys is not None else None
+            found += by_key if by_key is not None else _element_differences(spec, table, kernel, stats)
     wanted_sets = {s.name for s in skeleton.sets}
     found += [f"set {name} not kproxy's" for name in sorted(structure.sets - wanted_sets)]
     return found
@@ -80,6 +87,38 @@ def _to_read(spec: SetSpec, touched: Touched | None) -> bool:
     if is_affinity_map(spec.name) or is_client_set(spec.name):
         return False  # filled by the kernel, not by kproxy
     return touched is None or touched.table or spec.name in touched.sets
+
+
+def _key_differences(spec: SetSpec, table: ElementTable, kernel: TableReader, keys: Iterable[bytes],
+                     stats: CheckStats | None) -> list[str] | None:
+    """Only the elements other programs' commits changed, each read by its key; None when
+    they cannot be (an interval set, a key of another layout): then the whole set is read."""
+    if "interval" in spec.spec:
+        return None
+    try:
+        text_of = wire.joined(wire.layout(spec.spec).key)
+        texts = [(raw, text_of(raw)) for raw in keys]
+    except (ValueError, IndexError):
+        return None
+    missing = extra = changed = 0
+    for raw, key in texts:
+        want = table.effective(spec.name, key)
+        have = kernel.read_element(spec.name, spec.spec, raw)
+        if have is None:
+            missing += want is not None
+        elif want is None:
+            extra += 1
+        elif want.data != have[1]:
+            changed += 1
+    if stats is not None:
+        stats.sets_read += 1
+        stats.elements_read += len(texts)
+    return _counted(spec, missing, extra, changed)
+
+
+def _counted(spec: SetSpec, missing: int, extra: int, changed: int) -> list[str]:
+    return [f"{spec.name}: {count} element(s) {what}"
+            for what, count in (("missing", missing), ("not kproxy's", extra), ("changed", changed)) if count]
 
 
 def _element_differences(spec: SetSpec, table: ElementTable, kernel: TableReader,
@@ -104,9 +143,7 @@ def _element_differences(spec: SetSpec, table: ElementTable, kernel: TableReader
     if stats is not None:
         stats.sets_read += 1
         stats.elements_read += read
-    missing = table.count(spec.name) - matched
-    return [f"{spec.name}: {count} element(s) {what}"
-            for what, count in (("missing", missing), ("not kproxy's", extra), ("changed", changed)) if count]
+    return _counted(spec, table.count(spec.name) - matched, extra, changed)
 
 
 def _bare(part: str) -> str:

@@ -5,8 +5,10 @@ message per object it added or deleted (NEWRULE, DELSETELEM, ...; each names its
 attribute 1, and chain or set), then NEWGEN with the new ruleset generation. A commit of
 kubelet's or a CNI's (iptables-nft) names only their tables, so the drift check can skip
 it instead of reading kproxy's table back, and a commit that did touch kproxy's table
-says which chains and sets to read. Which commits were kproxy's own is the agent's to say
-(by the generation): this log records every commit.
+says which chains and sets to read, and even which elements (their keys are in the
+events), so a deleted endpoint costs reading that element, not its 500,000-element map.
+Which commits were kproxy's own is the agent's to say (by the generation): this log
+records every commit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ _CHAIN_NAME = {wire.NEWCHAIN: wire.CHAIN_NAME, wire.DELCHAIN: wire.CHAIN_NAME,
                wire.NEWRULE: wire.RULE_CHAIN, wire.DELRULE: wire.RULE_CHAIN}
 _SET_NAME = {wire.NEWSET: wire.SET_NAME, wire.DELSET: wire.SET_NAME,
              wire.NEWSETELEM: wire.ELEM_LIST_SET, wire.DELSETELEM: wire.ELEM_LIST_SET}
+_ELEMENTS = {wire.NEWSETELEM, wire.DELSETELEM}
 _WHOLE = {wire.NEWTABLE, wire.DELTABLE, wire.NEWOBJ, wire.DELOBJ, wire.NEWFLOWTABLE, wire.DELFLOWTABLE}
 
 
@@ -66,7 +69,9 @@ class CommitLog:
         elif message.kind in _CHAIN_NAME:
             touched = Touched(chains=frozenset({wire.string(found.get(_CHAIN_NAME[message.kind])) or ""}))
         elif message.kind in _SET_NAME:
-            touched = Touched(sets=frozenset({wire.string(found.get(_SET_NAME[message.kind])) or ""}))
+            name = wire.string(found.get(_SET_NAME[message.kind])) or ""
+            keys = wire.element_keys(message) if message.kind in _ELEMENTS else None
+            touched = Touched(sets=frozenset({name}), keys={} if keys is None else {name: frozenset(keys)})
         else:
             return
         self._pending[table] = self._pending.get(table, Touched()) | touched

@@ -121,6 +121,13 @@ class FakeNft:
         for key, (data, _comment) in (held.elements.items() if held is not None else ()):
             yield key, data
 
+    def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
+        held = self._state.sets.get(name) if self._state is not None else None
+        text = wire.joined(wire.layout(spec).key)(key)
+        if held is None or text not in held.elements:
+            return None
+        return text, held.elements[text][0]
+
     def foreign_commit(self, table: str = "ip filter") -> None:
         """Another program's transaction in another table: the generation moves, the events
         name that table."""
@@ -149,7 +156,8 @@ class FakeNft:
                 kind = wire.NEWSET if has is not None else wire.DELSET
                 messages.append(wire.event(kind, family, table, wire.name_attr(wire.SET_NAME, name)))
             elif had is not None and has is not None and had.elements != has.elements:
-                messages.append(wire.event(wire.NEWSETELEM, family, table, wire.name_attr(wire.ELEM_LIST_SET, name)))
+                messages.append(wire.event(wire.NEWSETELEM, family, table, wire.name_attr(wire.ELEM_LIST_SET, name),
+                                           *_element_list(has.spec, had.elements, has.elements)))
         self._generation += 1
         self.events.append(b"".join(messages) + wire.generation_event(self._generation))
 
@@ -321,6 +329,19 @@ class FakeNft:
             out.update(type=hook.group(1), hook=hook.group(2),
                        prio=_PRIORITIES.get(prio, int(prio) if prio.lstrip("-").isdigit() else 0), policy="accept")
         return out
+
+
+def _element_list(spec: str, before: dict[str, Any], after: dict[str, Any]) -> list[bytes]:
+    """The changed elements' keys as the kernel's event carries them (none for an interval
+    set: the watch then reads the set whole, as it does for the kernel's)."""
+    changed = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
+    try:
+        shape = wire.layout(spec)
+        if shape.interval:
+            return []
+        return [wire.element_list(wire.key_bytes(shape.key, key) for key in sorted(changed))]
+    except (ValueError, KeyError):
+        return []
 
 
 def _part(text: str, interval: bool) -> Any:

@@ -30,6 +30,8 @@ class NftKernel(Protocol):
 
     def read_elements(self, name: str, spec: str) -> Iterable[tuple[str, str | None]]: ...
 
+    def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None: ...
+
 
 class LibNftKernel:
     """NftKernel over libnftables (python3-nftables). One batch per apply() call."""
@@ -76,6 +78,9 @@ class LibNftKernel:
         """One set's elements streamed over netlink, decoded as render writes them (libnftables
         would hold the whole listing: 600 MB more at 10,000 Services)."""
         return self._netlink.elements(name, spec)
+
+    def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
+        return self._netlink.element(name, spec, key)
 
     def _list(self, what: str) -> dict[str, Any] | None:
         """The kernel's JSON listing of one object; None when it does not exist."""
@@ -164,3 +169,6 @@ class RecordingKernel:
 
     def read_elements(self, name: str, spec: str) -> Iterable[tuple[str, str | None]]:
         return ()
+
+    def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
+        return None

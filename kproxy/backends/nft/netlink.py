@@ -116,6 +116,19 @@ class NetlinkTable:
         yield from decoder.finish()
 
 
+    def element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
+        """One element by its raw key; None when it (or its set) is missing."""
+        decoder = wire.ElementDecoder(wire.layout(spec))
+        with _socket() as sock:
+            try:
+                for reply in dump(sock, wire.element_request(self.family, self.name, name, key)):
+                    for found in decoder.feed(reply):
+                        return found
+            except FileNotFoundError:
+                return None
+        return None
+
+
 class CommitWatch:
     """Subscribes to nf_tables' events in this network namespace and keeps a CommitLog of
     the watched tables. Not thread-safe: the agent uses it under its sync lock. Without

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv6Address
 
@@ -268,6 +268,48 @@ def joined(fields: tuple[str, ...]) -> Formatter:
     if len(parts) == 1:
         return parts[0]
     return lambda r: " . ".join([part(r) for part in parts])
+
+
+def element_keys(message: Message) -> list[bytes] | None:
+    """The raw keys of a NEWSETELEM / DELSETELEM message's elements; None for an interval
+    (an end key) or a message without elements: the set is read whole instead."""
+    keys = []
+    for _kind, element in attribute_list(attributes(message.body).get(ELEM_LIST_ELEMENTS, b"")):
+        found = attributes(element)
+        if ELEM_KEY_END in found or ELEM_INTERVAL_END & int.from_bytes(found.get(ELEM_FLAGS, b"")[:4] or b"\0", "big"):
+            return None
+        keys.append(attributes(found.get(ELEM_KEY, b"")).get(DATA_VALUE, b""))
+    return keys or None
+
+
+def key_bytes(fields: tuple[str, ...], text: str) -> bytes:
+    """A key as render writes it ("10.96.0.10 . tcp . 80 . 1") in the kernel's layout: the
+    inverse of joined() (for the fakes and the tests)."""
+    out = b""
+    for kind, part in zip(fields, text.split(" . "), strict=True):
+        if kind == ADDR4:
+            out += bytes(int(x) for x in part.split("."))
+        elif kind == ADDR6:
+            out += IPv6Address(part).packed
+        elif kind == PROTO:
+            names = {name: number for number, name in _PROTOCOLS.items()}
+            out += bytes([names[part] if part in names else int(part)]) + b"\0" * 3
+        elif kind == PORT:
+            out += int(part).to_bytes(2, "big") + b"\0\0"
+        else:
+            out += int(part).to_bytes(4, sys.byteorder)
+    return out
+
+
+def element_list(keys: Iterable[bytes]) -> bytes:
+    """NFTA_SET_ELEM_LIST_ELEMENTS holding elements with these keys."""
+    return attr(ELEM_LIST_ELEMENTS, b"".join(attr(1, attr(ELEM_KEY, attr(DATA_VALUE, key))) for key in keys))
+
+
+def element_request(family: int, table: str, set_name: str, key: bytes) -> bytes:
+    """GETSETELEM of one element by its key: the kernel answers it, or ENOENT."""
+    return request(GETSETELEM, family, NLM_F_ACK, name_attr(TABLE, table), name_attr(ELEM_LIST_SET, set_name),
+                   element_list([key]))
 
 
 def _verdict(payload: bytes) -> str:
