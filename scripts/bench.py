@@ -194,6 +194,7 @@ class Agent:
         )  # fmt: skip
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.tail: list[str] = []
+        self.drift_checks: list[dict[str, Any]] = []  # "drift checked" lines (kproxy's reads for drift)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -201,6 +202,8 @@ class Agent:
         for raw in self.proc.stdout:
             self.tail = (self.tail + [raw.rstrip()])[-20:]
             for line in json_lines(raw):
+                if line.get("event") == "drift checked":
+                    self.drift_checks.append(synced_fields(line))
                 self.lines.put(line)
 
     def drain(self) -> None:
@@ -580,6 +583,8 @@ def bench_api(
                 if foreign is not None:
                     result["foreign_commits"] = {"interval_s": foreign_interval, "commits": foreign.stop()}
                     foreign = None
+                # each read of kproxy's table for drift, until now (first sync, settling, changes)
+                result["drift_checks"] = list(agent.drift_checks)
                 result["agent_after_changes"] = agent.status()
                 if tamper and proxy_mode() == "nftables":
                     result["tamper"] = measure_tamper(ns, agent, store, services, endpoints, moved, changes + 1,
