@@ -1,6 +1,13 @@
 """The agent: one sync is a snapshot of the tracker, a plan per IP family, and each
 family's backend making the kernel match it; plus the check that nobody changed the
-rules behind kproxy's back since the last sync."""
+rules behind kproxy's back since the last sync.
+
+That check costs nothing while the nftables ruleset generation stays where kproxy's own
+commits left it. On a real node it moves all the time (kubelet and CNIs commit through
+iptables-nft), so a commit watch (nftables' netlink events) says which tables, chains and
+sets other programs' commits touched: a commit elsewhere costs no read at all, one that
+touched kproxy's table a read of what it touched. When the watch lost events, or has
+none, the whole table is read, streamed (backends/nft/drift.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +15,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import structlog
 
-from kproxy.backends.base import Backend, SyncResult
+from kproxy.backends.base import Backend, SyncResult, Touched
 from kproxy.model import IPAddress, IPNetwork, NodeConfig, NodeInfo, ServiceName
 from kproxy.plan import Plan
 from kproxy.planner import FamilyPlanner
@@ -27,6 +35,30 @@ FULL_SYNC_PERIOD_S = 3600.0
 DEFAULT_VERIFY_INTERVAL_S = 30.0
 
 Generation = Callable[[], int | None]  # the nftables ruleset generation, None: unknown
+
+
+class CommitWatch(Protocol):
+    """What other programs' commits touched in kproxy's tables (backends/nft/netlink.py)."""
+
+    def drain(self) -> None:
+        """Read the events queued so far (kproxy's own commits' among them)."""
+
+    def take(self) -> Mapping[str, Touched] | None:
+        """Touched objects per table ("ip kproxy") since the last take or forget; None: unknown."""
+
+    def forget(self) -> None:
+        """Everything drained so far was kproxy's own doing."""
+
+    def own(self, after: int, through: int) -> None:
+        """The commits of generations after `after` up to `through` were kproxy's own."""
+
+    def pause(self) -> None:
+        """Stop listening (around kproxy's own full rewrites); what comes meanwhile is unknown."""
+
+    def resume(self) -> None: ...
+
+    def seen(self, generation: int) -> bool:
+        """Whether the events of every commit up to `generation` have been read."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,12 +91,15 @@ SyncHook = Callable[[Plan, SyncReport], object]
 class GenerationLedger:
     """The ruleset generation at which the kernel was last known to hold exactly what
     kproxy applied. A kproxy transaction moves the generation by one; when it moved by
-    more, someone else committed, and the kernel must be read back once to be sure."""
+    more, someone else committed, and the kernel must be checked once to be sure (the
+    commit watch, if any, says what to read)."""
 
-    def __init__(self, read: Generation, verify_interval: float, clock: Callable[[], float]) -> None:
+    def __init__(self, read: Generation, verify_interval: float, clock: Callable[[], float],
+                 watch: CommitWatch | None = None) -> None:
         self._read = read
         self._verify_interval = verify_interval
         self._clock = clock
+        self.watch = watch
         self.known: int | None = None
         self._last_verified = float("-inf")
 
@@ -77,16 +112,36 @@ class GenerationLedger:
         # no generation to watch: read the kernel back now and then
         return self._clock() - self._last_verified >= self._verify_interval
 
+    def touched(self) -> Mapping[str, Touched] | None:
+        return self.watch.take() if self.watch is not None else None
+
     def verified(self, generation: int | None) -> None:
         self._last_verified = self._clock()
+        # a commit counted in `generation` whose events have not come yet would be
+        # forgotten with kproxy's own at the end of the sync: check again next time
+        if generation is not None and self.watch is not None and not self.watch.seen(generation):
+            generation = None
         self.known = generation
 
-    def after_sync(self, known_before: bool, before: int | None, commits: int) -> None:
-        """After this sync's transactions: still known if the state before was known (or
-        replaced whole) and only kproxy committed since."""
+    def after_sync(self, known_before: bool, before: int | None, applied_from: int | None, commits: int) -> None:
+        """After this sync's transactions (the generation was `before` when the sync began,
+        `applied_from` when its first transaction began): still known if the state before
+        was known (or replaced whole) and only kproxy committed since. Then what the watch
+        saw since it was last read was kproxy's own (events lost while kproxy's own full
+        sync overflowed the socket included). Otherwise the next sync asks the watch what
+        others touched, without kproxy's own commits if the transactions alone moved the
+        generation (a long drift check does not make kproxy read its own commits back)."""
+        if self.watch is not None:
+            self.watch.drain()  # before reading the generation: a commit in between is not exact
         after = self._read()
         exact = before is not None and after is not None and after == before + commits
         self.known = after if known_before and exact else None
+        if self.watch is None or after is None:
+            return
+        if self.known is not None:
+            self.watch.forget()
+        elif commits and applied_from is not None and after == applied_from + commits:
+            self.watch.own(applied_from, after)
 
 
 class RefusedExternalIPs:
@@ -117,7 +172,7 @@ class Agent:
     def __init__(self, node: NodeConfig, backends: Mapping[int, Backend], tracker: Tracker,
                  on_synced: Sequence[SyncHook] = (), clock: Callable[[], float] = time.monotonic,
                  generation: Generation = lambda: None,
-                 verify_interval: float = DEFAULT_VERIFY_INTERVAL_S) -> None:
+                 verify_interval: float = DEFAULT_VERIFY_INTERVAL_S, watch: CommitWatch | None = None) -> None:
         self.node = node
         self.backends = dict(backends)
         self.tracker = tracker
@@ -127,7 +182,7 @@ class Agent:
         self.last_sync: SyncReport | None = None
         self._clock = clock
         self._last_full: float | None = None
-        self._ledger = GenerationLedger(generation, verify_interval, clock)
+        self._ledger = GenerationLedger(generation, verify_interval, clock, watch)
         self._refused = RefusedExternalIPs() if node.external_ip_cidrs is not None else None
         # called with each family's plan after each successful sync, outside the lock
         # (healthCheckNodePorts, UDP conntrack cleanup)
@@ -147,10 +202,18 @@ class Agent:
 
     def _drift(self, generation: int | None) -> dict[int, tuple[str, ...]] | None:
         """What each backend's rules lack or have beyond what it applied, when the ruleset
-        generation says someone else may have changed them; None: not checked (no need)."""
+        generation says someone else may have changed them; None: not checked (no need).
+        A backend whose table the watch saw no other commit touch is not read at all."""
         if not self._ledger.must_verify(generation):
             return None
-        found = {family: tuple(b.differences()) for family, b in self.backends.items()}
+        touched = self._ledger.touched()
+        found = {}
+        for family, backend in self.backends.items():
+            table = backend.watched_table
+            if touched is None or table is None:
+                found[family] = tuple(backend.differences())
+            elif scope := touched.get(table):
+                found[family] = tuple(backend.differences(scope))
         drifted = {family: diff for family, diff in found.items() if diff}
         self._ledger.verified(generation if not drifted else None)
         return drifted
@@ -172,25 +235,36 @@ class Agent:
             planned = time.perf_counter()
             generation = self._ledger.current()
             checked = None if full else self._drift(generation)
+            # the transactions' own window, to tell them from others' commits during a check
+            applied_from = self._ledger.current() if checked is not None and self._ledger.watch else generation
             drift = checked or {}
-            # known: replaced whole, unchanged since kproxy's last commit, or just read back
-            # (what drifted is replaced whole below)
-            known_before = full or checked is not None or generation == self._ledger.known
+            # known: replaced whole, unchanged since kproxy's last commit or verified just now
+            # (the ledger then holds this generation), or every family drifted and is
+            # replaced whole below
+            known_before = (full or generation == self._ledger.known
+                            or (bool(drift) and drift.keys() == self.backends.keys()))
             results: list[SyncResult] = []
             families = []
             self._ledger.known = None  # until this sync's commits are accounted for
-            for plan in plans:
-                family_started = time.perf_counter()
-                repair = drift.get(plan.family, ())
-                if repair:
-                    log.warning("drift repaired", proxy_mode=self.backends[plan.family].mode,
-                                ip_family=f"IPv{plan.family}", drifted=_summary(repair))
-                result = self.backends[plan.family].sync(plan, full=full or bool(repair))
-                results.append(result)
-                families.append(FamilySync(family=plan.family, full=result.full, drift=repair,
-                                           seconds=time.perf_counter() - family_started
-                                           + (planned - started) / len(plans)))
-            self._ledger.after_sync(known_before, generation, sum(r.transactions for r in results))
+            quiet = self._ledger.watch if full or drift else None
+            if quiet is not None:
+                quiet.pause()  # not to hear kproxy's own full rewrite: 200,000 element events
+            try:
+                for plan in plans:
+                    family_started = time.perf_counter()
+                    repair = drift.get(plan.family, ())
+                    if repair:
+                        log.warning("drift repaired", proxy_mode=self.backends[plan.family].mode,
+                                    ip_family=f"IPv{plan.family}", drifted=_summary(repair))
+                    result = self.backends[plan.family].sync(plan, full=full or bool(repair))
+                    results.append(result)
+                    families.append(FamilySync(family=plan.family, full=result.full, drift=repair,
+                                               seconds=time.perf_counter() - family_started
+                                               + (planned - started) / len(plans)))
+            finally:
+                if quiet is not None:
+                    quiet.resume()
+            self._ledger.after_sync(known_before, generation, applied_from, sum(r.transactions for r in results))
             self._failed = False
             all_full = all(r.full for r in results)
             if all_full:

@@ -24,6 +24,11 @@ For each size, in a fresh namespace (deleted afterwards, also on failure):
      write -> kernel (`nft monitor` in the namespace shows the new element; nftables mode
      only) and write -> "synced" line, p50/p99/max;
   3. the agent's peak RSS (VmHWM) and CPU time.
+  With --foreign-commits S another program commits to a table of its own in the
+  namespace every S seconds while the changes are measured (as kubelet and CNIs using
+  iptables-nft do on real nodes); with --tamper, after the changes, one element of
+  kproxy's table is deleted behind its back and the next sync (caused by one more write)
+  is timed: the drift check and the repair.
 Progress goes to stderr; stdout gets exactly one JSON object.
 """
 
@@ -189,6 +194,7 @@ class Agent:
         )  # fmt: skip
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.tail: list[str] = []
+        self.drift_checks: list[dict[str, Any]] = []  # "drift checked" lines (kproxy's reads for drift)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -196,6 +202,8 @@ class Agent:
         for raw in self.proc.stdout:
             self.tail = (self.tail + [raw.rstrip()])[-20:]
             for line in json_lines(raw):
+                if line.get("event") == "drift checked":
+                    self.drift_checks.append(synced_fields(line))
                 self.lines.put(line)
 
     def drain(self) -> None:
@@ -386,6 +394,51 @@ class KernelMonitor:
             self.proc.wait(5)
 
 
+class ForeignCommits:
+    """Another program's commits to a table of its own in the namespace, one every
+    `interval` seconds (an element added, then deleted), until stopped."""
+
+    def __init__(self, ns: Netns, interval: float) -> None:
+        self.ns = ns
+        self.interval = interval
+        self.commits = 0
+        self._stop = threading.Event()
+        ns.run("nft", "add table ip kproxy-bench-foreign")
+        ns.run("nft", "add set ip kproxy-bench-foreign s { type ipv4_addr ; }")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        verb = "add"
+        while not self._stop.wait(self.interval):
+            subprocess.run(self.ns.argv("nft", verb, "element", "ip", "kproxy-bench-foreign", "s", "{ 192.0.2.7 }"),
+                           capture_output=True, check=False, timeout=60)
+            self.commits += 1
+            verb = "delete" if verb == "add" else "add"
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(70)
+        return self.commits
+
+
+def next_synced_with(agent: Agent, timeout: float) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    """The next "synced" line that did something, when it came, and the lines before it."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = agent.lines.get(timeout=min(left, 1.0))
+        except queue.Empty:
+            if agent.proc.poll() is not None:
+                raise RuntimeError(f"agent exited ({agent.proc.returncode}): {agent.tail}") from None
+            continue
+        if line.get("event") == "synced" and line.get("operations") != 0:
+            return line, time.monotonic(), seen
+        seen.append(line)
+    raise TimeoutError(f"no synced line within {timeout} s; last output: {agent.tail}")
+
+
 def bench_size(
     kproxy: str, services: int, endpoints: int, changes: int, timeout: float, workdir: Path
 ) -> dict[str, Any]:
@@ -463,7 +516,8 @@ def settle(agent: Agent, quiet: float = 2.0, limit: float = 120.0) -> int:
 
 
 def bench_api(
-    kproxy: str, services: int, endpoints: int, changes: int, timeout: float, workdir: Path
+    kproxy: str, services: int, endpoints: int, changes: int, timeout: float, workdir: Path,
+    foreign_interval: float = 0.0, tamper: bool = False,
 ) -> dict[str, Any]:
     """The agent watching the fake API server: start -> first sync, write -> kernel, RSS."""
     sys.path.insert(0, str(TOP))  # the fake API server lives with the API tests (soak.py uses it too)
@@ -481,6 +535,7 @@ def bench_api(
     with Netns(f"kpbench-{os.getpid()}-{services}") as ns:
         server = in_netns(ns.name, lambda: FakeApiServer(store))
         monitor: KernelMonitor | None = None
+        foreign: ForeignCommits | None = None
         try:
             kubeconfig = workdir / f"kubeconfig-{services}"
             write_kubeconfig(kubeconfig, server.url)
@@ -493,6 +548,8 @@ def bench_api(
                 result["agent_at_first_sync"] = agent.status()
                 result["syncs_while_settling"] = settle(agent)
                 monitor = KernelMonitor(ns) if proxy_mode() == "nftables" else None
+                if foreign_interval > 0:
+                    foreign = ForeignCommits(ns, foreign_interval)
                 samples = []
                 for n in range(changes + 1):  # the first, uncounted: it absorbs the probe's readback
                     slice_index = (n * 7919 + 1) % services
@@ -523,14 +580,57 @@ def bench_api(
                     if samples and all(isinstance(s.get(key), (int, float)) for s in samples)
                 }
                 result["endpoint_change"]["operations"] = sorted({s.get("operations") for s in samples}, key=str)
+                if foreign is not None:
+                    result["foreign_commits"] = {"interval_s": foreign_interval, "commits": foreign.stop()}
+                    foreign = None
+                # each read of kproxy's table for drift, until now (first sync, settling, changes)
+                result["drift_checks"] = list(agent.drift_checks)
+                result["agent_after_changes"] = agent.status()
+                if tamper and proxy_mode() == "nftables":
+                    result["tamper"] = measure_tamper(ns, agent, store, services, endpoints, moved, changes + 1,
+                                                      timeout)
                 result["agent"] = agent.status()
             finally:
                 result.setdefault("agent", {})["exit_code"] = agent.stop()
         finally:
+            if foreign is not None:
+                foreign.stop()
             if monitor is not None:
                 monitor.stop()
             server.stop()
     return result
+
+
+def measure_tamper(ns: Netns, agent: Agent, store: Any, services: int, endpoints: int,
+                   moved: dict[int, int], n: int, timeout: float) -> dict[str, Any]:
+    """Delete one endpoint element of kproxy's table behind its back, then write one change:
+    the sync it causes finds the drift and repairs it. Its synced line, the time from the
+    write, what it reported, and the time the sync spent beyond plan, render and apply
+    (the drift check, mostly)."""
+    victim = services // 2
+    key = f"{SERVICE_BASE + 10 + victim} . tcp . 80 . 1"
+    ns.run("nft", "delete", "element", "ip", "kproxy", f"endpoints-{endpoints}", "{", key, "}")
+    slice_index = (n * 7919 + 1) % services
+    moved[slice_index] = n + 1
+    agent.drain()
+    time.sleep(0.2)
+    written = time.monotonic()
+    store.apply(endpoint_slice(slice_index, endpoints, moved))
+    line, at, before = next_synced_with(agent, timeout)
+    repaired = [entry for entry in before if entry.get("event") == "drift repaired"]
+    checks = [synced_fields(entry) for entry in before if entry.get("event") == "drift checked"]
+    accounted = sum(float(line.get(k) or 0) for k in ("plan_ms", "render_ms", "apply_ms"))
+    back = ns.run("nft", "list", "map", "ip", "kproxy", f"endpoints-{endpoints}").stdout
+    return {
+        "deleted": key,
+        "synced_line_ms": round((at - written) * 1000, 1),
+        "synced": synced_fields(line),
+        "unaccounted_ms": round(float(line.get("total_ms") or 0) - accounted, 1),
+        "drift_repaired": [entry.get("drifted") for entry in repaired],
+        "drift_checks": checks,
+        "restored": key in back,
+        "agent": agent.status(),
+    }
 
 
 def main() -> int:
@@ -541,6 +641,12 @@ def main() -> int:
     parser.add_argument("--source", choices=("manifests", "api"), default="manifests",
                         help="where the agent reads the cluster: a manifests file, or the fake API server")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per sync")
+    parser.add_argument("--foreign-commits", type=float, default=0.0, metavar="SECONDS",
+                        help="api: another program commits to its own nftables table this often while "
+                        "the changes are measured (0: never)")
+    parser.add_argument("--tamper", action="store_true",
+                        help="api, nftables: after the changes, delete one element of kproxy's table and time "
+                        "the sync that finds and repairs it")
     parser.add_argument("--kproxy", default=str(TOP / ".venv/bin/kproxy"))
     parser.add_argument("--proxy-mode", choices=("nftables", "iptables", "ipvs"), default="nftables",
                         help="backend to measure (iptables: the variant kproxy detects, nft in a fresh namespace; "
@@ -558,7 +664,13 @@ def main() -> int:
     dirty = subprocess.run(["git", "-C", str(TOP), "status", "--porcelain", "--", "kproxy"],
                            capture_output=True, text=True).stdout.strip() != ""  # fmt: skip
     changes = args.changes if args.changes is not None else (50 if args.source == "api" else 5)
-    measure = bench_api if args.source == "api" else bench_size
+
+    def measure(kproxy: str, size: int, endpoints: int, changes: int, timeout: float, workdir: Path) -> dict[str, Any]:
+        if args.source == "api":
+            return bench_api(kproxy, size, endpoints, changes, timeout, workdir,
+                             foreign_interval=args.foreign_commits, tamper=args.tamper)
+        return bench_size(kproxy, size, endpoints, changes, timeout, workdir)
+
     report: dict[str, Any] = {
         "commit": commit,
         "proxy_mode": args.proxy_mode,

@@ -21,6 +21,7 @@ from kproxy.backends.ipvs.objects import DEFAULT_SCHEDULER
 from kproxy.backends.nft.backend import NftBackend
 from kproxy.backends.nft.kernel import LibNftKernel, check_batch
 from kproxy.backends.nft.names import table_of
+from kproxy.backends.nft.netlink import CommitWatch
 from kproxy.backends.nft.support import RENDERING, check_script, unavailable_reason
 from kproxy.model import IPNetwork
 
@@ -45,6 +46,13 @@ def make_backend(mode: str, *, family: int = 4, localhost_nodeports: bool = True
 
 class ModeUnavailable(Exception):
     """The kernel cannot run this proxy mode; the message is one line saying why."""
+
+
+def commit_watch(backends: Iterable[Backend]) -> CommitWatch | None:
+    """nftables' commit events for the tables the backends can tell apart, if any: the
+    agent then reads back only what other programs' commits touched."""
+    tables = [b.watched_table for b in backends if b.watched_table is not None]
+    return CommitWatch(tables) if tables else None
 
 
 def check_mode(mode: str, families: Iterable[int], check: Callable[[str], str | None] | None = None,

@@ -13,6 +13,7 @@ from kproxy.agent import Agent
 from kproxy.backends.iptables.kernel import IptablesError
 from kproxy.backends.ipvs.kernel import IpvsError
 from kproxy.backends.nft.kernel import NftError
+from kproxy.backends.registry import commit_watch
 from kproxy.cli.errors import EXIT_FAILED
 from kproxy.cli.ipvs_mode import check_ipvs_flags
 from kproxy.cli.wiring import (
@@ -62,10 +63,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     apply_conntrack_sysctls(args)
     health_checks = ServiceHealthServer()
-    agent = Agent(node, backends_for(args, node), tracker,
+    backends = backends_for(args, node)
+    agent = Agent(node, backends, tracker,
                   on_synced=(health_checks.after_sync, ConntrackCleaner().after_sync,
                              TakeOverOnce(args).after_sync),
-                  generation=generation_source(args), verify_interval=args.sync_period)
+                  generation=generation_source(args), verify_interval=args.sync_period,
+                  watch=commit_watch(backends.values()))
     runner = SyncRunner(obs.observe(agent.sync, tracker), min_interval=args.min_sync_period,
                         max_interval=args.sync_period)
     gave_up: list[str] = []

@@ -15,6 +15,7 @@ from tests.unit.test_planner import NODE
 @dataclass
 class RecordingBackend:
     mode = "recording"
+    watched_table = None
     calls: list[tuple[Plan, bool]] = field(default_factory=list)
     refuse_full: bool = False  # report partial syncs even when asked for a full one
 
@@ -22,7 +23,7 @@ class RecordingBackend:
         self.calls.append((plan, full))
         return SyncResult(full=full and not self.refuse_full, operations=1, render_ms=0.0, apply_ms=0.0)
 
-    def differences(self) -> list[str]:
+    def differences(self, touched: object = None) -> list[str]:
         return []
 
 

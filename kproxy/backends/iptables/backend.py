@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import structlog
 
-from kproxy.backends.base import SyncResult
+from kproxy.backends.base import SyncResult, Touched
 from kproxy.backends.iptables.chains import ChainState
 from kproxy.backends.iptables.drift import differences
 from kproxy.backends.iptables.kernel import IptablesKernel
@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 class IptablesBackend:
     mode = "iptables"
+    watched_table: str | None = None  # iptables-nft tables are shared with kubelet: any commit means a check
 
     def __init__(self, kernel: IptablesKernel, localhost_nodeports: bool = True,
                  route_localnet: Callable[[], bool | None] = route_localnet_or_warn, family: int = 4) -> None:
@@ -86,7 +87,7 @@ class IptablesBackend:
         return SyncResult(full=full, operations=restore.operations, transactions=restore.tables,
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
 
-    def differences(self) -> list[str]:
+    def differences(self, touched: Touched | None = None) -> list[str]:
         """What differs between iptables-save and what this backend last restored."""
         if self._state is None:
             return []

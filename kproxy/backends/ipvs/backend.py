@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from kproxy.backends.base import SyncResult
+from kproxy.backends.base import SyncResult, Touched
 from kproxy.backends.ipvs.aux import NODE_OWNER, aux_skeleton, node_elements, service_port_elements
 from kproxy.backends.ipvs.desired import DesiredIpvs
 from kproxy.backends.ipvs.diff import apply_to, diff_some, draining
@@ -42,6 +42,7 @@ DRAIN_LIMIT = 15 * 60.0
 
 class IpvsBackend:
     mode = "ipvs"
+    watched_table: str | None = None  # IPVS is not nftables: a generation change means a whole check
 
     def __init__(self, kernel: IpvsKernel, family: int = 4, *, scheduler: str = DEFAULT_SCHEDULER,
                  drain_limit: float = DRAIN_LIMIT, clock: Callable[[], float] = time.monotonic,
@@ -144,7 +145,7 @@ class IpvsBackend:
     def draining(self) -> list[tuple[VirtualKey, RealKey]]:
         return sorted(self._drain_since)
 
-    def differences(self) -> list[str]:
+    def differences(self, touched: Touched | None = None) -> list[str]:
         if self._virtuals is None:
             return []
         return record_differences(self._virtuals, self._addresses, self._kernel.list_virtuals(),

@@ -15,10 +15,10 @@ from dataclasses import replace
 
 import structlog
 
-from kproxy.backends.base import SyncResult
+from kproxy.backends.base import SyncResult, Touched
 from kproxy.backends.nft import affinity6
 from kproxy.backends.nft.affinity import stale_entries
-from kproxy.backends.nft.drift import differences
+from kproxy.backends.nft.drift import CheckStats, differences
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.kernel import NftError, NftKernel
 from kproxy.backends.nft.names import affinity_names, table_of
@@ -49,6 +49,7 @@ class NftBackend:
     def __init__(self, kernel: NftKernel, family: int = 4) -> None:
         self._kernel = kernel
         self.family = family
+        self.watched_table: str | None = table_of(family)
         self._reset()
 
     def _reset(self) -> None:
@@ -104,13 +105,21 @@ class NftBackend:
         self._kernel.apply(script)
         self._transactions += 1
 
-    def differences(self) -> list[str]:
+    def differences(self, touched: Touched | None = None) -> list[str]:
         """What differs between the kernel and what this backend applied (nothing before
-        the first sync). Lists the whole table: the agent asks only when the ruleset
-        generation says someone else changed nftables."""
+        the first sync). The agent asks only when another program's commit may have changed
+        the table; `touched` says which sets it changed (None: any), and only those sets'
+        elements are read, streamed over netlink (drift.py)."""
         if self._skeleton is None:
             return []
-        return differences(self._skeleton, self._table, self._kernel.list_table())
+        started = time.perf_counter()
+        stats = CheckStats()
+        found = differences(self._skeleton, self._table, self._kernel, touched, stats)
+        log.info("drift checked", ip_family=f"IPv{self.family}",
+                 touched="anything" if touched is None else touched.describe(), sets_read=stats.sets_read,
+                 elements_read=stats.elements_read, differences=len(found),
+                 ms=round((time.perf_counter() - started) * 1000, 1))
+        return found
 
     def _update_elements(self, plan: Plan, delta: ElementDelta | None) -> None:
         node = render_node(plan)

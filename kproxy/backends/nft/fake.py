@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from kproxy.backends.base import Touched
+from kproxy.backends.nft import wire
+from kproxy.backends.nft.drift import Structure
+from kproxy.backends.nft.events import CommitLog
 from kproxy.backends.nft.kernel import NftError
 from kproxy.backends.nft.names import TABLE
 
@@ -58,6 +63,8 @@ class FakeNft:
         self.fail_next: str | None = None
         self._state: _Table | None = None
         self._generation = 1  # bumped by every committed transaction, as the kernel does
+        # what the kernel announces to the nf_tables event group: one datagram per commit
+        self.events: list[bytes] = []
 
     # --- NftKernel ------------------------------------------------------------------------
 
@@ -72,8 +79,8 @@ class FakeNft:
                     work = self._command(work, line.strip())
                 except NftError as err:
                     raise NftError(f"Error: line {n}: {err}: {line.strip()[:200]}") from None
+        self._announce(self._state, work)
         self._state = work
-        self._generation += 1
         self.scripts.append(script)
 
     def generation(self) -> int | None:
@@ -97,9 +104,62 @@ class FakeNft:
         return {"nftables": [self._set_json(name, self._state.sets[name])]}
 
     def delete_table(self) -> bool:
-        present, self._state = self._state is not None, None
-        self._generation += present
+        present = self._state is not None
+        if present:
+            self._announce(self._state, None)
+        self._state = None
         return present
+
+    def structure(self) -> Structure | None:
+        if self._state is None:
+            return None
+        return Structure(chains={name: len(c.rules) for name, c in self._state.chains.items()},
+                         sets=frozenset(self._state.sets))
+
+    def read_elements(self, name: str, spec: str) -> Iterator[tuple[str, str | None]]:
+        held = self._state.sets.get(name) if self._state is not None else None
+        for key, (data, _comment) in (held.elements.items() if held is not None else ()):
+            yield key, data
+
+    def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
+        held = self._state.sets.get(name) if self._state is not None else None
+        text = wire.joined(wire.layout(spec).key)(key)
+        if held is None or text not in held.elements:
+            return None
+        return text, held.elements[text][0]
+
+    def foreign_commit(self, table: str = "ip filter") -> None:
+        """Another program's transaction in another table: the generation moves, the events
+        name that table."""
+        family, name = table.split()
+        self._generation += 1
+        self.events.append(wire.event(wire.NEWTABLE, wire.NFPROTO[family], wire.name_attr(wire.TABLE, name))
+                           + wire.generation_event(self._generation))
+
+    def _announce(self, before: _Table | None, after: _Table | None) -> None:
+        """A commit's events (what changed, by table, chain and set) and its new generation."""
+        family, table = wire.NFPROTO[self.family], wire.name_attr(wire.TABLE, self.name)
+        messages = []
+        if (before is None) != (after is None):
+            messages.append(wire.event(wire.NEWTABLE if after is not None else wire.DELTABLE, family, table))
+        old, new = before or _Table(), after or _Table()
+        for name in sorted(old.chains.keys() | new.chains.keys()):
+            was, now = old.chains.get(name), new.chains.get(name)
+            if (was is None) != (now is None):
+                kind = wire.NEWCHAIN if now is not None else wire.DELCHAIN
+                messages.append(wire.event(kind, family, table, wire.name_attr(wire.CHAIN_NAME, name)))
+            elif was is not None and now is not None and was.rules != now.rules:
+                messages.append(wire.event(wire.NEWRULE, family, table, wire.name_attr(wire.RULE_CHAIN, name)))
+        for name in sorted(old.sets.keys() | new.sets.keys()):
+            had, has = old.sets.get(name), new.sets.get(name)
+            if (had is None) != (has is None):
+                kind = wire.NEWSET if has is not None else wire.DELSET
+                messages.append(wire.event(kind, family, table, wire.name_attr(wire.SET_NAME, name)))
+            elif had is not None and has is not None and had.elements != has.elements:
+                messages.append(wire.event(wire.NEWSETELEM, family, table, wire.name_attr(wire.ELEM_LIST_SET, name),
+                                           *_element_list(has.spec, had.elements, has.elements)))
+        self._generation += 1
+        self.events.append(b"".join(messages) + wire.generation_event(self._generation))
 
     def listing(self) -> dict[str, Any] | None:
         """The whole table as plain data to compare two fakes by: chains with their hook and
@@ -271,6 +331,19 @@ class FakeNft:
         return out
 
 
+def _element_list(spec: str, before: dict[str, Any], after: dict[str, Any]) -> list[bytes]:
+    """The changed elements' keys as the kernel's event carries them (none for an interval
+    set: the watch then reads the set whole, as it does for the kernel's)."""
+    changed = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
+    try:
+        shape = wire.layout(spec)
+        if shape.interval:
+            return []
+        return [wire.element_list(wire.key_bytes(shape.key, key) for key in sorted(changed))]
+    except (ValueError, KeyError):
+        return []
+
+
 def _part(text: str, interval: bool) -> Any:
     if text.isdigit():
         return int(text)
@@ -296,3 +369,49 @@ def _data(data: str | None) -> Any:
     if verb in ("drop", "accept", "return", "continue"):
         return {verb: None}
     return _value(data)
+
+
+class FakeWatch:
+    """The commit watch (netlink.CommitWatch) over fakes' events, as the kernel sends them."""
+
+    def __init__(self, kernels: Iterable[FakeNft]) -> None:
+        self._kernels = list(kernels)
+        self._log = CommitLog(k.table for k in self._kernels)
+        self._read = [0] * len(self._kernels)
+        self.paused = False
+
+    def drain(self) -> None:
+        if self.paused:
+            return
+        for i, kernel in enumerate(self._kernels):
+            for datagram in kernel.events[self._read[i]:]:
+                self._log.feed(datagram)
+            self._read[i] = len(kernel.events)
+
+    def lose(self) -> None:
+        """The socket overflowed: what is queued now is lost."""
+        self._read = [len(k.events) for k in self._kernels]
+        self._log.overflowed()
+
+    def pause(self) -> None:
+        self.drain()
+        self.paused = True
+        self._log.stopped_listening()
+
+    def resume(self) -> None:
+        if self.paused:
+            self._read = [len(k.events) for k in self._kernels]  # what came meanwhile was not heard
+            self.paused = False
+
+    def take(self) -> dict[str, Touched] | None:
+        self.drain()
+        return self._log.take()
+
+    def forget(self) -> None:
+        self._log.forget()
+
+    def own(self, after: int, through: int) -> None:
+        self._log.own(after, through)
+
+    def seen(self, generation: int) -> bool:
+        return self._log.through is not None and self._log.through >= generation
