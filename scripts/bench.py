@@ -183,9 +183,12 @@ class Agent:
 
     def __init__(self, ns: Netns, kproxy: str, source: list[str]) -> None:
         """`source`: ["--manifests", FILE] or ["--kubeconfig", FILE]."""
+        # IPVS: a moved endpoint's old real server drains at weight 0 and goes at the next
+        # periodic sync, a second sync that must not be taken for the next change's
+        periodic = ["--ipvs-sync-period", "1h"] if proxy_mode() == "ipvs" else []
         argv = ns.argv(
             kproxy, "--log-format", "json", "run", *source,
-            "--min-sync-period", "0.1s", *NODE_FLAGS,
+            "--min-sync-period", "0.1s", *periodic, *NODE_FLAGS,
         )  # fmt: skip
         # ip netns exec execs kproxy, so this pid is the agent itself.
         self.proc = subprocess.Popen(

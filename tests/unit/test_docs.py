@@ -250,35 +250,53 @@ PERFORMANCE_ROWS = {  # row label (start) -> the figures of one result it shows,
         lambda r: [r["cold_sync"][k] for k in ("plan_ms", "render_ms", "apply_ms")],
     "one endpoint change in a running agent: kernel apply":
         lambda r: [r["endpoint_change"]["apply_ms"][k] for k in ("median", "max")],
+    "of which IPVS netlink requests":
+        lambda r: [r["endpoint_change"]["netlink_ms"][k] for k in ("median", "max")],
     "same change, whole sync": lambda r: [r["endpoint_change"]["total_ms"][k] for k in ("median", "max")],
     "same change end to end": lambda r: [r["endpoint_change"]["e2e_ms"][k] / 1000 for k in ("median", "max")],
     "agent peak RSS": lambda r: [r["agent"]["VmHWM"]],
     "ruleset": lambda r: [r["ruleset"]["set_and_map_elements"] / 1000],
+    "IPVS state": lambda r: [r["ruleset"][k] / 1000 for k in ("virtual_servers", "real_servers")],
 }
 
 
-def test_the_performance_table_shows_its_committed_results():
-    """Every figure of the table is in the bench JSON the section links to (as rounded)."""
-    text = section(README, "Performance")
-    (link,) = set(re.findall(r"\((docs/bench/[\w.-]+\.json)\)", text))
-    report = json.loads((TOP / link).read_text())
-    assert report["kproxy_uncommitted_changes"] is False and report["proxy_mode"] == "nftables"
-    results = {r["services"]: r for r in report["results"]}
-    lines = [line for line in text.splitlines() if line.startswith("|") and "---" not in line]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    sizes = [int(float(c.split("k ")[0]) * 1000) for c in header[1:]]
-    assert sizes and set(sizes) <= set(results)
-    shown = set()
-    for line in lines[1:]:
-        label, *cells = [c.strip() for c in line.strip("|").split("|")]
-        (figures,) = [f for start, f in PERFORMANCE_ROWS.items() if label.startswith(start)]
-        shown.add(label)
-        for size, cell in zip(sizes, cells, strict=True):
-            numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", cell.replace("MiB", ""))]
-            expected = figures(results[size])
-            if label == "ruleset":
-                numbers = numbers[-1:]  # the elements, in thousands
-            assert len(numbers) == len(expected), (label, cell)
-            for got, want in zip(numbers, expected, strict=True):
-                assert got == pytest.approx(want, rel=0.05, abs=0.06), (label, size, cell, want)
-    assert len(shown) == len(PERFORMANCE_ROWS)
+def performance_tables(text: str) -> list[tuple[str, list[str]]]:
+    """Each table of the section with the bench JSON linked last before it."""
+    tables: list[tuple[str, list[str]]] = []
+    link, rows = None, []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append(line)
+            continue
+        if rows:
+            assert link, "a Performance table without a bench JSON linked before it"
+            tables.append((link, rows))
+            rows = []
+        link = ([None, *re.findall(r"\((docs/bench/[\w.-]+\.json)\)", line)][-1]) or link
+    return tables
+
+
+def test_the_performance_tables_show_their_committed_results():
+    """Every figure of each table is in the bench JSON linked before it (as rounded)."""
+    tables = performance_tables(section(README, "Performance"))
+    assert {link for link, _rows in tables} >= {"docs/bench/nftables-1k-10k.json"}
+    for link, table in tables:
+        report = json.loads((TOP / link).read_text())
+        assert report["kproxy_uncommitted_changes"] is False
+        lines = [line for line in table if "---" not in line]
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        assert header[0].startswith(report["proxy_mode"].replace("ipvs", "IPVS")), (link, header[0])
+        results = {r["services"]: r for r in report["results"]}
+        sizes = [int(float(c.split("k ")[0]) * 1000) for c in header[1:]]
+        assert sizes and set(sizes) <= set(results)
+        for line in lines[1:]:
+            label, *cells = [c.strip() for c in line.strip("|").split("|")]
+            (figures,) = [f for start, f in PERFORMANCE_ROWS.items() if label.startswith(start)]
+            for size, cell in zip(sizes, cells, strict=True):
+                numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", cell.replace("MiB", ""))]
+                expected = figures(results[size])
+                if label == "ruleset":
+                    numbers = numbers[-1:]  # the elements, in thousands
+                assert len(numbers) == len(expected), (label, cell)
+                for got, want in zip(numbers, expected, strict=True):
+                    assert got == pytest.approx(want, rel=0.05, abs=0.06), (link, label, size, cell, want)
