@@ -213,8 +213,9 @@ class Agent:
         while not self.lines.empty():
             self.lines.get_nowait()
 
-    def next_synced(self, timeout: float, *, skip_noop: bool = False) -> tuple[dict[str, Any], float]:
-        """The next "synced" line and when it arrived (monotonic)."""
+    def next_synced(self, timeout: float, *, skip_noop: bool = False,
+                    seen: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], float]:
+        """The next "synced" line and when it arrived (monotonic); the lines before it go to `seen`."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -223,11 +224,10 @@ class Agent:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"agent exited ({self.proc.returncode}): {self.tail}") from None
                 continue
-            if line.get("event") != "synced":
-                continue
-            if skip_noop and line.get("operations") == 0:
-                continue
-            return line, time.monotonic()
+            if line.get("event") == "synced" and not (skip_noop and line.get("operations") == 0):
+                return line, time.monotonic()
+            if seen is not None:
+                seen.append(line)
         raise TimeoutError(f"no synced line within {timeout} s; last output: {self.tail}")
 
     def status(self) -> dict[str, Any]:
@@ -428,18 +428,8 @@ class ForeignCommits:
 def next_synced_with(agent: Agent, timeout: float) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
     """The next "synced" line that did something, when it came, and the lines before it."""
     seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            line = agent.lines.get(timeout=min(left, 1.0))
-        except queue.Empty:
-            if agent.proc.poll() is not None:
-                raise RuntimeError(f"agent exited ({agent.proc.returncode}): {agent.tail}") from None
-            continue
-        if line.get("event") == "synced" and line.get("operations") != 0:
-            return line, time.monotonic(), seen
-        seen.append(line)
-    raise TimeoutError(f"no synced line within {timeout} s; last output: {agent.tail}")
+    line, at = agent.next_synced(timeout, skip_noop=True, seen=seen)
+    return line, at, seen
 
 
 def bench_size(
