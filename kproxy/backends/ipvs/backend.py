@@ -67,8 +67,7 @@ class IpvsBackend:
         local = self._kernel.local_addresses() if plan.nodeport_all_local else ()
         np_ips = nodeport_ips(plan, local)
         desired, virtuals = self._desired, self._virtuals
-        full = (full or desired is None or virtuals is None or desired.nodeport_ips != np_ips
-                or desired.scheduler != self.scheduler)
+        full = full or desired is None or virtuals is None or desired.nodeport_ips != np_ips
         delta: ElementDelta | None
         if full or desired is None or virtuals is None:
             virtuals = {key: vs for key, vs in self._kernel.list_virtuals().items()
