@@ -25,7 +25,9 @@ IP = "10.96.0.110"
 
 def objects(cluster: Cluster, *pods: str, **spec: object) -> list[dict]:
     p = cluster.pods
-    return [service("gt", IP, [port(80, 8080)], **spec),
+    svc = service("gt", IP, [port(80, 8080)])
+    svc["spec"].update(spec)  # the manifests builder takes no spec fields of its own
+    return [svc,
             endpoint_slice("gt", [endpoint(p[name]) for name in pods], [slice_port(8080)])]
 
 

@@ -29,20 +29,35 @@ def make(*objects: dict):
 WEB = service("web", cluster_ip="10.96.0.10", type="NodePort", node_port=30080)
 
 
-def test_first_sync_replaces_the_table_atomically():
+def test_first_sync_sends_the_skeleton_then_every_element():
     kernel = FakeNft()
-    result = NftBackend(kernel).sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.3"])))
-    script = lines(kernel.scripts[0])
-    assert result.full
-    assert script[:3] == ["add table ip kproxy", "delete table ip kproxy",
-                          'add table ip kproxy { comment "programmed by kproxy; do not edit"; }']
-    assert ('add element ip kproxy frontends { 10.96.0.10 . tcp . 80 comment "default/web ClusterIP"'
-            " : goto dnat-2 }") in script
-    assert "add element ip kproxy endpoints-2 { 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 80, "\
-           "10.96.0.10 . tcp . 80 . 1 : 10.244.1.3 . 80 }" in script
+    backend = NftBackend(kernel)
+    result = backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.3"])))
+    skeleton, elements = (lines(script) for script in kernel.scripts)
+    assert result.full and result.transactions == 2
+    assert skeleton[:3] == ["add table ip kproxy", "delete table ip kproxy",
+                            'add table ip kproxy { comment "programmed by kproxy; do not edit"; }']
     assert "add rule ip kproxy dnat-2 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2"\
-           " map @endpoints-2" in script
-    assert "add element ip kproxy nodeport-ips { 192.168.50.10 }" in script
+           " map @endpoints-2" in skeleton
+    assert not any("element" in line for line in skeleton)
+    assert ('add element ip kproxy frontends { 10.96.0.10 . tcp . 80 comment "default/web ClusterIP"'
+            " : goto dnat-2 }") in elements
+    assert "add element ip kproxy endpoints-2 { 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 80, "\
+           "10.96.0.10 . tcp . 80 . 1 : 10.244.1.3 . 80 }" in elements
+    assert "add element ip kproxy nodeport-ips { 192.168.50.10 }" in elements
+    # a later full sync finds that very skeleton in the kernel: one transaction empties
+    # every set and fills it again
+    again = backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.4"])), full=True)
+    assert again.transactions == 1
+    assert lines(kernel.scripts[2])[0] == "flush set ip kproxy skeleton"
+    assert kernel.elements("endpoints-2") == {"10.96.0.10 . tcp . 80 . 0": "10.244.1.2 . 80",
+                                              "10.96.0.10 . tcp . 80 . 1": "10.244.1.4 . 80"}
+    # another skeleton in the kernel (an older kproxy, someone's edit): replaced whole, at once
+    kernel.apply("flush set ip kproxy skeleton\n")
+    third = backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.3"])), full=True)
+    replaced = lines(kernel.scripts[-1])
+    assert third.transactions == 1 and replaced[1] == "delete table ip kproxy"
+    assert "add element ip kproxy endpoints-1 { 10.96.0.10 . tcp . 80 . 0 : 10.244.1.3 . 80 }" in replaced
 
 
 def test_sync_of_an_unchanged_plan_sends_nothing():
@@ -51,7 +66,7 @@ def test_sync_of_an_unchanged_plan_sends_nothing():
     objs = (WEB, endpoint_slice("web", ["10.244.1.2"]))
     backend.sync(make(*objs))
     result = backend.sync(make(*objs))
-    assert (result.full, result.operations, len(kernel.scripts)) == (False, 0, 1)
+    assert (result.full, result.operations, len(kernel.scripts)) == (False, 0, 2)
 
 
 def test_one_endpoint_change_is_a_small_incremental_transaction():
@@ -59,7 +74,7 @@ def test_one_endpoint_change_is_a_small_incremental_transaction():
     backend = NftBackend(kernel)
     backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.3"])))
     result = backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.4"])))
-    script = lines(kernel.scripts[1])
+    script = lines(kernel.scripts[2])
     assert not result.full
     assert script == [
         "delete element ip kproxy endpoints-2 { 10.96.0.10 . tcp . 80 . 1 }",
@@ -74,7 +89,7 @@ def test_endpoint_count_change_moves_the_frontend_and_retires_unused_chains():
     backend = NftBackend(kernel)
     backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2"])))
     backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2", "10.244.1.3"])))
-    script = lines(kernel.scripts[1])
+    script = lines(kernel.scripts[2])
     assert "add chain ip kproxy dnat-2" in script
     assert "add map ip kproxy endpoints-2 { typeof ip daddr . meta l4proto . th dport . "\
            "numgen random mod 2 : ip daddr . th dport; }" in script
@@ -90,7 +105,7 @@ def test_no_endpoints_goes_to_reject_and_back():
     backend = NftBackend(kernel)
     backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2"])))
     backend.sync(make(WEB))
-    script = lines(kernel.scripts[1])
+    script = lines(kernel.scripts[2])
     assert ('add element ip kproxy no-endpoint-frontends { 10.96.0.10 . tcp . 80 comment '
             '"default/web ClusterIP" : goto reject-chain }') in script
     assert "delete element ip kproxy frontends { 10.96.0.10 . tcp . 80 }" in script
@@ -104,9 +119,9 @@ def test_element_shared_by_two_services_stays_until_both_are_gone():
     both = (WEB, api, endpoint_slice("web", [pod]), endpoint_slice("api", [pod]))
     backend.sync(make(*both))
     backend.sync(make(WEB, endpoint_slice("web", [pod])))
-    assert "hairpin" not in kernel.scripts[1]
+    assert "hairpin" not in kernel.scripts[2]
     backend.sync(make(WEB))
-    assert "delete element ip kproxy hairpin { 10.244.1.2 . 10.244.1.2 }" in lines(kernel.scripts[2])
+    assert "delete element ip kproxy hairpin { 10.244.1.2 . 10.244.1.2 }" in lines(kernel.scripts[3])
 
 
 def test_a_failed_transaction_is_retried_as_a_full_replace():

@@ -144,7 +144,7 @@ def test_run_exits_non_zero_when_the_manifests_watcher_dies(
     took = time.monotonic() - started
     assert code == EXIT_FAILED
     assert took < 20
-    assert "10.96.0.10" in kernel.scripts[0]  # it had programmed before the failure
+    assert "10.96.0.10" in "".join(kernel.scripts)  # it had programmed before the failure
     health = observed[0].health
     assert health.failure == "manifests: RuntimeError: injected: the reload hit a bug"
     assert HealthEndpoints(health).healthz()[0] == 503

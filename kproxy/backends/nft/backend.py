@@ -2,16 +2,18 @@
 
 What was applied is kept in memory (reading a large ruleset back costs seconds:
 docs/DESIGN.md §3).
-The first sync, and the one after any failure, replaces the whole table in a single atomic
-batch: that adopts whatever an earlier run left without a moment of missing rules, and
-makes any in-memory record that a failed batch left behind irrelevant.
+The first sync, and the one after any failure, rewrites every element of the table (and
+its skeleton, unless the kernel holds that very skeleton): that adopts whatever an earlier
+run left without a moment of missing rules, and makes any in-memory record that a failed
+batch left behind irrelevant (_load says how).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from functools import partial
 
 import structlog
 
@@ -21,8 +23,8 @@ from kproxy.backends.nft.affinity import stale_entries
 from kproxy.backends.nft.drift import CheckStats, differences
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.kernel import NftError, NftKernel
-from kproxy.backends.nft.names import affinity_names, table_of
-from kproxy.backends.nft.objects import Skeleton
+from kproxy.backends.nft.names import SKELETON, affinity_names, table_of
+from kproxy.backends.nft.objects import Element, SetSpec, Skeleton
 from kproxy.backends.nft.readback import read_view
 from kproxy.backends.nft.render import (
     Contribution,
@@ -33,7 +35,13 @@ from kproxy.backends.nft.render import (
     render_service_port,
     render_skeleton,
 )
-from kproxy.backends.nft.transaction import NeedsFullSync, NftTransaction, full_transaction, incremental_transaction
+from kproxy.backends.nft.transaction import (
+    NeedsFullSync,
+    NftTransaction,
+    full_transaction,
+    incremental_transaction,
+    skeleton_transaction,
+)
 from kproxy.backends.view import ProgrammedView
 from kproxy.model import ServicePortName
 from kproxy.plan import Plan, ServicePortPlan
@@ -57,6 +65,7 @@ class NftBackend:
         self._plans: dict[ServicePortName, ServicePortPlan] = {}
         self._affinity6: dict[ServicePortName, ServicePortPlan] = {}  # IPv6 Service ports with affinity
         self._node: Contribution = {}
+        self._marker: Contribution = {}
         self._skeleton: Skeleton | None = None
         self._transactions = 0  # kernel transactions committed by the current sync
         # changed Service ports that had affinity: (old plan, new plan or None)
@@ -70,6 +79,7 @@ class NftBackend:
         delta = ElementDelta()
         self._update_elements(plan, delta)
         skeleton = self._render_skeleton(plan)
+        self._mark(skeleton, delta)
         try:
             tx = incremental_transaction(self._skeleton, skeleton, delta)
         except NeedsFullSync as why:
@@ -81,13 +91,45 @@ class NftBackend:
         self._reset()
         self._update_elements(plan, None)
         skeleton = self._render_skeleton(plan)
-        return self._apply(full_transaction(skeleton, self._table), skeleton, started, full=True)
+        self._mark(skeleton, None)
+        operations = sum(self._table.count(spec.name) for spec in skeleton.sets)
+        return self._commit(partial(self._load, skeleton), operations, skeleton, started, full=True)
+
+    def _load(self, skeleton: Skeleton) -> None:
+        """A full sync. The elements go in a transaction of their own, after the skeleton
+        (nft would parse each into an expression tree: kernel.load_elements):
+        - no table yet: the skeleton with empty sets, then the elements, in transactions of a
+          size the kernel takes fastest. Nothing was served before, so nothing is lost
+          meanwhile; a failed load removes the table again.
+        - the kernel holds this very skeleton (a restart, a periodic full sync): one
+          transaction empties each set and fills it again.
+        - another skeleton, or one someone else changed: one nft batch replaces the whole
+          table, elements included (slower, never a moment without rules)."""
+        loaded = [(spec, self._table.elements(spec.name)) for spec in skeleton.sets if not spec.is_dynamic]
+        held = self._kernel.holds(skeleton)
+        if held is None:
+            self._apply_script(skeleton_transaction(skeleton).text())
+            try:
+                self._load_elements(skeleton.table, loaded, (), atomic=False)
+            except Exception:
+                self._kernel.delete_table()
+                self._transactions += 1
+                raise
+        elif held:
+            self._load_elements(skeleton.table, loaded, [spec.name for spec, _items in loaded])
+        else:
+            self._apply_script(full_transaction(skeleton, self._table).text())
 
     def _apply(self, tx: NftTransaction, skeleton: Skeleton, started: float, full: bool) -> SyncResult:
+        return self._commit(partial(self._apply_script, tx.text()) if tx else None, tx.operations, skeleton,
+                            started, full)
+
+    def _commit(self, work: Callable[[], None] | None, operations: int, skeleton: Skeleton, started: float,
+                full: bool) -> SyncResult:
         rendered = time.perf_counter()
-        if tx:
+        if work is not None:
             try:
-                self._apply_script(tx.text())
+                work()
             except Exception:
                 # The kernel kept its previous state; our record is ahead of it now, so the
                 # next sync rebuilds the table whole instead of trusting the record.
@@ -98,12 +140,16 @@ class NftBackend:
             self._forget_stale_affinity()
         self._affinity_changes = []
         done = time.perf_counter()
-        return SyncResult(full=full, operations=tx.operations, transactions=self._transactions,
+        return SyncResult(full=full, operations=operations, transactions=self._transactions,
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
 
     def _apply_script(self, script: str) -> None:
         self._kernel.apply(script)
         self._transactions += 1
+
+    def _load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
+                       flush: Iterable[str], atomic: bool = True) -> None:
+        self._transactions += self._kernel.load_elements(table, sets, flush, atomic)
 
     def differences(self, touched: Touched | None = None) -> list[str]:
         """What differs between the kernel and what this backend applied (nothing before
@@ -150,6 +196,13 @@ class NftBackend:
                 self._affinity6[name] = sp
             else:
                 self._affinity6.pop(name, None)
+
+    def _mark(self, skeleton: Skeleton, delta: ElementDelta | None) -> None:
+        """The element that names the skeleton the table holds (names.SKELETON)."""
+        marker = {SKELETON: {"0": Element(comment=skeleton.digest())}}
+        if marker != self._marker:
+            self._table.replace(SKELETON, self._marker or None, marker, delta)
+            self._marker = marker
 
     def _render(self, sp: ServicePortPlan) -> Contribution:
         if not (sp.affinity_timeout and self.family == 6):

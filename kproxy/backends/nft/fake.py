@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.backends.base import Touched
 from kproxy.backends.nft import wire
-from kproxy.backends.nft.drift import Structure
+from kproxy.backends.nft.drift import Structure, holds
 from kproxy.backends.nft.events import CommitLog
-from kproxy.backends.nft.kernel import NftError
-from kproxy.backends.nft.names import TABLE
+from kproxy.backends.nft.kernel import NftError, elements_script
+from kproxy.backends.nft.names import SKELETON, TABLE
+from kproxy.backends.nft.objects import Element, SetSpec, Skeleton
 
 _REF = re.compile(r"@([\w-]+)")
 _JUMP = re.compile(r"\b(?:jump|goto) ([\w-]+)")
@@ -83,6 +84,14 @@ class FakeNft:
         self._state = work
         self.scripts.append(script)
 
+    def holds(self, skeleton: Skeleton) -> bool | None:
+        return None if self._state is None else holds(FakeNft.structure(self), skeleton)
+
+    def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
+                      flush: Iterable[str] = (), atomic: bool = True) -> int:
+        self.apply(elements_script(table, sets, flush))
+        return 1
+
     def generation(self) -> int | None:
         return self._generation
 
@@ -113,8 +122,10 @@ class FakeNft:
     def structure(self) -> Structure | None:
         if self._state is None:
             return None
+        marker = self._state.sets.get(SKELETON)
+        digest = marker.elements.get("0", (None, None))[1] if marker is not None else None
         return Structure(chains={name: len(c.rules) for name, c in self._state.chains.items()},
-                         sets=frozenset(self._state.sets))
+                         sets=frozenset(self._state.sets), digest=digest)
 
     def read_elements(self, name: str, spec: str) -> Iterator[tuple[str, str | None]]:
         held = self._state.sets.get(name) if self._state is not None else None
@@ -224,6 +235,8 @@ class FakeNft:
             if known_set is not None and (known_set.spec, known_set.is_map) != (spec, kind == "map"):
                 raise NftError(f"{kind} {name} exists with another definition")
             work.sets.setdefault(name, _Set(spec, kind == "map"))
+        elif verb == "flush" and kind in ("set", "map"):
+            self._set(work, name).elements.clear()
         elif verb == "delete" and kind in ("set", "map"):
             self._set(work, name)
             self._unreferenced(work, name, f"@{name}")

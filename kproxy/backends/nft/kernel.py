@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterable
+from functools import partial
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from kproxy.backends.nft.drift import Structure
+from kproxy.backends.nft import wire
+from kproxy.backends.nft.batch import TRANSACTION_ELEMENTS, elements_encoder, transactions
+from kproxy.backends.nft.drift import Structure, holds
 from kproxy.backends.nft.names import TABLE
-from kproxy.backends.nft.netlink import NetlinkTable
+from kproxy.backends.nft.netlink import NetlinkError, NetlinkTable, commit
+from kproxy.backends.nft.objects import Element, SetSpec, Skeleton, element_text
 
 
 class NftError(RuntimeError):
@@ -31,6 +35,14 @@ class NftKernel(Protocol):
     def read_elements(self, name: str, spec: str) -> Iterable[tuple[str, str | None]]: ...
 
     def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None: ...
+
+    def holds(self, skeleton: Skeleton) -> bool | None:
+        """Whether the table is this very skeleton (drift.holds); None: there is no table."""
+
+    def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
+                      flush: Iterable[str] = (), atomic: bool = True) -> int:
+        """Empty the sets named in `flush`, then add these elements: in one transaction, or
+        (not `atomic`) in as many as suit the kernel. Returns how many were committed."""
 
 
 class LibNftKernel:
@@ -81,6 +93,37 @@ class LibNftKernel:
 
     def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
         return self._netlink.element(name, spec, key)
+
+    def holds(self, skeleton: Skeleton) -> bool | None:
+        structure = self._netlink.structure()
+        return None if structure is None else holds(structure, skeleton)
+
+    def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
+                      flush: Iterable[str] = (), atomic: bool = True) -> int:
+        """Over netlink, encoded by batch.py: nft would parse each of 100,000s of elements
+        into an expression tree first (docs/DESIGN.md §3). Every element is encoded before
+        anything is sent, so an element that cannot be encoded changes nothing. Not
+        `atomic`: in transactions of batch.TRANSACTION_ELEMENTS, which the kernel takes
+        faster than one big one."""
+        family, name = table.split()
+        encoded = []
+        for spec, items in sets:
+            try:
+                encoded.append((spec.name, list(elements_encoder(spec.spec)(items))))
+            except ValueError as err:
+                raise NftError(f"set {spec.name}: cannot encode an element: {err}") from None
+        limit = None if atomic else TRANSACTION_ELEMENTS
+        committed = 0
+        for tx in transactions(wire.NFPROTO[family], name, flush, encoded, limit):
+            data, last = tx.finish()
+            if last is None:
+                continue
+            try:
+                commit(data, last, partial(_about, tx.sets))
+            except (NetlinkError, OSError) as err:
+                raise NftError(f"loading elements: {err}") from None
+            committed += 1
+        return committed
 
     def _list(self, what: str) -> dict[str, Any] | None:
         """The kernel's JSON listing of one object; None when it does not exist."""
@@ -172,3 +215,28 @@ class RecordingKernel:
 
     def read_element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
         return None
+
+    def holds(self, skeleton: Skeleton) -> bool | None:
+        return False if self.table_present else None
+
+    def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
+                      flush: Iterable[str] = (), atomic: bool = True) -> int:
+        """Recorded as the nft script that would do the same (one transaction)."""
+        self.apply(elements_script(table, sets, flush))
+        return 1
+
+
+def _about(sets: dict[int, str], seq: int) -> str:
+    """What one message of a load was about, for an error."""
+    return f"set {sets[seq]}" if seq in sets else "the transaction"
+
+
+def elements_script(table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
+                    flush: Iterable[str] = ()) -> str:
+    """load_elements() as nft commands (for the fakes)."""
+    lines = [f"flush set {table} {name}" for name in flush]
+    for spec, items in sets:
+        texts = [element_text(key, element) for key, element in items]
+        if texts:
+            lines.append(f"add element {table} {spec.name} {{ {', '.join(texts)} }}")
+    return "".join(f"{line}\n" for line in lines)

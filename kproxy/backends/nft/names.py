@@ -28,6 +28,9 @@ NODEPORT_IPS = "nodeport-ips"  # addresses NodePorts answer on
 CLUSTER_FRONTENDS = "cluster-frontends"  # ClusterIP . proto . port
 MASQ_FRONTENDS = "masq-frontends"  # external frontends masqueraded (ETP Cluster)
 MASQ_NODEPORTS = "masq-nodeports"
+# one element, whose comment names the skeleton the table holds (Skeleton.digest): a full
+# sync that finds it there refills the sets instead of replacing the table
+SKELETON = "skeleton"
 HAIRPIN = "hairpin"  # local endpoint . itself
 FIREWALL_FRONTENDS = "firewall-frontends"  # LB frontends with loadBalancerSourceRanges
 FIREWALL_ALLOW_PREFIX = "firewall-allow-"  # firewall-allow-tcp: LB ip . port . allowed source range

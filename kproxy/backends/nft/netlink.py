@@ -11,8 +11,9 @@ did not touch kproxy's tables costs nothing but reading its few messages.
 from __future__ import annotations
 
 import errno
+import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
@@ -20,6 +21,7 @@ from kproxy.backends.base import Touched
 from kproxy.backends.nft import wire
 from kproxy.backends.nft.drift import Structure
 from kproxy.backends.nft.events import CommitLog
+from kproxy.backends.nft.names import SKELETON
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +70,41 @@ class NetlinkError(RuntimeError):
     """The kernel refused a netlink request."""
 
 
+SO_SNDBUFFORCE = 32
+NETLINK_CAP_ACK = 10
+COMMIT_TIMEOUT_S = 120.0
+
+
+def commit(data: bytes, last_seq: int, about: Callable[[int], str]) -> None:
+    """Send one transaction (a batch.Batch) and wait until the kernel acknowledges its last
+    message, which it does once the whole batch is committed or aborted. NetlinkError names
+    the first refused message (`about` says what a sequence number was about): then
+    nothing of the batch was applied."""
+    with _socket() as sock:
+        # the kernel takes a batch from one datagram: the send buffer must hold it whole
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(data) + (1 << 16))
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without a copy of the request
+        sock.settimeout(COMMIT_TIMEOUT_S)
+        if sock.send(data) != len(data):
+            raise NetlinkError("netlink: the batch was not sent whole")
+        refused: list[str] = []
+        for _datagram in range(1 << 20):  # bounded by the ack of the last message
+            for reply in wire.messages(sock.recv(RECV)):
+                if reply.kind != wire.ERROR:
+                    continue
+                code, seq = -wire.error_code(reply), wire.error_seq(reply)
+                if code:
+                    refused.append(f"{about(seq)}: {os.strerror(code)}")
+                # the last message's ack ends it; so does a refused batch begin (seq 1),
+                # after which the kernel reads no further
+                if seq == last_seq or (code and seq <= 1):
+                    if refused:
+                        raise NetlinkError(refused[0])
+                    return
+        raise NetlinkError("netlink: no acknowledgement of the batch")
+
+
 class NetlinkTable:
     """Reads one table ("ip kproxy") for the drift check."""
 
@@ -99,7 +136,13 @@ class NetlinkTable:
                 found = wire.attributes(reply.body)
                 if wire.string(found.get(wire.TABLE)) == self.name:
                     sets.add(wire.string(found.get(wire.SET_NAME)) or "")
-        return Structure(chains=chains, sets=frozenset(sets))
+            digest = None
+            if SKELETON in sets:
+                marker = wire.request(wire.GETSETELEM, self.family, wire.NLM_F_DUMP, table,
+                                      wire.name_attr(wire.ELEM_LIST_SET, SKELETON), seq=5)
+                for reply in dump(sock, marker):
+                    digest = wire.element_comment(reply) or digest
+        return Structure(chains=chains, sets=frozenset(sets), digest=digest)
 
     def elements(self, name: str, spec: str) -> Iterator[tuple[str, str | None]]:
         """(key, data) of every element of one set or map, as render writes them; nothing

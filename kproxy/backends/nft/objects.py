@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from kproxy.backends.nft.names import TABLE
@@ -27,6 +28,11 @@ class SetSpec:
     name: str
     spec: str
     is_map: bool = False
+
+    @property
+    def is_dynamic(self) -> bool:
+        """Filled by the packet path (affinity), never by render."""
+        return "dynamic" in self.spec
 
     @property
     def is_verdict_map(self) -> bool:
@@ -71,3 +77,12 @@ class Skeleton:
 
     def set_map(self) -> dict[str, SetSpec]:
         return {s.name: s for s in self.sets}
+
+    def digest(self) -> str:
+        """Names this skeleton by every chain, rule and set definition: the backend puts it
+        in the kernel (names.SKELETON), so a later full sync can tell the kernel holds it."""
+        text = "\n".join([*(c.definition(self.table) for c in self.chains),
+                          *(rule for c in self.chains for rule in (c.name, *c.rules)),
+                          *(s.definition(self.table) for s in self.sets)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+

@@ -45,6 +45,7 @@ from kproxy.backends.nft.names import (
     SC_NODEPORTS,
     SERVICE_CIDRS,
     SERVICES,
+    SKELETON,
     Dispatch,
     affinity_names,
     affinity_timeout_of,
@@ -68,6 +69,7 @@ PRESENT = Element()  # a plain set's element: shared, there are 100,000s of them
 def static_sets(ip: str, addr: str) -> list[SetSpec]:
     frontend = FRONTEND_KEY.format(ip=ip)
     return [
+        SetSpec(name=SKELETON, spec="type inet_service;"),
         SetSpec(name=CLUSTER_IPS, spec=f"type {addr};"),
         SetSpec(name=NODEPORT_IPS, spec=f"type {addr};"),
         SetSpec(name=CLUSTER_CIDRS, spec=f"type {addr}; flags interval;"),

@@ -43,9 +43,9 @@ def _add_chain_rules(tx: NftTransaction, skeleton: Skeleton, names: Iterable[str
             tx.add(f"add rule {skeleton.table} {name} {rule}")
 
 
-def full_transaction(skeleton: Skeleton, table: ElementTable) -> NftTransaction:
-    """Replace the whole table in one batch: `add` makes `delete` safe when it is absent,
-    and the kernel swaps old for new atomically, so packets never see an empty table."""
+def skeleton_transaction(skeleton: Skeleton) -> NftTransaction:
+    """Replace the whole table by its skeleton, every set empty: `add` makes `delete` safe
+    when it is absent, and the kernel swaps old for new atomically."""
     tx = NftTransaction()
     name = skeleton.table
     tx.add(f"add table {name}", 0)
@@ -56,9 +56,16 @@ def full_transaction(skeleton: Skeleton, table: ElementTable) -> NftTransaction:
     for spec in skeleton.sets:
         tx.add(spec.definition(name), 0)
     _add_chain_rules(tx, skeleton, [c.name for c in skeleton.chains])
+    return tx
+
+
+def full_transaction(skeleton: Skeleton, table: ElementTable) -> NftTransaction:
+    """Replace the whole table, elements included, in one batch: packets never see an
+    empty table."""
+    tx = skeleton_transaction(skeleton)
     for spec in skeleton.sets:
         items = [element_text(k, e) for k, e in table.elements(spec.name)]
-        _element_commands(tx, "add", name, spec.name, items)
+        _element_commands(tx, "add", skeleton.table, spec.name, items)
     return tx
 
 

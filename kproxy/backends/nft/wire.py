@@ -116,6 +116,30 @@ def error_code(message: Message) -> int:
     return int(_ERRNO.unpack_from(message.body)[0]) if len(message.body) >= 4 else 0
 
 
+def error_seq(message: Message) -> int:
+    """The sequence number of the request an ERROR message answers."""
+    return int(_HEADER.unpack_from(message.body, 4)[3]) if len(message.body) >= 4 + _HEADER.size else -1
+
+
+ELEM_USERDATA = 6  # NFTA_SET_ELEM_USERDATA
+UDATA_COMMENT = 0  # NFTNL_UDATA_SET_ELEM_COMMENT
+
+
+def element_comment(message: Message) -> str | None:
+    """The comment of the first element of a NEWSETELEM message (nftnl userdata: type,
+    length, value)."""
+    for _kind, element in attribute_list(attributes(message.body).get(ELEM_LIST_ELEMENTS, b"")):
+        udata = attributes(element).get(ELEM_USERDATA, b"")
+        at = 0
+        while at + 2 <= len(udata):
+            kind, length = udata[at], udata[at + 1]
+            if kind == UDATA_COMMENT:
+                return string(udata[at + 2:at + 2 + length])
+            at += 2 + length
+        return None
+    return None
+
+
 def attr(kind: int, payload: bytes) -> bytes:
     length = _ATTR.size + len(payload)
     return _ATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
