@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from functools import partial
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from kproxy.backends.nft import wire
