@@ -6,6 +6,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from kproxy import parse
 from kproxy.model import Protocol, ServiceName, ServicePortName, ServiceType, SliceEndpoint
 from kproxy.parse import InvalidObject, parse_endpoint_slice, parse_service
 from tests.builders import endpoint, endpoint_slice, port, service
@@ -280,3 +281,29 @@ def test_slice_invalid(mutate, field: str, fragment: str) -> None:
     if field != "metadata.name":
         assert err.key == "shop/web-x"
         assert str(err) == f"EndpointSlice shop/web-x: {field}: {err.message}"
+
+
+@pytest.mark.parametrize("entry", [
+    {"addresses": ["10.244.1.2"]},
+    {"addresses": ["10.244.1.2", "10.244.1.3"], "conditions": {"ready": False, "serving": True,
+                                                               "terminating": True}},
+    {"addresses": ["10.244.1.2"], "conditions": {}, "nodeName": "node1", "zone": "a"},
+    {"addresses": ["10.244.1.2"], "conditions": None, "nodeName": "", "zone": None},
+    {"addresses": []},
+])
+def test_the_fast_path_for_plain_endpoints_reads_them_as_the_checked_path(entry: dict) -> None:
+    fast = parse._plain_endpoints(entry, 4)
+    ctx = parse._Ctx("EndpointSlice", {"metadata": {"name": "web-1"}})
+    assert fast is not None and fast == parse._endpoints(ctx, "endpoints[0]", entry, 4, "IPv4")
+
+
+@pytest.mark.parametrize("entry", [
+    {"addresses": ["10.244.1.2"], "conditions": {"ready": 0}},  # 0 == False, but no boolean
+    {"addresses": ["10.244.1.2"], "hints": []},
+    {"addresses": ["fd00::1"]},
+    {"addresses": "10.244.1.2"},
+    {"addresses": ["10.244.1.2"], "nodeName": 7},
+    {"addresses": ["10.1"]},
+])
+def test_anything_unusual_takes_the_checked_path(entry: dict) -> None:
+    assert parse._plain_endpoints(entry, 4) is None
