@@ -370,8 +370,8 @@ def parse_endpoint_slice(obj: Any) -> EndpointSlice | None:
         )
     endpoints: list[SliceEndpoint] = []
     raw_endpoints = obj.get("endpoints")
-    for raw in raw_endpoints if type(raw_endpoints) is list else [None]:
-        fast = _plain_endpoints(raw, family)
+    for entry in raw_endpoints if type(raw_endpoints) is list else [None]:
+        fast = _plain_endpoints(entry, family)
         if fast is None:
             break
         endpoints.extend(fast)

@@ -77,10 +77,12 @@ GROUPS: dict[str, Group] = {
     # all three modes
     "core": Group((
         "tests/vm/test_no_nftables.py", "tests/vm/test_ruleset_loads.py::test_every_feature_ruleset_loads",
+        "tests/netns/test_netns_nft_load.py",
         *in_modes(DP, "test_cluster_ip_from_pod_reaches_ready_endpoints_unmasqueraded"),
         *in_modes(POL, "test_sctp_services_are_programmed"),
     ), budget=420, modules=IPVS_MODULES,
-        doc="no nf_tables -> exit 2; every-feature rules load; TCP ClusterIP from a pod, SCTP ClusterIP "
+        doc="no nf_tables -> exit 2; every-feature rules load (elements over netlink, as nft would "
+            "load them); TCP ClusterIP from a pod, SCTP ClusterIP "
             "from a pod and NodePort from outside: real packets, all three modes"),
     "nodeport": Group(in_modes(DP, "test_node_port_is_masqueraded_and_only_on_nodeport_addresses", "default"),
                       budget=240, modules=IPVS_MODULES, doc="TCP NodePort (masqueraded, only on NodePort "

@@ -105,7 +105,7 @@ class NftBackend:
           transaction empties each set and fills it again.
         - another skeleton, or one someone else changed: one nft batch replaces the whole
           table, elements included (slower, never a moment without rules)."""
-        loaded = [(spec, self._table.elements(spec.name)) for spec in skeleton.sets if not spec.is_dynamic]
+        loaded = [(spec, self._table.elements(spec.name)) for spec in skeleton.sets]
         held = self._kernel.holds(skeleton)
         if held is None:
             self._apply_script(skeleton_transaction(skeleton).text())
@@ -116,6 +116,7 @@ class NftBackend:
                 self._transactions += 1
                 raise
         elif held:
+            # affinity maps too: a full sync starts them afresh, as a replaced table would
             self._load_elements(skeleton.table, loaded, [spec.name for spec, _items in loaded])
         else:
             self._apply_script(full_transaction(skeleton, self._table).text())

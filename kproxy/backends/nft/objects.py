@@ -30,11 +30,6 @@ class SetSpec:
     is_map: bool = False
 
     @property
-    def is_dynamic(self) -> bool:
-        """Filled by the packet path (affinity), never by render."""
-        return "dynamic" in self.spec
-
-    @property
     def is_verdict_map(self) -> bool:
         return self.is_map and self.spec.rstrip().endswith(": verdict;")
 
