@@ -22,7 +22,8 @@ CASES = [
     ("typeof ip saddr . ip daddr;", [("10.244.1.2 . 10.244.1.2", None)]),
     ("typeof ip daddr . th dport . ip saddr; flags interval;",
      [("192.0.2.10 . 80 . 10.0.0.0/8", None), ("192.0.2.10 . 443 . 203.0.113.7", None)]),
-    ("type ipv4_addr; flags interval;", [("0.0.0.0/8", None), ("10.128.0.0/9", None), ("192.168.0.1-192.168.0.9", None)]),
+    ("type ipv4_addr; flags interval;",
+     [("0.0.0.0/8", None), ("10.128.0.0/9", None), ("192.168.0.1-192.168.0.9", None)]),
     ("type ipv4_addr; flags interval;", [("10.96.0.0/12", None), ("255.255.255.0/24", None)]),
     ("type ipv6_addr; flags interval;", [("fd00:96::/112", None)]),
 ]
