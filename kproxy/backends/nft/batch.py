@@ -347,22 +347,23 @@ class Batch:
 
 
 def transactions(family: int, table: str, flush: Iterable[str], sets: Iterable[tuple[str, Iterable[bytes]]],
-                 limit: int | None = None) -> list[Batch]:
+                 limit: int | None = None) -> Iterator[Batch]:
     """Batches that empty the `flush` sets and add these encoded elements: one (atomic), or
-    with `limit`, as many as needed for at most that many elements each."""
-    batches = [Batch(family, table)]
+    with `limit`, each as soon as it holds that many elements, so that a large load is never
+    held encoded whole."""
+    current = Batch(family, table)
     for name in flush:
-        batches[-1].flush(name)
+        current.flush(name)
     for name, elements in sets:
         if limit is None:
-            batches[-1].add(name, elements)
+            current.add(name, elements)
             continue
         chunk: list[bytes] = []
         for element in elements:
             chunk.append(element)
-            if batches[-1].elements + len(chunk) >= limit:
-                batches[-1].add(name, chunk)
-                batches.append(Batch(family, table))
-                chunk = []
-        batches[-1].add(name, chunk)
-    return batches
+            if current.elements + len(chunk) >= limit:
+                current.add(name, chunk)
+                yield current
+                current, chunk = Batch(family, table), []
+        current.add(name, chunk)
+    yield current

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any, Protocol
 
@@ -101,20 +101,15 @@ class LibNftKernel:
     def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
                       flush: Iterable[str] = (), atomic: bool = True) -> int:
         """Over netlink, encoded by batch.py: nft would parse each of 100,000s of elements
-        into an expression tree first (docs/DESIGN.md §3). Every element is encoded before
-        anything is sent, so an element that cannot be encoded changes nothing. Not
-        `atomic`: in transactions of batch.TRANSACTION_ELEMENTS, which the kernel takes
-        faster than one big one."""
+        into an expression tree first (docs/DESIGN.md §3). `atomic`: one transaction, every
+        element encoded before anything is sent, so one that cannot be encoded changes
+        nothing. Otherwise transactions of batch.TRANSACTION_ELEMENTS, each sent as soon as
+        it is encoded: the kernel takes those faster than one big one, and the agent never
+        holds the whole load encoded."""
         family, name = table.split()
-        encoded = []
-        for spec, items in sets:
-            try:
-                encoded.append((spec.name, list(elements_encoder(spec.spec)(items))))
-            except ValueError as err:
-                raise NftError(f"set {spec.name}: cannot encode an element: {err}") from None
-        limit = None if atomic else TRANSACTION_ELEMENTS
+        encoded = ((spec.name, _encoded(spec, items)) for spec, items in sets)
         committed = 0
-        for tx in transactions(wire.NFPROTO[family], name, flush, encoded, limit):
+        for tx in transactions(wire.NFPROTO[family], name, flush, encoded, None if atomic else TRANSACTION_ELEMENTS):
             data, last = tx.finish()
             if last is None:
                 continue
@@ -224,6 +219,13 @@ class RecordingKernel:
         """Recorded as the nft script that would do the same (one transaction)."""
         self.apply(elements_script(table, sets, flush))
         return 1
+
+
+def _encoded(spec: SetSpec, items: Iterable[tuple[str, Element]]) -> Iterator[bytes]:
+    try:
+        yield from elements_encoder(spec.spec)(items)
+    except ValueError as err:
+        raise NftError(f"set {spec.name}: cannot encode an element: {err}") from None
 
 
 def _about(sets: dict[int, str], seq: int) -> str:
