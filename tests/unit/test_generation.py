@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import socket
+from typing import ClassVar
 
-import pytest
-
-import kproxy.backends.generation as generation
-
-
-class Reply:
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def get_attr(self, name: str) -> int | None:
-        return self.value if name == "NFTA_GEN_ID" else None
+from kproxy.backends import generation
+from kproxy.backends.nft import wire
 
 
 class FakeSocket:
+    """Answers GETGEN with a NEWGEN of 40 + the requests it has seen; the first socket
+    breaks on its second request."""
+
     opened: ClassVar[list[FakeSocket]] = []
 
     def __init__(self) -> None:
@@ -25,29 +20,36 @@ class FakeSocket:
         self.requests = 0
         FakeSocket.opened.append(self)
 
-    def request_get(self, *_args: Any) -> list[Reply]:
+    def send(self, data: bytes) -> int:
+        (request,) = wire.messages(data)
+        assert request.kind == wire.GETGEN
         self.requests += 1
         if len(FakeSocket.opened) == 1 and self.requests == 2:
             raise OSError("socket broke")
-        return [Reply(40 + self.requests)]
+        return len(data)
+
+    def recv(self, _size: int) -> bytes:
+        return wire.generation_event(40 + self.requests)
 
     def close(self) -> None:
         self.closed = True
 
 
-def test_one_socket_serves_every_read_and_a_broken_one_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake() -> socket.socket:
+    return FakeSocket()  # type: ignore[return-value]
+
+
+def test_one_socket_serves_every_read_and_a_broken_one_is_replaced() -> None:
     FakeSocket.opened = []
-    monkeypatch.setattr(generation, "NFTSocket", FakeSocket)
-    read = generation.RulesetGeneration()
+    read = generation.RulesetGeneration(fake)
     assert read() == 41
     assert read() == 41  # the first socket broke on its second request: a new one answered
     assert len(FakeSocket.opened) == 2 and FakeSocket.opened[0].closed
     assert read() == 42 and len(FakeSocket.opened) == 2  # and stays open
 
 
-def test_no_nf_tables_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse() -> None:
+def test_no_nf_tables_is_none() -> None:
+    def refuse() -> socket.socket:
         raise OSError("protocol not supported")
 
-    monkeypatch.setattr(generation, "NFTSocket", refuse)
-    assert generation.RulesetGeneration()() is None
+    assert generation.RulesetGeneration(refuse)() is None
