@@ -38,8 +38,14 @@ def sets_of(ruleset: list[dict[str, Any]]) -> dict[str, list[Any]]:
             for item in ruleset for k in ("set", "map") if k in item}
 
 
-def test_elements_loaded_over_netlink_equal_nft_loading_them() -> None:
-    by_nft = in_fresh_netns("nft")["ruleset"]
+@pytest.fixture(scope="module")
+def by_nft() -> list[dict[str, Any]]:
+    """What `nft -f` of the skeleton and the elements leaves: the reference."""
+    ruleset: list[dict[str, Any]] = in_fresh_netns("nft")["ruleset"]
+    return ruleset
+
+
+def test_elements_loaded_over_netlink_equal_nft_loading_them(by_nft: list[dict[str, Any]]) -> None:
     loaded = in_fresh_netns("netlink")
     assert loaded["transactions"] == [2, 2]  # per family: the skeleton, then its elements
     sets = sets_of(by_nft)
@@ -50,16 +56,17 @@ def test_elements_loaded_over_netlink_equal_nft_loading_them() -> None:
     assert loaded["ruleset"] == by_nft
 
 
-def test_a_full_sync_over_its_own_skeleton_refills_every_set_in_one_transaction() -> None:
+def test_a_full_sync_over_its_own_skeleton_refills_every_set_in_one_transaction(
+        by_nft: list[dict[str, Any]]) -> None:
     refilled = in_fresh_netns("refill")
     # per family: skeleton + elements, then one flush-and-fill (an element deleted
     # meanwhile is back)
     assert refilled["transactions"] == [2, 1, 2, 1]
-    assert refilled["ruleset"] == in_fresh_netns("nft")["ruleset"]
+    assert refilled["ruleset"] == by_nft
 
 
-def test_a_refused_load_changes_nothing_and_names_the_set() -> None:
+def test_a_refused_load_changes_nothing_and_names_the_set(by_nft: list[dict[str, Any]]) -> None:
     refused = in_fresh_netns("refused")
     assert "no-such-set" in refused["error"]
     # the flushes in the same transaction did not happen
-    assert refused["ruleset"] == in_fresh_netns("nft")["ruleset"]
+    assert refused["ruleset"] == by_nft
