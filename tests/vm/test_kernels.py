@@ -101,7 +101,7 @@ GROUPS: dict[str, Group] = {
         *in_modes(DP, "test_udp_cluster_ip", modes=("ipvs",)),
     ), budget=300, modules=IPVS_MODULES, doc="IPVS: ClientIP affinity (persistence), graceful termination "
                                              "on a live connection, UDP ClusterIP"),
-    "ipvs-ops": Group((
+    "ipvs-detect": Group((
         *(f"tests/netns/test_netns_local_detection.py::{t}[ipvs]" for t in (
             "test_cluster_cidr_mode_source_in_the_cluster_cidr_is_local",
             "test_bridge_interface_mode_only_traffic_from_the_bridge_is_local",
@@ -109,14 +109,17 @@ GROUPS: dict[str, Group] = {
             "test_node_cidr_mode_follows_the_nodes_pod_cidrs")),
         "tests/netns/test_netns_stats.py::test_dump_stats_counts_real_connections[ipvs]",
         "tests/netns/test_netns_stats.py::test_top_plain_lines_and_full_screen[ipvs]",
+    ), budget=600, modules=IPVS_MODULES,
+        doc="IPVS: every local-traffic detector with real packets, dump --stats and top"),
+    "ipvs-ops": Group((
         *in_modes("tests/netns/test_netns_takeover.py", "test_takeover_from_kube_proxy_drops_no_connection",
                   modes=("ipvs-iptables-nft", "ipvs-iptables-legacy", "ipvs-nftables")),
         *(f"tests/netns/test_netns_ipvs_netlink.py::{t}" for t in (
             "test_thousands_of_servers_in_one_apply_read_back_changed_refused_and_deleted",
             "test_ipv6_and_firewall_mark_servers_and_their_settings")),
-    ), budget=1000, modules=IPVS_MODULES,
-        doc="IPVS: every local-traffic detector with real packets, dump --stats and top, takeover from "
-            "upstream's rules, batched netlink requests (14,000 in one apply), IPv6 and firewall-mark servers"),
+    ), budget=700, modules=IPVS_MODULES,
+        doc="IPVS: takeover from upstream's rules, batched netlink requests (14,000 in one apply), IPv6 and "
+            "firewall-mark servers"),
     "ranges": Group(in_modes(POL, "test_load_balancer_source_ranges", modes=NFT_IPT), budget=240,
                     modules=LAB_MODULES, doc="loadBalancerSourceRanges, nftables and iptables"),
     "dualstack": Group((
@@ -149,7 +152,7 @@ GROUPS: dict[str, Group] = {
 # source-range set: each runs what would show it again.
 DEFAULT_MATRIX = {
     "5.10": ("core", "local", "ipvs-state", "reject"),
-    "6.1": ("core", "local", "nodeport", "dualstack", "load"),
+    "6.1": ("core", "local", "nodeport", "dualstack", "load", "ipvs-detect"),
     "6.12": ("core", "ranges", "ipvs-ops"),
 }
 DEFAULT_GROUPS = ("core",)  # for a kernel DEFAULT_MATRIX does not name
