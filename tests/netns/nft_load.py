@@ -4,8 +4,8 @@ feature.yaml (both families) one way, prints what the kernel then holds as norma
   nft_load.py netlink   kproxy's full sync: skeleton by nft, elements over netlink
   nft_load.py nft       the same skeleton and elements as one `nft -f` script
   nft_load.py refill    a full sync that finds its skeleton there: one flush-and-fill
-  nft_load.py refused   a load whose last message names a missing set: the kernel keeps
-                        what it had, the error names that set
+  nft_load.py refused   a load that empties two sets and names a missing one: the kernel
+                        keeps what it had, the error names that set
 """
 
 from __future__ import annotations
@@ -75,9 +75,12 @@ def main(mode: str) -> dict[str, Any]:
             result["transactions"].append(backend.sync(plan, full=True).transactions)
     if mode == "refused":
         kernel = LibNftKernel(table_of(4))
+        frontends = SetSpec(name="frontends", spec="typeof ip daddr . meta l4proto . th dport : verdict;", is_map=True)
+        cluster_ips = SetSpec(name="cluster-ips", spec="type ipv4_addr;")
         missing = SetSpec(name="no-such-set", spec="type ipv4_addr;")
-        try:
-            kernel.load_elements(table_of(4), [(missing, [("10.0.0.1", Element())])], ["frontends", "cluster-ips"])
+        try:  # empty two full sets, then fail: the kernel must still hold them full
+            sets = [(frontends, []), (cluster_ips, []), (missing, [("10.0.0.1", Element())])]
+            kernel.load_elements(table_of(4), sets, flush=True)
         except NftError as err:
             result["error"] = str(err)
     result["ruleset"] = normalized()

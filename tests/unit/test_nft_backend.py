@@ -241,7 +241,7 @@ def test_ipv6_affinity_is_a_set_of_clients_per_endpoint():
 
 def test_a_failed_load_into_a_new_table_leaves_no_table() -> None:
     class Refusing(FakeNft):
-        def load_elements(self, table: str, sets, flush=(), atomic: bool = True) -> int:  # type: ignore[no-untyped-def]
+        def load_elements(self, table: str, sets, flush=False, atomic: bool = True) -> int:  # type: ignore[no-untyped-def]
             raise NftError("loading elements: set endpoints-1: No space left on device")
 
     kernel = Refusing()

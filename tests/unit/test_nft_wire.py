@@ -8,6 +8,7 @@ import pytest
 
 from kproxy.backends.base import Touched
 from kproxy.backends.nft import wire
+from kproxy.backends.nft.batch import joined_encoder
 from kproxy.backends.nft.events import CommitLog
 from kproxy.backends.nft.names import DISPATCHES, affinity_names
 from kproxy.backends.nft.render import render_skeleton
@@ -217,7 +218,7 @@ def test_an_unknown_field_is_refused():
 
 def test_element_events_carry_their_keys():
     spec = "typeof ip daddr . meta l4proto . th dport . numgen random mod 10 : ip daddr . th dport;"
-    key = wire.key_bytes(wire.layout(spec).key, "10.96.18.194 . tcp . 80 . 3")
+    key = joined_encoder(wire.layout(spec).key)("10.96.18.194 . tcp . 80 . 3")
     assert key == bytes.fromhex("0a6012c2060000000050000003000000")
     assert wire.joined(wire.layout(spec).key)(key) == "10.96.18.194 . tcp . 80 . 3"
     log = CommitLog(["ip kproxy"])

@@ -110,14 +110,14 @@ class NftBackend:
         if held is None:
             self._apply_script(skeleton_transaction(skeleton).text())
             try:
-                self._load_elements(skeleton.table, loaded, (), atomic=False)
+                self._load_elements(skeleton.table, loaded, flush=False, atomic=False)
             except Exception:
                 self._kernel.delete_table()
                 self._transactions += 1
                 raise
         elif held:
             # affinity maps too: a full sync starts them afresh, as a replaced table would
-            self._load_elements(skeleton.table, loaded, [spec.name for spec, _items in loaded])
+            self._load_elements(skeleton.table, loaded, flush=True)
         else:
             self._apply_script(full_transaction(skeleton, self._table).text())
 
@@ -149,7 +149,7 @@ class NftBackend:
         self._transactions += 1
 
     def _load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
-                       flush: Iterable[str], atomic: bool = True) -> None:
+                       flush: bool, atomic: bool = True) -> None:
         self._transactions += self._kernel.load_elements(table, sets, flush, atomic)
 
     def differences(self, touched: Touched | None = None) -> list[str]:

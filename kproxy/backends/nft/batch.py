@@ -24,6 +24,7 @@ from itertools import pairwise
 
 from kproxy.backends.nft import wire
 from kproxy.backends.nft.objects import COMMENT_MAX, Element
+from kproxy.backends.nft.wire import attr as _attr
 
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NLM_F_CREATE = 0x400
@@ -146,11 +147,6 @@ def _width(kind: str) -> int:
     return 16 if kind == wire.ADDR6 else 4
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return _ATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
-
-
 def _value(raw: bytes) -> bytes:
     return _attr(wire.DATA_VALUE, raw)
 
@@ -187,21 +183,20 @@ def elements_encoder(spec: str) -> ElementsEncoder:
     if shape.interval and len(shape.key) == 1:
         return _single_intervals(shape.key[0])
     key_of = joined_encoder(shape.key)
-    data_of: Encoder | None = None
-    if isinstance(shape.data, tuple):
-        data_of = joined_encoder(shape.data)
-    verdicts: dict[str, bytes] = {}
+    data_of = joined_encoder(shape.data) if isinstance(shape.data, tuple) else None
+    # Keys and data of a set have one length: their attribute headers are built once.
+    data_head, data_pad = _value_head(wire.ELEM_DATA, _length(shape.data)) if data_of is not None else (b"", b"")
+    encoded_data: dict[str, bytes] = {}  # map data repeats: each endpoint's twice or more, verdicts 1000s of times
 
     def data(element: Element) -> bytes:
         if shape.data is None:
             return b""
         if element.data is None:
             raise ValueError("a map element needs data")
-        if data_of is not None:
-            return _attr(wire.ELEM_DATA, _value(data_of(element.data)))
-        found = verdicts.get(element.data)
+        found = encoded_data.get(element.data)
         if found is None:
-            found = verdicts[element.data] = verdict_data(element.data)
+            found = encoded_data[element.data] = (data_head + data_of(element.data) + data_pad if data_of is not None
+                                                  else verdict_data(element.data))
         return found
 
     if shape.interval:  # a concatenation whose last field is an interval (pipapo)
@@ -220,22 +215,12 @@ def elements_encoder(spec: str) -> ElementsEncoder:
 
         return interval_elements
 
-    # Keys and data of a set have one length: their attribute headers are built once.
     key_head, key_pad = _value_head(wire.ELEM_KEY, _length(shape.key))
-    data_head, data_pad = _value_head(wire.ELEM_DATA, _length(shape.data)) if data_of is not None else (b"", b"")
-    values: dict[str, bytes] = {}  # the endpoints' map data: each endpoint's twice or more
     pack = _ATTR.pack
 
     def plain_elements(items: Iterable[tuple[str, Element]]) -> Iterator[bytes]:
         for key, element in items:
-            body = key_head + key_of(key) + key_pad
-            if data_of is not None and element.data is not None:
-                value = values.get(element.data)
-                if value is None:
-                    value = values[element.data] = data_head + data_of(element.data) + data_pad
-                body += value
-            elif shape.data is not None:
-                body += data(element)
+            body = key_head + key_of(key) + key_pad + data(element)
             if element.comment:
                 body += _userdata(element.comment)
             yield pack(4 + len(body), LIST_ELEM) + body
@@ -314,9 +299,8 @@ class Batch:
         """Empty one set (a DELSETELEM without elements)."""
         self._set_message(wire.DELSETELEM, set_name, None)
 
-    def add(self, set_name: str, elements: Iterable[bytes]) -> int:
-        """Add encoded elements (elements_encoder's), as many messages as their size needs.
-        Returns how many."""
+    def add(self, set_name: str, elements: Iterable[bytes]) -> None:
+        """Add encoded elements (elements_encoder's), as many messages as their size needs."""
         chunk: list[bytes] = []
         size = count = 0
         for element in elements:
@@ -329,7 +313,6 @@ class Batch:
         if chunk:
             self._set_message(wire.NEWSETELEM, set_name, b"".join(chunk))
         self.elements += count
-        return count
 
     def finish(self) -> tuple[bytes, int | None]:
         """The whole transaction, and the sequence number of its last message (None: the

@@ -19,6 +19,7 @@ from typing import Any
 
 from kproxy.backends.base import Touched
 from kproxy.backends.nft import wire
+from kproxy.backends.nft.batch import joined_encoder
 from kproxy.backends.nft.drift import Structure, holds
 from kproxy.backends.nft.events import CommitLog
 from kproxy.backends.nft.kernel import NftError, elements_script
@@ -88,7 +89,7 @@ class FakeNft:
         return None if self._state is None else holds(FakeNft.structure(self), skeleton)
 
     def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
-                      flush: Iterable[str] = (), atomic: bool = True) -> int:
+                      flush: bool = False, atomic: bool = True) -> int:
         self.apply(elements_script(table, sets, flush))
         return 1
 
@@ -352,7 +353,7 @@ def _element_list(spec: str, before: dict[str, Any], after: dict[str, Any]) -> l
         shape = wire.layout(spec)
         if shape.interval:
             return []
-        return [wire.element_list(wire.key_bytes(shape.key, key) for key in sorted(changed))]
+        return [wire.element_list(map(joined_encoder(shape.key), sorted(changed)))]
     except (ValueError, KeyError):
         return []
 

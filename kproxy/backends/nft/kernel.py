@@ -40,8 +40,8 @@ class NftKernel(Protocol):
         """Whether the table is this very skeleton (drift.holds); None: there is no table."""
 
     def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
-                      flush: Iterable[str] = (), atomic: bool = True) -> int:
-        """Empty the sets named in `flush`, then add these elements: in one transaction, or
+                      flush: bool = False, atomic: bool = True) -> int:
+        """Empty these sets first if `flush`, then add their elements: in one transaction, or
         (not `atomic`) in as many as suit the kernel. Returns how many were committed."""
 
 
@@ -99,7 +99,7 @@ class LibNftKernel:
         return None if structure is None else holds(structure, skeleton)
 
     def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
-                      flush: Iterable[str] = (), atomic: bool = True) -> int:
+                      flush: bool = False, atomic: bool = True) -> int:
         """Over netlink, encoded by batch.py: nft would parse each of 100,000s of elements
         into an expression tree first (docs/DESIGN.md §3). `atomic`: one transaction, every
         element encoded before anything is sent, so one that cannot be encoded changes
@@ -109,7 +109,8 @@ class LibNftKernel:
         family, name = table.split()
         encoded = ((spec.name, _encoded(spec, items)) for spec, items in sets)
         committed = 0
-        for tx in transactions(wire.NFPROTO[family], name, flush, encoded, None if atomic else TRANSACTION_ELEMENTS):
+        emptied = [spec.name for spec, _items in sets] if flush else []
+        for tx in transactions(wire.NFPROTO[family], name, emptied, encoded, None if atomic else TRANSACTION_ELEMENTS):
             data, last = tx.finish()
             if last is None:
                 continue
@@ -215,7 +216,7 @@ class RecordingKernel:
         return False if self.table_present else None
 
     def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
-                      flush: Iterable[str] = (), atomic: bool = True) -> int:
+                      flush: bool = False, atomic: bool = True) -> int:
         """Recorded as the nft script that would do the same (one transaction)."""
         self.apply(elements_script(table, sets, flush))
         return 1
@@ -234,9 +235,9 @@ def _about(sets: dict[int, str], seq: int) -> str:
 
 
 def elements_script(table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
-                    flush: Iterable[str] = ()) -> str:
+                    flush: bool = False) -> str:
     """load_elements() as nft commands (for the fakes)."""
-    lines = [f"flush set {table} {name}" for name in flush]
+    lines = [f"flush {'map' if spec.is_map else 'set'} {table} {spec.name}" for spec, _items in sets] if flush else []
     for spec, items in sets:
         texts = [element_text(key, element) for key, element in items]
         if texts:

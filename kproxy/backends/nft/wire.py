@@ -306,25 +306,6 @@ def element_keys(message: Message) -> list[bytes] | None:
     return keys or None
 
 
-def key_bytes(fields: tuple[str, ...], text: str) -> bytes:
-    """A key as render writes it ("10.96.0.10 . tcp . 80 . 1") in the kernel's layout: the
-    inverse of joined() (for the fakes and the tests)."""
-    out = b""
-    for kind, part in zip(fields, text.split(" . "), strict=True):
-        if kind == ADDR4:
-            out += bytes(int(x) for x in part.split("."))
-        elif kind == ADDR6:
-            out += IPv6Address(part).packed
-        elif kind == PROTO:
-            names = {name: number for number, name in _PROTOCOLS.items()}
-            out += bytes([names[part] if part in names else int(part)]) + b"\0" * 3
-        elif kind == PORT:
-            out += int(part).to_bytes(2, "big") + b"\0\0"
-        else:
-            out += int(part).to_bytes(4, sys.byteorder)
-    return out
-
-
 def element_list(keys: Iterable[bytes]) -> bytes:
     """NFTA_SET_ELEM_LIST_ELEMENTS holding elements with these keys."""
     return attr(ELEM_LIST_ELEMENTS, b"".join(attr(1, attr(ELEM_KEY, attr(DATA_VALUE, key))) for key in keys))
