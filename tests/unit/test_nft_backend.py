@@ -254,3 +254,14 @@ def test_a_failed_load_into_a_new_table_leaves_no_table() -> None:
     kernel.load_elements = FakeNft.load_elements.__get__(kernel)  # type: ignore[method-assign]
     assert backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2"]))).full
     assert kernel.elements("endpoints-1") == {"10.96.0.10 . tcp . 80 . 0": "10.244.1.2 . 80"}
+
+
+def test_a_table_naming_this_skeleton_but_with_a_rule_added_is_replaced_whole() -> None:
+    kernel = FakeNft()
+    backend = NftBackend(kernel)
+    plan = make(WEB, endpoint_slice("web", ["10.244.1.2"]))
+    backend.sync(plan)
+    kernel.apply("add rule ip kproxy services counter\n")  # the digest element is still there
+    assert backend.sync(plan, full=True).transactions == 1
+    assert lines(kernel.scripts[-1])[1] == "delete table ip kproxy"
+    assert "counter" not in kernel.chain_rules("services")

@@ -34,13 +34,12 @@ class Structure:
 
     chains: dict[str, int]
     sets: frozenset[str]
-    digest: str | None = None  # the skeleton the table says it holds (names.SKELETON)
 
 
-def holds(structure: Structure | None, skeleton: Skeleton) -> bool:
-    """Whether the table read back is this skeleton: the digest it holds, its chains with
-    their rule counts, its sets."""
-    return (structure is not None and structure.digest == skeleton.digest()
+def holds(structure: Structure, digest: str | None, skeleton: Skeleton) -> bool:
+    """Whether the table read back is this skeleton: the digest it holds (names.SKELETON),
+    its chains with their rule counts, its sets."""
+    return (digest == skeleton.digest()
             and structure.chains == {c.name: len(c.rules) for c in skeleton.chains}
             and structure.sets == frozenset(s.name for s in skeleton.sets))
 

@@ -86,7 +86,11 @@ class FakeNft:
         self.scripts.append(script)
 
     def holds(self, skeleton: Skeleton) -> bool | None:
-        return None if self._state is None else holds(FakeNft.structure(self), skeleton)
+        if self._state is None:
+            return None
+        marker = self._state.sets.get(SKELETON)
+        digest = marker.elements.get("0", (None, None))[1] if marker is not None else None
+        return holds(self._structure(self._state), digest, skeleton)
 
     def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
                       flush: bool = False, atomic: bool = True) -> int:
@@ -121,12 +125,11 @@ class FakeNft:
         return present
 
     def structure(self) -> Structure | None:
-        if self._state is None:
-            return None
-        marker = self._state.sets.get(SKELETON)
-        digest = marker.elements.get("0", (None, None))[1] if marker is not None else None
-        return Structure(chains={name: len(c.rules) for name, c in self._state.chains.items()},
-                         sets=frozenset(self._state.sets), digest=digest)
+        return None if self._state is None else self._structure(self._state)
+
+    @staticmethod
+    def _structure(state: _Table) -> Structure:
+        return Structure(chains={name: len(c.rules) for name, c in state.chains.items()}, sets=frozenset(state.sets))
 
     def read_elements(self, name: str, spec: str) -> Iterator[tuple[str, str | None]]:
         held = self._state.sets.get(name) if self._state is not None else None

@@ -96,7 +96,7 @@ class LibNftKernel:
 
     def holds(self, skeleton: Skeleton) -> bool | None:
         structure = self._netlink.structure()
-        return None if structure is None else holds(structure, skeleton)
+        return None if structure is None else holds(structure, self._netlink.skeleton_digest(), skeleton)
 
     def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
                       flush: bool = False, atomic: bool = True) -> int:

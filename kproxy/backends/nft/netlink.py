@@ -106,7 +106,7 @@ def commit(data: bytes, last_seq: int, about: Callable[[int], str]) -> None:
 
 
 class NetlinkTable:
-    """Reads one table ("ip kproxy") for the drift check."""
+    """Reads one table ("ip kproxy") for the drift check and a full sync."""
 
     def __init__(self, table: str) -> None:
         family, self.name = table.split()
@@ -136,13 +136,21 @@ class NetlinkTable:
                 found = wire.attributes(reply.body)
                 if wire.string(found.get(wire.TABLE)) == self.name:
                     sets.add(wire.string(found.get(wire.SET_NAME)) or "")
-            digest = None
-            if SKELETON in sets:
-                marker = wire.request(wire.GETSETELEM, self.family, wire.NLM_F_DUMP, table,
-                                      wire.name_attr(wire.ELEM_LIST_SET, SKELETON), seq=5)
-                for reply in dump(sock, marker):
-                    digest = wire.element_comment(reply) or digest
-        return Structure(chains=chains, sets=frozenset(sets), digest=digest)
+        return Structure(chains=chains, sets=frozenset(sets))
+
+    def skeleton_digest(self) -> str | None:
+        """The digest the table says its skeleton has (names.SKELETON); None: none there."""
+        request = wire.request(wire.GETSETELEM, self.family, wire.NLM_F_DUMP, wire.name_attr(wire.TABLE, self.name),
+                               wire.name_attr(wire.ELEM_LIST_SET, SKELETON))
+        with _socket() as sock:
+            try:
+                for reply in dump(sock, request):
+                    found = wire.element_comment(reply)
+                    if found is not None:
+                        return found
+            except FileNotFoundError:
+                return None
+        return None
 
     def elements(self, name: str, spec: str) -> Iterator[tuple[str, str | None]]:
         """(key, data) of every element of one set or map, as render writes them; nothing
