@@ -11,16 +11,15 @@ from collections.abc import Callable
 import structlog
 
 from kproxy.backends.nft import wire
+from kproxy.backends.nft.netlink import open_socket
 
 log = structlog.get_logger(__name__)
 
-NETLINK_NETFILTER = 12
 READ_TIMEOUT_S = 5.0
 
 
 def _open() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    sock.bind((0, 0))
+    sock = open_socket()
     sock.settimeout(READ_TIMEOUT_S)
     return sock
 

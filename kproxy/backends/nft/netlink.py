@@ -41,7 +41,7 @@ RECV = 1 << 16
 MAX_DATAGRAMS = 200_000
 
 
-def _socket() -> socket.socket:
+def open_socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     sock.bind((0, 0))
     return sock
@@ -80,7 +80,7 @@ def commit(data: bytes, last_seq: int, about: Callable[[int], str]) -> None:
     message, which it does once the whole batch is committed or aborted. NetlinkError names
     the first refused message (`about` says what a sequence number was about): then
     nothing of the batch was applied."""
-    with _socket() as sock:
+    with open_socket() as sock:
         # the kernel takes a batch from one datagram: the send buffer must hold it whole
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(data) + (1 << 16))
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)
@@ -115,7 +115,7 @@ class NetlinkTable:
     def structure(self) -> Structure | None:
         """Chains (with their rule counts) and sets; None when the table is missing."""
         table = wire.name_attr(wire.TABLE, self.name)
-        with _socket() as sock:
+        with open_socket() as sock:
             try:
                 for _reply in dump(sock, wire.request(wire.GETTABLE, self.family, wire.NLM_F_ACK, table)):
                     pass
@@ -142,7 +142,7 @@ class NetlinkTable:
         """The digest the table says its skeleton has (names.SKELETON); None: none there."""
         request = wire.request(wire.GETSETELEM, self.family, wire.NLM_F_DUMP, wire.name_attr(wire.TABLE, self.name),
                                wire.name_attr(wire.ELEM_LIST_SET, SKELETON))
-        with _socket() as sock:
+        with open_socket() as sock:
             try:
                 for reply in dump(sock, request):
                     found = wire.element_comment(reply)
@@ -158,7 +158,7 @@ class NetlinkTable:
         decoder = wire.ElementDecoder(wire.layout(spec))
         request = wire.request(wire.GETSETELEM, self.family, wire.NLM_F_DUMP,
                                wire.name_attr(wire.TABLE, self.name), wire.name_attr(wire.ELEM_LIST_SET, name))
-        with _socket() as sock:
+        with open_socket() as sock:
             try:
                 for reply in dump(sock, request):
                     yield from decoder.feed(reply)
@@ -170,7 +170,7 @@ class NetlinkTable:
     def element(self, name: str, spec: str, key: bytes) -> tuple[str, str | None] | None:
         """One element by its raw key; None when it (or its set) is missing."""
         decoder = wire.ElementDecoder(wire.layout(spec))
-        with _socket() as sock:
+        with open_socket() as sock:
             try:
                 for reply in dump(sock, wire.element_request(self.family, self.name, name, key)):
                     for found in decoder.feed(reply):
@@ -191,7 +191,7 @@ class CommitWatch:
         self._sock: socket.socket | None = None
         self._paused = False
         try:
-            sock = _socket()
+            sock = open_socket()
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, EVENT_BUFFER)
             except OSError:  # without CAP_NET_ADMIN: as large as net.core.rmem_max allows
