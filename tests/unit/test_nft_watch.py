@@ -49,7 +49,7 @@ class FakeSocket:
 @pytest.fixture
 def sock(monkeypatch: pytest.MonkeyPatch) -> FakeSocket:
     fake = FakeSocket()
-    monkeypatch.setattr(netlink, "_socket", lambda: fake)
+    monkeypatch.setattr(netlink, "open_socket", lambda: fake)
     return fake
 
 
@@ -87,7 +87,7 @@ def test_without_nf_tables_the_watch_knows_nothing(monkeypatch: pytest.MonkeyPat
     def refuse() -> None:
         raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
 
-    monkeypatch.setattr(netlink, "_socket", refuse)
+    monkeypatch.setattr(netlink, "open_socket", refuse)
     watch = netlink.CommitWatch(["ip kproxy"])
     watch.drain()
     watch.pause()
