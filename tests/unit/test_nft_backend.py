@@ -241,8 +241,12 @@ def test_ipv6_affinity_is_a_set_of_clients_per_endpoint():
 
 def test_a_failed_load_into_a_new_table_leaves_no_table() -> None:
     class Refusing(FakeNft):
-        def load_elements(self, table: str, sets, flush=False, atomic: bool = True) -> int:  # type: ignore[no-untyped-def]
-            raise NftError("loading elements: set endpoints-1: No space left on device")
+        refuse = True
+
+        def load_elements(self, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
+            if self.refuse:
+                raise NftError("loading elements: set endpoints-1: No space left on device")
+            return super().load_elements(*args, **kwargs)
 
     kernel = Refusing()
     backend = NftBackend(kernel)
@@ -251,7 +255,7 @@ def test_a_failed_load_into_a_new_table_leaves_no_table() -> None:
     # the skeleton it had created is gone again: nothing half-built serves packets
     assert kernel.structure() is None
     # and the next sync starts over from nothing
-    kernel.load_elements = FakeNft.load_elements.__get__(kernel)  # type: ignore[method-assign]
+    kernel.refuse = False
     assert backend.sync(make(WEB, endpoint_slice("web", ["10.244.1.2"]))).full
     assert kernel.elements("endpoints-1") == {"10.96.0.10 . tcp . 80 . 0": "10.244.1.2 . 80"}
 
