@@ -22,9 +22,10 @@ from kproxy.backends.nft import wire
 from kproxy.backends.nft.batch import joined_encoder
 from kproxy.backends.nft.drift import Structure, holds
 from kproxy.backends.nft.events import CommitLog
-from kproxy.backends.nft.kernel import NftError, elements_script
+from kproxy.backends.nft.kernel import NftError
 from kproxy.backends.nft.names import SKELETON, TABLE
 from kproxy.backends.nft.objects import Element, SetSpec, Skeleton
+from kproxy.backends.nft.transaction import elements_transaction
 
 _REF = re.compile(r"@([\w-]+)")
 _JUMP = re.compile(r"\b(?:jump|goto) ([\w-]+)")
@@ -94,7 +95,7 @@ class FakeNft:
 
     def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
                       flush: bool = False, atomic: bool = True) -> int:
-        self.apply(elements_script(table, sets, flush))
+        self.apply(elements_transaction(table, sets, flush).text())
         return 1
 
     def generation(self) -> int | None:

@@ -13,7 +13,8 @@ from kproxy.backends.nft.batch import TRANSACTION_ELEMENTS, elements_encoder, tr
 from kproxy.backends.nft.drift import Structure, holds
 from kproxy.backends.nft.names import TABLE
 from kproxy.backends.nft.netlink import NetlinkError, NetlinkTable, commit
-from kproxy.backends.nft.objects import Element, SetSpec, Skeleton, element_text
+from kproxy.backends.nft.objects import Element, SetSpec, Skeleton
+from kproxy.backends.nft.transaction import elements_transaction
 
 
 class NftError(RuntimeError):
@@ -218,7 +219,7 @@ class RecordingKernel:
     def load_elements(self, table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
                       flush: bool = False, atomic: bool = True) -> int:
         """Recorded as the nft script that would do the same (one transaction)."""
-        self.apply(elements_script(table, sets, flush))
+        self.apply(elements_transaction(table, sets, flush).text())
         return 1
 
 
@@ -232,14 +233,3 @@ def _encoded(spec: SetSpec, items: Iterable[tuple[str, Element]]) -> Iterator[by
 def _about(sets: dict[int, str], seq: int) -> str:
     """What one message of a load was about, for an error."""
     return f"set {sets[seq]}" if seq in sets else "the transaction"
-
-
-def elements_script(table: str, sets: Sequence[tuple[SetSpec, Iterable[tuple[str, Element]]]],
-                    flush: bool = False) -> str:
-    """load_elements() as nft commands (for the fakes)."""
-    lines = [f"flush {'map' if spec.is_map else 'set'} {table} {spec.name}" for spec, _items in sets] if flush else []
-    for spec, items in sets:
-        texts = [element_text(key, element) for key, element in items]
-        if texts:
-            lines.append(f"add element {table} {spec.name} {{ {', '.join(texts)} }}")
-    return "".join(f"{line}\n" for line in lines)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
-from kproxy.backends.nft.objects import Skeleton, element_text
+from kproxy.backends.nft.objects import Element, SetSpec, Skeleton, element_text
 
 CHUNK = 5000  # elements per add/delete command; keeps single commands a sane size
 
@@ -62,10 +62,21 @@ def skeleton_transaction(skeleton: Skeleton) -> NftTransaction:
 def full_transaction(skeleton: Skeleton, table: ElementTable) -> NftTransaction:
     """Replace the whole table, elements included, in one batch: packets never see an
     empty table."""
-    tx = skeleton_transaction(skeleton)
-    for spec in skeleton.sets:
-        items = [element_text(k, e) for k, e in table.elements(spec.name)]
-        _element_commands(tx, "add", skeleton.table, spec.name, items)
+    sets = [(spec, table.elements(spec.name)) for spec in skeleton.sets]
+    return elements_transaction(skeleton.table, sets, into=skeleton_transaction(skeleton))
+
+
+def elements_transaction(table: str, sets: Iterable[tuple[SetSpec, Iterable[tuple[str, Element]]]],
+                         flush: bool = False, into: NftTransaction | None = None) -> NftTransaction:
+    """Add these sets' elements (after emptying the sets, if `flush`), as nft commands: a
+    whole-table replace's elements, and NftKernel.load_elements() for the fakes."""
+    tx = into if into is not None else NftTransaction()
+    sets = list(sets)
+    if flush:
+        for spec, _items in sets:
+            tx.add(f"flush {'map' if spec.is_map else 'set'} {table} {spec.name}", 0)
+    for spec, items in sets:
+        _element_commands(tx, "add", table, spec.name, [element_text(key, element) for key, element in items])
     return tx
 
 
