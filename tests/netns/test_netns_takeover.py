@@ -22,6 +22,7 @@ pytestmark = pytest.mark.netns
 CLUSTER_IP = "10.96.0.90"
 TCP_NODEPORT, UDP_NODEPORT = 30090, 30091
 PODS = ("pod2", "pod4")  # one on node1, one on node2
+CONNECTS = 30  # random 50/50 choice: P(one pod never seen) = 2 * 2**-30
 
 
 def objects(cluster: Cluster) -> list[dict]:
@@ -65,7 +66,7 @@ def test_takeover_from_kube_proxy_drops_no_connection(cluster: Cluster, kproxy: 
     pod1, client = cluster.ns("pod1"), cluster.client
     load_upstream(cluster, upstream_mode)
     # upstream's rules serve: the scenario is real before kproxy starts
-    assert set(traffic.tcp(pod1, CLUSTER_IP, 80, count=8).pods) == set(PODS)
+    assert set(traffic.tcp(pod1, CLUSTER_IP, 80, count=CONNECTS).pods) == set(PODS)
     assert not traffic.udp(client, NODE1_IP, UDP_NODEPORT, count=3).failures
 
     held = [traffic.Holder(pod1, CLUSTER_IP, 80), traffic.Holder(client, NODE1_IP, TCP_NODEPORT)]
@@ -98,7 +99,7 @@ def test_takeover_from_kube_proxy_drops_no_connection(cluster: Cluster, kproxy: 
         assert ("table ip kube-proxy; nftables table ip6 kube-proxy" in line) == (upstream_mode == "nftables"), line
         assert ("iptables" in line) == (upstream_mode != "nftables") and (upstream_mode in line), line
         # and kproxy serves on its own
-        assert set(traffic.tcp(client, NODE1_IP, TCP_NODEPORT, count=10).pods) == set(PODS)
+        assert set(traffic.tcp(client, NODE1_IP, TCP_NODEPORT, count=CONNECTS).pods) == set(PODS)
         assert agent.poll() is None
     finally:
         for loop in loops.values():

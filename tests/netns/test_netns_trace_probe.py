@@ -95,7 +95,7 @@ def test_probe_clusterip_and_nodeport(cluster: Cluster, kproxy, arrivals) -> Non
     assert left_behind(cluster, r) == []
 
     assert [arrivals[pod] for pod in ENDPOINT_PODS] == [0, 0]  # no probe reached an endpoint
-    real = traffic.tcp(cluster.ns("pod1"), "10.96.0.60", 80, count=10)  # the counters do count
+    real = traffic.tcp(cluster.ns("pod1"), "10.96.0.60", 80, count=30)  # the counters do count
     assert sum(arrivals[pod] for pod in ENDPOINT_PODS) > 0 and set(real.pods) == set(ENDPOINT_PODS)
 
 
