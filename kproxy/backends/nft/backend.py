@@ -23,7 +23,7 @@ from kproxy.backends.nft.affinity import stale_entries
 from kproxy.backends.nft.drift import CheckStats, differences
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.kernel import NftError, NftKernel
-from kproxy.backends.nft.names import SKELETON, affinity_names, table_of
+from kproxy.backends.nft.names import SKELETON, affinity_names, is_endpoint_map, table_of
 from kproxy.backends.nft.objects import Element, SetSpec, Skeleton
 from kproxy.backends.nft.readback import read_view
 from kproxy.backends.nft.render import (
@@ -61,7 +61,7 @@ class NftBackend:
         self._reset()
 
     def _reset(self) -> None:
-        self._table = ElementTable()
+        self._table = ElementTable(is_endpoint_map)
         self._plans: dict[ServicePortName, ServicePortPlan] = {}
         self._affinity6: dict[ServicePortName, ServicePortPlan] = {}  # IPv6 Service ports with affinity
         self._node: Contribution = {}

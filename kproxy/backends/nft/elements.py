@@ -4,18 +4,27 @@ Several Service ports may contribute the same element (a pod backing two Service
 one hairpin pair; two Services may claim one externalIP:port). An element stays while any
 owner holds it; when owners disagree on its value the smallest owner wins, so the result
 does not depend on the order changes arrive in.
+
+The endpoint maps (`frontend . index -> endpoint`, 120,000 elements at 10k Services) are
+held as one tuple of elements per frontend and owner instead of one entry per element:
+a third of the table's memory. Their keys are made again when read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 from kproxy.backends.nft.objects import Element
 from kproxy.backends.nft.render import Contribution
 
 Owner = str
 Key = tuple[str, str]  # (set name, element key)
+# an indexed set's elements under one key prefix: (owner, elements by index) while one
+# owner holds it, {owner: elements by index} once shared
+Row = tuple[Element, ...]
+HeldRow = tuple[Owner, Row] | dict[Owner, Row]
 
 
 @dataclass(slots=True)
@@ -35,8 +44,11 @@ class ElementDelta:
 class ElementTable:
     # key -> (owner, element) while it has one owner, as nearly all do (a tuple is a
     # quarter of a dict's size at 200,000 elements); {owner: element} once shared
-    def __init__(self) -> None:
+    def __init__(self, indexed: Callable[[str], bool] = lambda _name: False) -> None:
         self._owners: dict[str, dict[str, tuple[Owner, Element] | dict[Owner, Element]]] = {}
+        # sets whose keys are "<prefix> . <index>", indexes 0..n-1 for each owner's prefix
+        self._indexed = indexed
+        self._rows: dict[str, dict[str, HeldRow]] = {}
 
     @staticmethod
     def _winner(held: tuple[Owner, Element] | dict[Owner, Element]) -> Element:
@@ -44,19 +56,55 @@ class ElementTable:
             return held[1]
         return held[min(held)]
 
+    @staticmethod
+    def _width(held: HeldRow) -> int:
+        if isinstance(held, tuple):
+            return len(held[1])
+        return max(len(row) for row in held.values())
+
+    @staticmethod
+    def _at(held: HeldRow | None, index: int) -> Element | None:
+        """The element at `index`: the smallest owner's among those whose row reaches it."""
+        if held is None:
+            return None
+        if isinstance(held, tuple):
+            row = held[1]
+            return row[index] if index < len(row) else None
+        for owner in sorted(held):
+            if index < len(held[owner]):
+                return held[owner][index]
+        return None
+
     def effective(self, set_name: str, key: str) -> Element | None:
+        if self._indexed(set_name):
+            prefix, _, index = key.rpartition(" . ")
+            if not index.isdigit():
+                return None
+            return self._at(self._rows.get(set_name, {}).get(prefix), int(index))
         held = self._owners.get(set_name, {}).get(key)
         return None if held is None else self._winner(held)
 
     def count(self, set_name: str) -> int:
+        if self._indexed(set_name):
+            return sum(map(self._width, self._rows.get(set_name, {}).values()))
         return len(self._owners.get(set_name, ()))
 
     def set_names(self) -> list[str]:
-        return [name for name, keys in self._owners.items() if keys]
+        return [name for store in (self._owners, self._rows) for name, keys in store.items() if keys]
 
     def elements(self, set_name: str) -> Iterator[tuple[str, Element]]:
+        if self._indexed(set_name):
+            yield from self._row_elements(set_name)
+            return
         for key, held in self._owners.get(set_name, {}).items():
             yield key, self._winner(held)
+
+    def _row_elements(self, set_name: str) -> Iterator[tuple[str, Element]]:
+        for prefix, held in self._rows.get(set_name, {}).items():
+            row = held[1] if isinstance(held, tuple) else map(partial(self._at, held), range(self._width(held)))
+            for index, element in enumerate(row):
+                if element is not None:  # every index below the width has one
+                    yield f"{prefix} . {index}", element
 
     def replace(self, owner: Owner, old: Contribution | None, new: Contribution | None,
                 delta: ElementDelta | None = None) -> None:
@@ -65,12 +113,22 @@ class ElementTable:
             return self._add(owner, new)
         old = old or {}
         new = new or {}
+        for set_name in old | new:  # a dict: the same order in every run
+            if self._indexed(set_name):
+                rows_before, rows_after = _rows(set_name, old.get(set_name)), _rows(set_name, new.get(set_name))
+                for prefix in rows_before | rows_after:
+                    if rows_before.get(prefix) != rows_after.get(prefix):
+                        self._put_row(owner, set_name, prefix, rows_after.get(prefix), delta)
         for set_name, elements in old.items():
+            if self._indexed(set_name):
+                continue
             kept = new.get(set_name, {})
             for key, element in elements.items():
                 if kept.get(key) != element:
                     self._drop(owner, set_name, key, delta)
         for set_name, elements in new.items():
+            if self._indexed(set_name):
+                continue
             had = old.get(set_name, {})
             for key, element in elements.items():
                 if had.get(key) != element:
@@ -80,6 +138,14 @@ class ElementTable:
         """A new owner's elements, nothing to record: a full sync's 200,000 elements take
         this path, so it is _put without the bookkeeping, inline."""
         for set_name, elements in new.items():
+            if self._indexed(set_name):
+                rows = self._rows.setdefault(set_name, {})
+                for prefix, row in _rows(set_name, elements).items():
+                    if prefix in rows:
+                        self._put_row(owner, set_name, prefix, row, None)
+                    else:
+                        rows[prefix] = (owner, row)
+                continue
             keys = self._owners.setdefault(set_name, {})
             for key, element in elements.items():
                 held = keys.get(key)
@@ -117,3 +183,48 @@ class ElementTable:
             held[owner] = element
         if delta is not None:
             delta.after[(set_name, key)] = self.effective(set_name, key)
+
+    def _put_row(self, owner: Owner, set_name: str, prefix: str, row: Row | None,
+                 delta: ElementDelta | None) -> None:
+        """Make `row` what `owner` holds under `prefix` (None: nothing), recording in `delta`
+        the effective element at every index either side reaches."""
+        rows = self._rows.setdefault(set_name, {})
+        held = rows.get(prefix)
+        before = [] if held is None or delta is None else [self._at(held, i) for i in range(self._width(held))]
+        if isinstance(held, dict):
+            if row is None:
+                held.pop(owner, None)
+                if len(held) == 1:
+                    rows[prefix] = next(iter(held.items()))
+            else:
+                held[owner] = row
+        elif held is None or held[0] == owner:
+            if row is None:
+                rows.pop(prefix, None)
+            else:
+                rows[prefix] = (owner, row)
+        elif row is not None:
+            rows[prefix] = {held[0]: held[1], owner: row}
+        if delta is None:
+            return
+        now = rows.get(prefix)
+        after = [] if now is None else [self._at(now, i) for i in range(self._width(now))]
+        for index in range(max(len(before), len(after))):
+            key = (set_name, f"{prefix} . {index}")
+            if key not in delta.before:
+                delta.before[key] = before[index] if index < len(before) else None
+            delta.after[key] = after[index] if index < len(after) else None
+
+
+def _rows(set_name: str, elements: dict[str, Element] | None) -> dict[str, Row]:
+    """An indexed set's elements grouped by key prefix, in index order."""
+    if not elements:
+        return {}
+    grouped: dict[str, list[Element]] = {}
+    for key, element in elements.items():
+        prefix, _, index = key.rpartition(" . ")
+        row = grouped.setdefault(prefix, [])
+        if index != str(len(row)):  # render adds each prefix's indexes in order from 0
+            raise ValueError(f"set {set_name}: element {key!r} out of index order")
+        row.append(element)
+    return {prefix: tuple(row) for prefix, row in grouped.items()}

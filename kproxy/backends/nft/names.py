@@ -91,6 +91,12 @@ NODEPORTS = Dispatch("nodeport-frontends", "dnat-nodeport", "nodeport-endpoints"
 SC_IPS = Dispatch("sc-frontends", "sc-dnat", "sc-endpoints", FRONTEND_KEY)
 SC_NODEPORTS = Dispatch("sc-nodeport-frontends", "sc-dnat-nodeport", "sc-nodeport-endpoints", NODEPORT_KEY)
 DISPATCHES = (IPS, NODEPORTS, SC_IPS, SC_NODEPORTS)
+_ENDPOINT_MAP_PREFIXES = tuple(f"{d.endpoints}-" for d in DISPATCHES)
+
+
+def is_endpoint_map(name: str) -> bool:
+    """An endpoint map ("endpoints-3"): keys "<frontend> . <index>", indexes 0..N-1."""
+    return name.startswith(_ENDPOINT_MAP_PREFIXES) and name.rpartition("-")[2].isdigit()
 
 AFFINITY_PREFIX = "affinity-"
 AFFINITY_FRONTENDS_PREFIX = "affinity-frontends-"

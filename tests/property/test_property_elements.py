@@ -1,0 +1,55 @@
+"""The element table's indexed sets (endpoint maps, held as one row per frontend and
+owner) behave exactly as one entry per element would: after any sequence of owners
+replacing what they contribute, the same elements, counts and recorded changes."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kproxy.backends.nft.elements import ElementDelta, ElementTable
+from kproxy.backends.nft.objects import Element
+from kproxy.backends.nft.render import Contribution
+
+INDEXED = ("endpoints-2", "nodeport-endpoints-3")
+OWNERS = ("", "default/a:http", "default/b:http", "other/a:dns")
+elements = st.sampled_from([Element("10.0.0.1 . 80"), Element("10.0.0.2 . 80"), Element("10.0.0.3 . 81")])
+
+
+@st.composite
+def contributions(draw: st.DrawFn) -> Contribution | None:
+    if draw(st.booleans()) and draw(st.booleans()):
+        return None
+    out: Contribution = {}
+    for name in INDEXED:
+        for prefix in draw(st.lists(st.sampled_from(["10.96.0.1 . tcp . 80", "tcp . 30080"]), unique=True)):
+            row = draw(st.lists(elements, min_size=1, max_size=4))
+            out.setdefault(name, {}).update({f"{prefix} . {i}": e for i, e in enumerate(row)})
+    plain = draw(st.dictionaries(st.sampled_from(["10.96.0.1", "10.96.0.2"]), elements, max_size=2))
+    if plain:
+        out["cluster-ips"] = plain
+    return out
+
+
+def snapshot(table: ElementTable) -> dict[str, object]:
+    names = sorted(table.set_names())
+    return {"names": names, **{n: (table.count(n), sorted(table.elements(n), key=str)) for n in names}}
+
+
+@given(st.lists(st.tuples(st.sampled_from(OWNERS), contributions(), st.booleans()), max_size=12))
+def test_indexed_sets_equal_one_entry_per_element(steps: list[tuple[str, Contribution | None, bool]]) -> None:
+    rows, entries = ElementTable(lambda name: name in INDEXED), ElementTable()
+    held: dict[str, Contribution | None] = {}
+    for owner, new, recorded in steps:
+        old = held.get(owner)
+        deltas = (ElementDelta(), ElementDelta()) if recorded else (None, None)
+        rows.replace(owner, old, new, deltas[0])
+        entries.replace(owner, old, new, deltas[1])
+        held[owner] = new
+        assert snapshot(rows) == snapshot(entries)
+        if recorded:
+            assert sorted(deltas[0].changes(), key=str) == sorted(deltas[1].changes(), key=str)
+        for name in INDEXED:
+            for key, _ in entries.elements(name):
+                assert rows.effective(name, key) == entries.effective(name, key)
+            assert rows.effective(name, "10.96.0.1 . tcp . 80 . 9") is None
