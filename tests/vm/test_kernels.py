@@ -68,6 +68,7 @@ def in_modes(path: str, test: str, param: str = "", modes: tuple[str, ...] = MOD
 NFT_IPT = ("nftables", "iptables")
 IPVS_MODULES = (*LAB_MODULES, "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "sctp")
 IPVS = "tests/netns/test_netns_ipvs.py"
+TAKEOVER = "tests/netns/test_netns_takeover.py"
 
 # Each group is a few tests that take 15-30 s each in an emulated guest; DEFAULT_MATRIX puts
 # the core and two or three more on every kernel, so each feature meets a Debian kernel.
@@ -101,25 +102,31 @@ GROUPS: dict[str, Group] = {
         *in_modes(DP, "test_udp_cluster_ip", modes=("ipvs",)),
     ), budget=300, modules=IPVS_MODULES, doc="IPVS: ClientIP affinity (persistence), graceful termination "
                                              "on a live connection, UDP ClusterIP"),
-    "ipvs-detect": Group((
-        *(f"tests/netns/test_netns_local_detection.py::{t}[ipvs]" for t in (
+    "ipvs-detect": Group(tuple(
+        f"tests/netns/test_netns_local_detection.py::{t}[ipvs]" for t in (
             "test_cluster_cidr_mode_source_in_the_cluster_cidr_is_local",
             "test_bridge_interface_mode_only_traffic_from_the_bridge_is_local",
             "test_interface_name_prefix_mode_only_traffic_from_matching_interfaces_is_local",
             "test_node_cidr_mode_follows_the_nodes_pod_cidrs")),
+        budget=400, modules=IPVS_MODULES, doc="IPVS: every local-traffic detector with real packets"),
+    "ipvs-stats": Group((
         "tests/netns/test_netns_stats.py::test_dump_stats_counts_real_connections[ipvs]",
         "tests/netns/test_netns_stats.py::test_top_plain_lines_and_full_screen[ipvs]",
-    ), budget=600, modules=IPVS_MODULES,
-        doc="IPVS: every local-traffic detector with real packets, dump --stats and top"),
+    ), budget=400, modules=IPVS_MODULES, doc="IPVS: dump --stats counts real connections; top"),
+    # one takeover here (~140 s under emulation); the host runs all three upstream modes for
+    # the other proxy modes, and "ipvs-takeover" all three for IPVS (by hand)
     "ipvs-ops": Group((
-        *in_modes("tests/netns/test_netns_takeover.py", "test_takeover_from_kube_proxy_drops_no_connection",
-                  modes=("ipvs-iptables-nft", "ipvs-iptables-legacy", "ipvs-nftables")),
+        *in_modes(TAKEOVER, "test_takeover_from_kube_proxy_drops_no_connection", modes=("ipvs-iptables-nft",)),
         *(f"tests/netns/test_netns_ipvs_netlink.py::{t}" for t in (
             "test_thousands_of_servers_in_one_apply_read_back_changed_refused_and_deleted",
             "test_ipv6_and_firewall_mark_servers_and_their_settings")),
-    ), budget=700, modules=IPVS_MODULES,
-        doc="IPVS: takeover from upstream's rules, batched netlink requests (14,000 in one apply), IPv6 and "
-            "firewall-mark servers"),
+    ), budget=450, modules=IPVS_MODULES,
+        doc="IPVS: takeover from upstream's iptables-nft rules, batched netlink requests (14,000 in one "
+            "apply), IPv6 and firewall-mark servers"),
+    "ipvs-takeover": Group(in_modes(TAKEOVER, "test_takeover_from_kube_proxy_drops_no_connection",
+                                    modes=("ipvs-iptables-nft", "ipvs-iptables-legacy", "ipvs-nftables")),
+                           budget=700, modules=IPVS_MODULES,
+                           doc="IPVS: takeover from upstream's rules in each of its three modes (by hand)"),
     "ranges": Group(in_modes(POL, "test_load_balancer_source_ranges", modes=NFT_IPT), budget=240,
                     modules=LAB_MODULES, doc="loadBalancerSourceRanges, nftables and iptables"),
     "dualstack": Group((
@@ -153,7 +160,7 @@ GROUPS: dict[str, Group] = {
 DEFAULT_MATRIX = {
     "5.10": ("core", "local", "ipvs-state", "reject"),
     "6.1": ("core", "local", "nodeport", "dualstack", "load", "ipvs-detect"),
-    "6.12": ("core", "ranges", "ipvs-ops"),
+    "6.12": ("core", "ranges", "ipvs-ops", "ipvs-stats"),
 }
 DEFAULT_GROUPS = ("core",)  # for a kernel DEFAULT_MATRIX does not name
 
