@@ -18,17 +18,26 @@ elements = st.sampled_from([Element("10.0.0.1 . 80"), Element("10.0.0.2 . 80"), 
 
 @st.composite
 def contributions(draw: st.DrawFn) -> Contribution | None:
+    """As render gives them: an endpoint map's elements as rows, by frontend key."""
     if draw(st.booleans()) and draw(st.booleans()):
         return None
     out: Contribution = {}
     for name in INDEXED:
-        for prefix in draw(st.lists(st.sampled_from(["10.96.0.1 . tcp . 80", "tcp . 30080"]), unique=True)):
-            row = draw(st.lists(elements, min_size=1, max_size=4))
-            out.setdefault(name, {}).update({f"{prefix} . {i}": e for i, e in enumerate(row)})
+        prefixes = draw(st.lists(st.sampled_from(["10.96.0.1 . tcp . 80", "tcp . 30080"]), unique=True))
+        if prefixes:
+            out[name] = {prefix: tuple(draw(st.lists(elements, min_size=1, max_size=4))) for prefix in prefixes}
     plain = draw(st.dictionaries(st.sampled_from(["10.96.0.1", "10.96.0.2"]), elements, max_size=2))
     if plain:
         out["cluster-ips"] = plain
     return out
+
+
+def per_element(contribution: Contribution | None) -> Contribution | None:
+    """The same contribution with one entry per element: "<frontend> . <index>"."""
+    if contribution is None:
+        return None
+    return {name: ({f"{prefix} . {i}": e for prefix, row in elements.items() for i, e in enumerate(row)}
+                   if name in INDEXED else elements) for name, elements in contribution.items()}
 
 
 def snapshot(table: ElementTable) -> dict[str, object]:
@@ -44,7 +53,7 @@ def test_indexed_sets_equal_one_entry_per_element(steps: list[tuple[str, Contrib
         old = held.get(owner)
         deltas = (ElementDelta(), ElementDelta()) if recorded else (None, None)
         rows.replace(owner, old, new, deltas[0])
-        entries.replace(owner, old, new, deltas[1])
+        entries.replace(owner, per_element(old), per_element(new), deltas[1])
         held[owner] = new
         assert snapshot(rows) == snapshot(entries)
         if recorded:

@@ -144,7 +144,7 @@ def service_port_elements(sp: ServicePortPlan, nodeport_ips: tuple[IPAddress, ..
     out: Contribution = {}
 
     def add(name: str, element: str, value: Element = PRESENT) -> None:
-        out.setdefault(name, {})[element] = value
+        out.setdefault(name, {})[element] = value  # type: ignore[assignment]  # plain sets only
 
     proto = sp.protocol.nft
     for fe in sp.frontends:
@@ -184,7 +184,7 @@ def node_elements(plan: Plan, short_circuited: Iterable[ServicePortPlan],
         out[NO_MASQ_SOURCES] = _intervals(plan.local.cidrs or everyone)
     for key, (mark, _sp) in short_circuits(short_circuited, nodeport_ips).items():
         element = f"{ip_text(key.ip)} . {key.protocol.nft} . {key.port}"
-        out.setdefault(SHORT_CIRCUIT_MARKS, {})[element] = Element(data=f"{mark:#x}")
+        out.setdefault(SHORT_CIRCUIT_MARKS, {})[element] = Element(data=f"{mark:#x}")  # type: ignore[assignment]
     return out
 
 

@@ -200,7 +200,7 @@ class NftBackend:
 
     def _mark(self, skeleton: Skeleton, delta: ElementDelta | None) -> None:
         """The element that names the skeleton the table holds (names.SKELETON)."""
-        marker = {SKELETON: {"0": Element(comment=skeleton.digest())}}
+        marker: Contribution = {SKELETON: {"0": Element(comment=skeleton.digest())}}
         if marker != self._marker:
             self._table.replace(SKELETON, self._marker or None, marker, delta)
             self._marker = marker

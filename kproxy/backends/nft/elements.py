@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from kproxy.backends.nft.objects import Element
-from kproxy.backends.nft.render import Contribution
+from kproxy.backends.nft.render import Contribution, Row
 
 Owner = str
 Key = tuple[str, str]  # (set name, element key)
 # an indexed set's elements under one key prefix: (owner, elements by index) while one
 # owner holds it, {owner: elements by index} once shared
-Row = tuple[Element, ...]
 HeldRow = tuple[Owner, Row] | dict[Owner, Row]
 
 
@@ -113,41 +112,38 @@ class ElementTable:
             return self._add(owner, new)
         old = old or {}
         new = new or {}
-        for set_name in old | new:  # a dict: the same order in every run
-            if self._indexed(set_name):
-                rows_before, rows_after = _rows(set_name, old.get(set_name)), _rows(set_name, new.get(set_name))
-                for prefix in rows_before | rows_after:
-                    if rows_before.get(prefix) != rows_after.get(prefix):
-                        self._put_row(owner, set_name, prefix, rows_after.get(prefix), delta)
-        for set_name, elements in old.items():
-            if self._indexed(set_name):
-                continue
-            kept = new.get(set_name, {})
-            for key, element in elements.items():
+        names = old | new  # a dict: the same order in every run
+        for set_name in (n for n in names if self._indexed(n)):
+            rows_before, rows_after = _rows(old, set_name), _rows(new, set_name)
+            for prefix in rows_before | rows_after:
+                if rows_before.get(prefix) != rows_after.get(prefix):
+                    self._put_row(owner, set_name, prefix, rows_after.get(prefix), delta)
+        plain = [n for n in names if not self._indexed(n)]
+        for set_name in plain:
+            kept = _elements(new, set_name)
+            for key, element in _elements(old, set_name).items():
                 if kept.get(key) != element:
                     self._drop(owner, set_name, key, delta)
-        for set_name, elements in new.items():
-            if self._indexed(set_name):
-                continue
-            had = old.get(set_name, {})
-            for key, element in elements.items():
+        for set_name in plain:
+            had = _elements(old, set_name)
+            for key, element in _elements(new, set_name).items():
                 if had.get(key) != element:
                     self._put(owner, set_name, key, element, delta)
 
     def _add(self, owner: Owner, new: Contribution) -> None:
         """A new owner's elements, nothing to record: a full sync's 200,000 elements take
         this path, so it is _put without the bookkeeping, inline."""
-        for set_name, elements in new.items():
+        for set_name in new:
             if self._indexed(set_name):
                 rows = self._rows.setdefault(set_name, {})
-                for prefix, row in _rows(set_name, elements).items():
+                for prefix, row in _rows(new, set_name).items():
                     if prefix in rows:
                         self._put_row(owner, set_name, prefix, row, None)
                     else:
                         rows[prefix] = (owner, row)
                 continue
             keys = self._owners.setdefault(set_name, {})
-            for key, element in elements.items():
+            for key, element in _elements(new, set_name).items():
                 held = keys.get(key)
                 if held is None:
                     keys[key] = (owner, element)
@@ -216,15 +212,9 @@ class ElementTable:
             delta.after[key] = after[index] if index < len(after) else None
 
 
-def _rows(set_name: str, elements: dict[str, Element] | None) -> dict[str, Row]:
-    """An indexed set's elements grouped by key prefix, in index order."""
-    if not elements:
-        return {}
-    grouped: dict[str, list[Element]] = {}
-    for key, element in elements.items():
-        prefix, _, index = key.rpartition(" . ")
-        row = grouped.setdefault(prefix, [])
-        if index != str(len(row)):  # render adds each prefix's indexes in order from 0
-            raise ValueError(f"set {set_name}: element {key!r} out of index order")
-        row.append(element)
-    return {prefix: tuple(row) for prefix, row in grouped.items()}
+def _rows(contribution: Contribution, set_name: str) -> dict[str, Row]:
+    return contribution.get(set_name, {})  # type: ignore[return-value]  # an indexed set's: rows
+
+
+def _elements(contribution: Contribution, set_name: str) -> dict[str, Element]:
+    return contribution.get(set_name, {})  # type: ignore[return-value]  # a plain set's: elements
