@@ -96,7 +96,7 @@ class Tracker:
 
     def parsed_list(self) -> ParsedList:
         """An empty full state to fill a page at a time (`add`), then `replace_parsed`: a
-        paged list holds a page or two of raw objects, never the whole list."""
+        paged list never holds more than one page of raw objects."""
         return ParsedList(self._parse)
 
     def replace_parsed(self, parsed: ParsedList) -> None:

@@ -4,8 +4,8 @@ Bodies are read as raw JSON (`_preload_content=False`): the client's model class
 seconds at 10k objects and we parse into kproxy.model anyway. The protocol is the one
 client-go's reflector speaks: list, watch from the list's resourceVersion with bookmarks,
 re-watch from the last seen version when a watch ends, relist on 410 Gone, back off on
-errors; lists are read in pages (`limit`/`continue`, 500 objects a page), the next asked
-for while one is parsed, and an expired continue token means a full relist. The tracker
+errors; lists are read in pages (`limit`/`continue`, 500 objects a page), each parsed
+before the next is read, and an expired continue token means a full relist. The tracker
 is never cleared because the API is unreachable: the rules programmed from the last
 known state keep traffic flowing.
 """
@@ -19,7 +19,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -308,12 +307,13 @@ class ApiSource:
 
     def _list(self, resource: _Resource, parsed: ParsedList) -> str:
         """List one kind in pages of `list_page_size` (as client-go's reflector does), each
-        parsed into `parsed` while the next is read; returns the list's resourceVersion.
+        parsed into `parsed` before the next is read; returns the list's resourceVersion.
         An expired continue token (410) means a full relist, as for an expired watch."""
         started = time.monotonic()
+        token: str | None = None
         pages = objects = 0
-        version = ""
-        for body in self._pages(resource):
+        while True:
+            body = self._list_page(resource, token)
             items = body.get("items")
             if not isinstance(items, list | None):
                 raise _Trouble(f"the {resource.kind} list has no list of items", answered=True)
@@ -323,7 +323,11 @@ class ApiSource:
             parsed.add(resource.kind, items or ())
             pages, objects = pages + 1, objects + len(items or ())
             version = _resource_version(body)
-            del body, items  # at most two pages of raw objects at a time
+            metadata = body.get("metadata")
+            token = metadata.get("continue") if isinstance(metadata, dict) else None
+            del body, items  # only one page of raw objects at a time
+            if not token or not isinstance(token, str):
+                break
         log.info(
             "listed",
             kind=resource.kind,
@@ -333,22 +337,6 @@ class ApiSource:
             ms=round((time.monotonic() - started) * 1000),
         )
         return version
-
-    def _pages(self, resource: _Resource) -> Iterator[dict[str, Any]]:
-        """The pages of one list, each requested as soon as the one before has arrived: the
-        server prepares page N+1 while the agent parses page N (10k EndpointSlices: 20 pages)."""
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"api-list-{resource.kind}")
-        try:
-            ahead: Future[dict[str, Any]] | None = pool.submit(self._list_page, resource, None)
-            while ahead is not None:
-                body = ahead.result()
-                metadata = body.get("metadata")
-                token = metadata.get("continue") if isinstance(metadata, dict) else None
-                ahead = pool.submit(self._list_page, resource, token) if token and isinstance(token, str) else None
-                yield body
-                del body
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
 
     def _list_page(self, resource: _Resource, token: str | None) -> dict[str, Any]:
         """One list request (a page after `token` if given), decoded."""

@@ -1,6 +1,6 @@
 """Lists read in pages (`limit`/`continue`), as client-go's reflector reads them: the fake
 API server pages a consistent snapshot and expires continue tokens with 410 as the real
-one does after a compaction; ApiSource reads every page (asking for the next while it parses one), and
+one does after a compaction; ApiSource reads every page, parses each before the next, and
 answers an expired token with a full relist."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from kproxy.model import ServiceName
-from kproxy.tracker import ParsedList
 from tests.api.fake_apiserver import FakeApiServer, Store
 from tests.api.test_api_source import Harness, wait_until
 from tests.builders import endpoint_slice, service
@@ -127,28 +126,5 @@ def test_an_expired_continue_token_means_a_full_relist(tmp_path: Path) -> None:
         assert asked == [(500, False), (500, True), (500, False), (500, True), (500, True)]
         assert any(line["event"] == "list continue token expired, relisting" for line in logs)
         assert h.changes == 1  # nothing half-listed reached the tracker
-    finally:
-        h.close()
-
-
-def test_the_next_page_is_requested_while_a_page_is_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = cluster()
-    h = Harness(tmp_path, store)
-    seen: list[tuple[int, int]] = []  # per Service page parsed: (pages asked for by then, pages parsed before)
-    add = ParsedList.add
-
-    def slow_add(self: ParsedList, kind: str, objects: Any) -> None:
-        if kind == "Service":
-            asked = lambda: sum(1 for r, _, _ in store.list_limits if r == "services")  # noqa: E731
-            wait_until(lambda: asked() > len(seen) + 1 or len(seen) == 2, timeout=3)
-            seen.append((asked(), len(seen)))
-        add(self, kind, objects)
-
-    monkeypatch.setattr(ParsedList, "add", slow_add)
-    try:
-        h.start()
-        assert len(h.services()) == COUNT
-        # while page 1 was parsed page 2 had been asked for, and page 3 while page 2 was
-        assert seen == [(2, 0), (3, 1), (3, 2)]
     finally:
         h.close()
