@@ -175,7 +175,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 def synced_fields(line: dict[str, Any]) -> dict[str, Any]:
     """The measurements of a "synced" line: everything but the log boilerplate."""
-    return {k: v for k, v in line.items() if k not in ("event", "level", "timestamp", "logger")}
+    return {k: v for k, v in line.items() if k not in ("event", "level", "timestamp", "logger", "bench_at")}
 
 
 class Agent:
@@ -205,6 +205,7 @@ class Agent:
         for raw in self.proc.stdout:
             self.tail = (self.tail + [raw.rstrip()])[-20:]
             for line in json_lines(raw):
+                line["bench_at"] = time.monotonic()  # when it arrived, for the start-up breakdown
                 if line.get("event") == "drift checked":
                     self.drift_checks.append(synced_fields(line))
                 self.lines.put(line)
@@ -536,8 +537,16 @@ def bench_api(
             started = time.monotonic()
             agent = Agent(ns, kproxy, ["--kubeconfig", str(kubeconfig)])
             try:
-                first, at = agent.next_synced(timeout)
+                before: list[dict[str, Any]] = []
+                first, at = agent.next_synced(timeout, seen=before)
                 result["run_first_sync"] = {"wall_s": round(at - started, 2), **synced_fields(first)}
+                # where start-up went: to the agent's first log line (imports, config), its lists
+                result["start_up"] = {
+                    "first_log_line_s": round(before[0]["bench_at"] - started, 2) if before else None,
+                    "listed_ms": {line["kind"]: line["ms"] for line in before if line.get("event") == "listed"},
+                    "lists_done_s": max((round(line["bench_at"] - started, 2) for line in before
+                                         if line.get("event") == "listed"), default=None),
+                }
                 result["agent_at_first_sync"] = agent.status()
                 result["syncs_while_settling"] = settle(agent)
                 monitor = KernelMonitor(ns) if proxy_mode() == "nftables" else None
