@@ -1,6 +1,8 @@
-"""The element table's indexed sets (endpoint maps, held as one row per frontend and
-owner) behave exactly as one entry per element would: after any sequence of owners
-replacing what they contribute, the same elements, counts and recorded changes."""
+"""The element table after any sequence of owners replacing what they contribute: each
+element is the smallest owner's among those contributing it (plain sets' elements held as
+a bare owner, maps' with their value, shared ones by owner), and the indexed sets
+(endpoint maps, held as one row per frontend and owner) behave exactly as one entry per
+element would: the same elements, counts and recorded changes."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ from hypothesis import strategies as st
 
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.objects import Element
-from kproxy.backends.nft.render import Contribution
+from kproxy.backends.nft.render import PRESENT, Contribution
 
 INDEXED = ("endpoints-2", "nodeport-endpoints-3")
 OWNERS = ("", "default/a:http", "default/b:http", "other/a:dns")
-elements = st.sampled_from([Element("10.0.0.1 . 80"), Element("10.0.0.2 . 80"), Element("10.0.0.3 . 81")])
+elements = st.sampled_from([Element("10.0.0.1 . 80"), Element("10.0.0.2 . 80"), Element("10.0.0.3 . 81"),
+                            PRESENT, Element(comment="default/a:http ClusterIP")])
 
 
 @st.composite
@@ -40,6 +43,15 @@ def per_element(contribution: Contribution | None) -> Contribution | None:
                    if name in INDEXED else elements) for name, elements in contribution.items()}
 
 
+def smallest_owners(held: dict[str, Contribution | None]) -> dict[str, dict[str, Element]]:
+    """What the table must hold: per set and key, the element of the smallest owner."""
+    out: dict[str, dict[str, Element]] = {}
+    for owner in sorted(held, reverse=True):  # smaller owners overwrite larger ones
+        for name, elements in (per_element(held[owner]) or {}).items():
+            out.setdefault(name, {}).update(elements)  # type: ignore[arg-type]
+    return {name: elements for name, elements in out.items() if elements}
+
+
 def snapshot(table: ElementTable) -> dict[str, object]:
     names = sorted(table.set_names())
     return {"names": names, **{n: (table.count(n), sorted(table.elements(n), key=str)) for n in names}}
@@ -56,6 +68,7 @@ def test_indexed_sets_equal_one_entry_per_element(steps: list[tuple[str, Contrib
         entries.replace(owner, per_element(old), per_element(new), deltas[1])
         held[owner] = new
         assert snapshot(rows) == snapshot(entries)
+        assert {n: dict(entries.elements(n)) for n in entries.set_names()} == smallest_owners(held)
         if recorded:
             assert sorted(deltas[0].changes(), key=str) == sorted(deltas[1].changes(), key=str)
         for name in INDEXED:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from kproxy.backends.nft.objects import Element
-from kproxy.backends.nft.render import Contribution, Row
+from kproxy.backends.nft.render import PRESENT, Contribution, Row
 
 Owner = str
 Key = tuple[str, str]  # (set name, element key)
+Held = Owner | tuple[Owner, Element] | dict[Owner, Element]  # see ElementTable
 # an indexed set's elements under one key prefix: (owner, elements by index) while one
 # owner holds it, {owner: elements by index} once shared
 HeldRow = tuple[Owner, Row] | dict[Owner, Row]
@@ -41,16 +42,19 @@ class ElementDelta:
 
 
 class ElementTable:
-    # key -> (owner, element) while it has one owner, as nearly all do (a tuple is a
-    # quarter of a dict's size at 200,000 elements); {owner: element} once shared
+    # key -> owner for a plain set's element (PRESENT), (owner, element) for a map's, while
+    # it has one owner, as nearly all do (a tuple is a quarter of a dict's size at 200,000
+    # elements, and most elements are plain); {owner: element} once shared
     def __init__(self, indexed: Callable[[str], bool] = lambda _name: False) -> None:
-        self._owners: dict[str, dict[str, tuple[Owner, Element] | dict[Owner, Element]]] = {}
+        self._owners: dict[str, dict[str, Held]] = {}
         # sets whose keys are "<prefix> . <index>", indexes 0..n-1 for each owner's prefix
         self._indexed = indexed
         self._rows: dict[str, dict[str, HeldRow]] = {}
 
     @staticmethod
-    def _winner(held: tuple[Owner, Element] | dict[Owner, Element]) -> Element:
+    def _winner(held: Held) -> Element:
+        if isinstance(held, str):
+            return PRESENT
         if isinstance(held, tuple):
             return held[1]
         return held[min(held)]
@@ -146,7 +150,7 @@ class ElementTable:
             for key, element in _elements(new, set_name).items():
                 held = keys.get(key)
                 if held is None:
-                    keys[key] = (owner, element)
+                    keys[key] = _single(owner, element)
                 else:
                     self._put(owner, set_name, key, element, None)
 
@@ -158,12 +162,12 @@ class ElementTable:
         self._note(delta, set_name, key)
         keys = self._owners[set_name]
         held = keys[key]
-        if isinstance(held, tuple):
+        if not isinstance(held, dict):
             del keys[key]
         else:
             del held[owner]
             if len(held) == 1:
-                keys[key] = next(iter(held.items()))
+                keys[key] = _single(*next(iter(held.items())))
         if delta is not None:
             delta.after[(set_name, key)] = self.effective(set_name, key)
 
@@ -171,12 +175,12 @@ class ElementTable:
         self._note(delta, set_name, key)
         keys = self._owners.setdefault(set_name, {})
         held = keys.get(key)
-        if held is None or (isinstance(held, tuple) and held[0] == owner):
-            keys[key] = (owner, element)
-        elif isinstance(held, tuple):
-            keys[key] = {held[0]: held[1], owner: element}
-        else:
+        if isinstance(held, dict):
             held[owner] = element
+        elif held is None or _owner(held) == owner:
+            keys[key] = _single(owner, element)
+        else:
+            keys[key] = {_owner(held): self._winner(held), owner: element}
         if delta is not None:
             delta.after[(set_name, key)] = self.effective(set_name, key)
 
@@ -218,3 +222,11 @@ def _rows(contribution: Contribution, set_name: str) -> dict[str, Row]:
 
 def _elements(contribution: Contribution, set_name: str) -> dict[str, Element]:
     return contribution.get(set_name, {})  # type: ignore[return-value]  # a plain set's: elements
+
+
+def _single(owner: Owner, element: Element) -> Owner | tuple[Owner, Element]:
+    return owner if element == PRESENT else (owner, element)
+
+
+def _owner(held: Owner | tuple[Owner, Element]) -> Owner:
+    return held if isinstance(held, str) else held[0]
