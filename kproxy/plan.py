@@ -130,29 +130,61 @@ class HealthCheck:
 
 
 class PortPlans(Sequence[ServicePortPlan]):
-    """Every Service port's plan, in order, and by name. Immutable: the planner hands each
-    Plan a table of its own (a dict copy costs well under a millisecond at 50,000)."""
+    """Every Service port's plan, in order, and by name. Immutable. A plan made after a
+    change shares the bulk (`_base`) with the plans before it and holds only what changed
+    since (PortTable.snapshot): at 50,000 Service ports, copying the whole table for every
+    plan cost 0.9 ms of a 5 ms sync.
 
-    __slots__ = ("_by_name", "_values")
+    The order is a dict's under the same changes: a replaced plan keeps its place, a new or
+    re-added one goes last."""
+
+    __slots__ = ("_appended", "_base", "_deleted", "_replaced", "_values")
 
     def __init__(self, by_name: Mapping[ServicePortName, ServicePortPlan] | Sequence[ServicePortPlan] = ()) -> None:
         if isinstance(by_name, Mapping):
-            self._by_name = dict(by_name)
+            self._base: dict[ServicePortName, ServicePortPlan] = dict(by_name)
         else:
-            self._by_name = {sp.name: sp for sp in by_name}
+            self._base = {sp.name: sp for sp in by_name}
+        self._replaced: dict[ServicePortName, ServicePortPlan] = {}  # base names, plan changed in place
+        self._deleted: frozenset[ServicePortName] = frozenset()  # base names gone from their place
+        self._appended: dict[ServicePortName, ServicePortPlan] = {}  # new (or re-added) names, last
         self._values: tuple[ServicePortPlan, ...] | None = None
 
+    @classmethod
+    def _of(cls, base: dict[ServicePortName, ServicePortPlan], replaced: dict[ServicePortName, ServicePortPlan],
+            deleted: frozenset[ServicePortName], appended: dict[ServicePortName, ServicePortPlan]) -> PortPlans:
+        plans = cls.__new__(cls)
+        plans._base, plans._replaced, plans._deleted, plans._appended = base, replaced, deleted, appended
+        plans._values = None
+        return plans
+
     def get(self, name: ServicePortName) -> ServicePortPlan | None:
-        return self._by_name.get(name)
+        if not (self._replaced or self._deleted or self._appended):
+            return self._base.get(name)
+        found = self._appended.get(name)
+        if found is not None or name in self._deleted:
+            return found
+        return self._replaced.get(name) or self._base.get(name)
 
     def __contains__(self, item: object) -> bool:
-        return item in self._by_name or (isinstance(item, ServicePortPlan) and self._by_name.get(item.name) == item)
+        if isinstance(item, ServicePortPlan):
+            return self.get(item.name) == item
+        return isinstance(item, ServicePortName) and self.get(item) is not None
 
     def __iter__(self) -> Iterator[ServicePortPlan]:
-        return iter(self._by_name.values())
+        if not (self._replaced or self._deleted or self._appended):
+            return iter(self._base.values())
+        return self._merged()
+
+    def _merged(self) -> Iterator[ServicePortPlan]:
+        replaced, deleted = self._replaced, self._deleted
+        for name, sp in self._base.items():
+            if name not in deleted:
+                yield replaced.get(name, sp)
+        yield from self._appended.values()
 
     def __len__(self) -> int:
-        return len(self._by_name)
+        return len(self._base) - len(self._deleted) + len(self._appended)
 
     @overload
     def __getitem__(self, index: int) -> ServicePortPlan: ...
@@ -162,19 +194,59 @@ class PortPlans(Sequence[ServicePortPlan]):
 
     def __getitem__(self, index: int | slice) -> ServicePortPlan | tuple[ServicePortPlan, ...]:
         if self._values is None:
-            self._values = tuple(self._by_name.values())
+            self._values = tuple(self)
         return self._values[index]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, PortPlans):
-            return list(self._by_name.items()) == list(other._by_name.items())
+            return len(self) == len(other) and list(self) == list(other)
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(tuple(self._by_name))
+        return hash(tuple(sp.name for sp in self))
 
     def __repr__(self) -> str:
-        return f"PortPlans({list(self._by_name.values())!r})"
+        return f"PortPlans({list(self)!r})"
+
+
+class PortTable:
+    """The planner's Service port plans, changed in place. `snapshot()` hands out a
+    PortPlans in time proportional to the changes since the bulk was last copied, which
+    happens once they pass an eighth of the table (at least COMPACT_AT)."""
+
+    COMPACT_AT = 512
+
+    def __init__(self) -> None:
+        self._base: dict[ServicePortName, ServicePortPlan] = {}  # shared with snapshots: never changed
+        self._replaced: dict[ServicePortName, ServicePortPlan] = {}
+        self._deleted: set[ServicePortName] = set()
+        self._appended: dict[ServicePortName, ServicePortPlan] = {}
+
+    def get(self, name: ServicePortName) -> ServicePortPlan | None:
+        found = self._appended.get(name)
+        if found is not None or name in self._deleted:
+            return found
+        return self._replaced.get(name) or self._base.get(name)
+
+    def set(self, sp: ServicePortPlan) -> None:
+        name = sp.name
+        if name in self._appended or name in self._deleted or name not in self._base:
+            self._appended[name] = sp  # a dict keeps the place of a key it has, appends a new one
+        else:
+            self._replaced[name] = sp
+
+    def delete(self, name: ServicePortName) -> None:
+        if self._appended.pop(name, None) is None and name in self._base and name not in self._deleted:
+            self._deleted.add(name)
+            self._replaced.pop(name, None)
+
+    def snapshot(self) -> PortPlans:
+        held = len(self._replaced) + len(self._deleted) + len(self._appended)
+        if held > max(self.COMPACT_AT, len(self._base) // 8):
+            self._base = {sp.name: sp for sp in PortPlans._of(self._base, self._replaced, frozenset(self._deleted),
+                                                               self._appended)}
+            self._replaced, self._deleted, self._appended = {}, set(), {}
+        return PortPlans._of(self._base, dict(self._replaced), frozenset(self._deleted), dict(self._appended))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,7 +25,7 @@ from kproxy.model import (
     ServicePortName,
     SliceEndpoint,
 )
-from kproxy.plan import Frontend, FrontendKind, HealthCheck, LocalDetector, Plan, PortPlans, ServicePortPlan, Target
+from kproxy.plan import Frontend, FrontendKind, HealthCheck, LocalDetector, Plan, PortTable, ServicePortPlan, Target
 from kproxy.topology import categorize_endpoints
 
 ALL_ADDRESSES = (ip_network("0.0.0.0/0"), ip_network("::/0"))
@@ -44,7 +44,7 @@ class FamilyPlanner:
 
     def _reset(self) -> None:
         self._by_service: dict[ServiceName, tuple[ServicePortPlan, ...]] = {}
-        self._ports: dict[ServicePortName, ServicePortPlan] = {}
+        self._ports = PortTable()
         self._cluster_ips: Counter[IPAddress] = Counter()
         self._sorted_cluster_ips: tuple[IPAddress, ...] | None = ()
         self._checks: dict[ServiceName, HealthCheck] = {}
@@ -69,7 +69,7 @@ class FamilyPlanner:
             self._sorted_cluster_ips = tuple(sorted(self._cluster_ips, key=int))
         return Plan(
             family=self.family,
-            service_ports=PortPlans(self._ports),
+            service_ports=self._ports.snapshot(),
             changed=None if delta.full else frozenset(changed),
             endpoints=self._endpoints,
             nodeport_ips=nodeport_ips,
@@ -91,12 +91,12 @@ class FamilyPlanner:
         for sp in old:
             self._endpoints -= len(sp.internal_targets)
             if sp.name not in kept:
-                del self._ports[sp.name]
+                self._ports.delete(sp.name)
                 changed.add(sp.name)
         for sp in new:
             self._endpoints += len(sp.internal_targets)
             if self._ports.get(sp.name) != sp:
-                self._ports[sp.name] = sp
+                self._ports.set(sp)
                 changed.add(sp.name)
         ips_before = {sp.frontends[0].ip for sp in old}
         ips_after = {sp.frontends[0].ip for sp in new}
