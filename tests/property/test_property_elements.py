@@ -6,17 +6,25 @@ element would: the same elements, counts and recorded changes."""
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.objects import Element
-from kproxy.backends.nft.render import PRESENT, Contribution
+from kproxy.backends.nft.render import PRESENT, Contribution, endpoint_element
+from kproxy.plan import Target
 
 INDEXED = ("endpoints-2", "nodeport-endpoints-3")
 OWNERS = ("", "default/a:http", "default/b:http", "other/a:dns")
 elements = st.sampled_from([Element("10.0.0.1 . 80"), Element("10.0.0.2 . 80"), Element("10.0.0.3 . 81"),
                             PRESENT, Element(comment="default/a:http ClusterIP")])
+
+
+# endpoints as the plan has them: the last two differ only where the element does not show
+targets = st.sampled_from([Target(ip_address("10.0.0.1"), 80), Target(ip_address("fd00::2"), 80),
+                           Target(ip_address("10.0.0.3"), 81, "node1", True), Target(ip_address("10.0.0.3"), 81)])
 
 
 @st.composite
@@ -28,7 +36,7 @@ def contributions(draw: st.DrawFn) -> Contribution | None:
     for name in INDEXED:
         prefixes = draw(st.lists(st.sampled_from(["10.96.0.1 . tcp . 80", "tcp . 30080"]), unique=True))
         if prefixes:
-            out[name] = {prefix: tuple(draw(st.lists(elements, min_size=1, max_size=4))) for prefix in prefixes}
+            out[name] = {prefix: tuple(draw(st.lists(targets, min_size=1, max_size=4))) for prefix in prefixes}
     plain = draw(st.dictionaries(st.sampled_from(["10.96.0.1", "10.96.0.2"]), elements, max_size=2))
     if plain:
         out["cluster-ips"] = plain
@@ -39,8 +47,9 @@ def per_element(contribution: Contribution | None) -> Contribution | None:
     """The same contribution with one entry per element: "<frontend> . <index>"."""
     if contribution is None:
         return None
-    return {name: ({f"{prefix} . {i}": e for prefix, row in elements.items() for i, e in enumerate(row)}
-                   if name in INDEXED else elements) for name, elements in contribution.items()}
+    return {name: ({f"{prefix} . {i}": endpoint_element(t) for prefix, row in elements.items()
+                    for i, t in enumerate(row)} if name in INDEXED else elements)
+            for name, elements in contribution.items()}
 
 
 def smallest_owners(held: dict[str, Contribution | None]) -> dict[str, dict[str, Element]]:

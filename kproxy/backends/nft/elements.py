@@ -6,18 +6,18 @@ owner holds it; when owners disagree on its value the smallest owner wins, so th
 does not depend on the order changes arrive in.
 
 The endpoint maps (`frontend . index -> endpoint`, 120,000 elements at 10k Services) are
-held as one tuple of elements per frontend and owner instead of one entry per element:
-a third of the table's memory. Their keys are made again when read.
+held as one row of the plan's endpoints per frontend and owner instead of one entry per
+element: half of the table's memory. Their keys and elements are made again when read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
 from kproxy.backends.nft.objects import Element
-from kproxy.backends.nft.render import PRESENT, Contribution, Row
+from kproxy.backends.nft.render import PRESENT, Contribution, Row, endpoint_element
 
 Owner = str
 Key = tuple[str, str]  # (set name, element key)
@@ -46,6 +46,7 @@ class ElementTable:
     # it has one owner, as nearly all do (a tuple is a quarter of a dict's size at 200,000
     # elements, and most elements are plain); {owner: element} once shared
     def __init__(self, indexed: Callable[[str], bool] = lambda _name: False) -> None:
+        """`indexed`: the sets whose elements come as rows (render.Row), by key prefix."""
         self._owners: dict[str, dict[str, Held]] = {}
         # sets whose keys are "<prefix> . <index>", indexes 0..n-1 for each owner's prefix
         self._indexed = indexed
@@ -72,10 +73,10 @@ class ElementTable:
             return None
         if isinstance(held, tuple):
             row = held[1]
-            return row[index] if index < len(row) else None
+            return endpoint_element(row[index]) if index < len(row) else None
         for owner in sorted(held):
             if index < len(held[owner]):
-                return held[owner][index]
+                return endpoint_element(held[owner][index])
         return None
 
     def effective(self, set_name: str, key: str) -> Element | None:
@@ -104,7 +105,10 @@ class ElementTable:
 
     def _row_elements(self, set_name: str) -> Iterator[tuple[str, Element]]:
         for prefix, held in self._rows.get(set_name, {}).items():
-            row = held[1] if isinstance(held, tuple) else map(partial(self._at, held), range(self._width(held)))
+            if isinstance(held, tuple):
+                row: Iterable[Element | None] = map(endpoint_element, held[1])
+            else:
+                row = map(partial(self._at, held), range(self._width(held)))
             for index, element in enumerate(row):
                 if element is not None:  # every index below the width has one
                     yield f"{prefix} . {index}", element

@@ -60,9 +60,16 @@ from kproxy.values import ip_text
 PROTOCOLS = ("tcp", "udp", "sctp")
 
 # element tables: set name -> key -> element; for an endpoint map (names.is_endpoint_map),
-# set name -> frontend key -> its elements by index (keys "<frontend> . <index>")
-Row = tuple[Element, ...]
+# set name -> frontend key -> its endpoints by index: the plan's own Targets, so 100,000s of
+# endpoints cost no element objects or strings while held (keys "<frontend> . <index>",
+# elements endpoint_element(target))
+Row = tuple[Target, ...]
 Contribution = dict[str, dict[str, Element] | dict[str, Row]]
+
+
+def endpoint_element(target: Target) -> Element:
+    """An endpoint map's element for one endpoint: its address and port."""
+    return Element(f"{ip_text(target.ip)} . {target.port}")
 
 VERDICT_MAP = ": verdict;"
 PRESENT = Element()  # a plain set's element: shared, there are 100,000s of them
@@ -106,17 +113,10 @@ def render_service_port(sp: ServicePortPlan) -> Contribution:
     def add(set_name: str, key: str, element: Element = PRESENT) -> None:
         out.setdefault(set_name, {})[key] = element  # type: ignore[assignment]
 
-    # the endpoints' map values, once per tuple of targets: the ClusterIP and the external
-    # frontends usually share one (this runs 10,000 times in a full sync at 10k Services)
-    values: dict[int, Row] = {}
-
     def dispatch(how: Dispatch, key: str, targets: tuple[Target, ...], comment: str) -> None:
         n = len(targets)
         add(how.vmap, key, Element(f"goto {how.chain_name(n)}", comment))
-        row = values.get(id(targets))
-        if row is None:
-            row = values[id(targets)] = tuple(Element(f"{ip_text(t.ip)} . {t.port}") for t in targets)
-        out.setdefault(how.map_name(n), {})[key] = row  # type: ignore[assignment]
+        out.setdefault(how.map_name(n), {})[key] = targets  # type: ignore[assignment]
 
     proto = sp.protocol.nft
     empty = "drop" if sp.empty_verdict() == "drop" else f"goto {REJECT_CHAIN}"
