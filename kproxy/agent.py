@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -23,6 +24,7 @@ from kproxy.backends.base import Backend, SyncResult, Touched
 from kproxy.model import IPAddress, IPNetwork, NodeConfig, NodeInfo, ServiceName
 from kproxy.plan import Plan
 from kproxy.planner import FamilyPlanner
+from kproxy.runner import gc_paused
 from kproxy.tracker import Tracker
 
 log = structlog.get_logger(__name__)
@@ -219,7 +221,7 @@ class Agent:
         return drifted
 
     def sync(self, full: bool = False) -> SyncReport:
-        with self._lock:
+        with self._lock, ExitStack() as pause:
             started = time.perf_counter()
             now = self._clock()
             full = full or self._last_full is None or now - self._last_full >= FULL_SYNC_PERIOD_S
@@ -227,6 +229,8 @@ class Agent:
             # Only the Services that changed since the last sync are planned again, unless
             # this sync rewrites everything, follows a failure, or the node itself changed.
             everything = full or self._failed or any(p.needs_full(node) for p in self._planners.values())
+            if everything:
+                pause.enter_context(gc_paused())  # millions of allocations, no cycles
             delta = self.tracker.delta(full=everything)
             self._failed = True
             plans = [self._planners[f].plan(node, delta) for f in self.backends]

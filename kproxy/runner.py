@@ -1,14 +1,29 @@
-"""A bounded-frequency runner, after upstream's async.BoundedFrequencyRunner.
+"""Running syncs: a bounded-frequency runner, after upstream's async.BoundedFrequencyRunner,
+and the garbage collector kept out of the way of big builds.
 
 Sync requests may arrive thousands of times a second; the sync runs at most once per
 `min_interval`, soon after a request, and again after `retry_interval` when it fails.
+
+A full list, or planning and rendering a full sync, allocates millions of objects that
+form no reference cycles: reference counting frees them. Yet every few hundred thousand
+allocations the collector walks every object it tracks: at 10k Services its full
+collections took about 1 s of a 3 s build, more than that at 50k. While a build runs the
+collector is paused (`gc_paused`); after a full sync the agent's state is frozen (`gc_settle`,
+gc.freeze), so the collections that run during small syncs walk only what is new instead
+of all of it (one that walked everything showed as a 30 ms spike in a 4 ms sync at 10k).
+
+Frozen objects are still freed when nothing refers to them; only a reference cycle
+through one would be kept, and kproxy's state is made of values that hold none.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import structlog
 
@@ -80,3 +95,46 @@ class SyncRunner:
 
     def wake(self) -> None:
         self._wake.set()
+
+
+# --- the cyclic garbage collector
+_lock = threading.Lock()
+_pauses = 0  # builds running now (a list thread and the sync thread may overlap)
+_was_enabled = True
+
+T = TypeVar("T", bound=Any)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    global _pauses, _was_enabled
+    with _lock:
+        if _pauses == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _pauses -= 1
+            if _pauses == 0 and _was_enabled:
+                gc.enable()
+
+
+def gc_settle() -> None:
+    """Collect once, then freeze what survives: later collections skip it."""
+    gc.collect()
+    gc.freeze()
+
+
+def gc_settling(sync: Callable[[], T]) -> Callable[[], T]:
+    """`sync`, settling after each full one (a report with `full` true)."""
+
+    def run() -> T:
+        report = sync()
+        if getattr(report, "full", False):
+            gc_settle()
+        return report
+
+    return run

@@ -34,7 +34,7 @@ from kproxy.cli.wiring import (
 from kproxy.conntrack import ConntrackCleaner
 from kproxy.health.proxier import watch_node_deletion
 from kproxy.health.services import ServiceHealthServer
-from kproxy.runner import SyncRunner
+from kproxy.runner import SyncRunner, gc_settling
 from kproxy.sources.threads import SourceFailure, start_guarded
 from kproxy.tracker import Tracker
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                              TakeOverOnce(args).after_sync),
                   generation=generation_source(args), verify_interval=args.sync_period,
                   watch=commit_watch(backends.values()))
-    runner = SyncRunner(obs.observe(agent.sync, tracker), min_interval=args.min_sync_period,
+    runner = SyncRunner(obs.observe(gc_settling(agent.sync), tracker), min_interval=args.min_sync_period,
                         max_interval=args.sync_period)
     gave_up: list[str] = []
 

@@ -29,6 +29,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kproxy.parse import UPSTREAM_LABEL_SELECTOR
+from kproxy.runner import gc_paused
 from kproxy.sources.threads import start_guarded
 from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, SERVICE_CIDR, ParsedList, Tracker
 
@@ -294,8 +295,9 @@ class ApiSource:
         with self._relist_lock:
             if self._cursor(kind).generation != generation:
                 return  # another thread listed while this one waited
-            parsed = self._tracker.parsed_list()
-            versions = {r.kind: self._list(r, parsed) for r in group}
+            with gc_paused():
+                parsed = self._tracker.parsed_list()
+                versions = {r.kind: self._list(r, parsed) for r in group}
             with self._state:
                 self._tracker.replace_parsed(parsed)
                 for k, version in versions.items():

@@ -28,6 +28,7 @@ from yaml.events import (
     StreamStartEvent,
 )
 
+from kproxy.runner import gc_paused
 from kproxy.tracker import SOURCE_KINDS, ParsedList, Tracker
 
 log = structlog.get_logger(__name__)
@@ -276,7 +277,8 @@ class ManifestSource:
             if cached is not None and cached[0] == (mtime, size) and mtime >= 0:
                 files[name] = cached
                 continue
-            parsed, skipped = parse_file(Path(name), self._tracker.parsed_list)
+            with gc_paused():
+                parsed, skipped = parse_file(Path(name), self._tracker.parsed_list)
             files[name] = ((mtime, size), parsed, skipped)
         # One transaction: a sync never sees the new Services with the old slices.
         merged = self._tracker.parsed_list()
