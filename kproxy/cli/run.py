@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                              TakeOverOnce(args).after_sync),
                   generation=generation_source(args), verify_interval=args.sync_period,
                   watch=commit_watch(backends.values()))
-    runner = SyncRunner(obs.observe(gc_settling(agent.sync), tracker), min_interval=args.min_sync_period,
+    runner = SyncRunner(gc_settling(obs.observe(agent.sync, tracker)), min_interval=args.min_sync_period,
                         max_interval=args.sync_period)
     gave_up: list[str] = []
 

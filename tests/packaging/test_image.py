@@ -128,9 +128,15 @@ def test_image_programs_the_namespace_and_serves_health_and_metrics(podman_env, 
             time.sleep(0.5)
         assert healthz is not None and healthz.stdout == "200", healthz
         assert in_ns(netns, "curl", "-s", "http://127.0.0.1:10249/proxyMode").stdout == "nftables"
-        metrics = in_ns(netns, "curl", "-s", "http://127.0.0.1:10249/metrics").stdout
-        # at least the first sync (a busy machine may see a second one before this reads)
-        count = re.search(r'kubeproxy_sync_proxy_rules_duration_seconds_count\{ip_family="IPv4"\} ([0-9.]+)', metrics)
+        # at least the first sync (a busy machine may see a second one before this reads);
+        # /healthz answers 200 from the start, as upstream's does, so the sync may still run
+        pattern = r'kubeproxy_sync_proxy_rules_duration_seconds_count\{ip_family="IPv4"\} ([0-9.]+)'
+        while True:
+            metrics = in_ns(netns, "curl", "-s", "http://127.0.0.1:10249/metrics").stdout
+            count = re.search(pattern, metrics)
+            if (count is not None and float(count.group(1)) >= 1.0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert count is not None and float(count.group(1)) >= 1.0, metrics
         sh("podman", "stop", "-t", "20", name, env=podman_env)
         exit_code = sh("podman", "inspect", "-f", "{{.State.ExitCode}}", name, env=podman_env).stdout.strip()
