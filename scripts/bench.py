@@ -337,6 +337,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "min": round(ordered[0], 1), "n": len(ordered)}
 
 
+MONITOR_START_S = 300.0
+
+
 class KernelMonitor:
     """`nft monitor new elements` in the namespace: when each new element reached the
     kernel (nft flushes every event line, so the read time is the commit time plus a
@@ -356,8 +359,9 @@ class KernelMonitor:
         ns.run("nft", "add table ip kproxy-bench-probe")
         ns.run("nft", "add set ip kproxy-bench-probe ready { type ipv4_addr ; }")
         # Each probe moves the generation, which restarts a listing in progress: wait longer
-        # each time, or a listing slower than the probe interval never completes.
-        deadline = time.monotonic() + 120
+        # each time, or a listing slower than the probe interval never completes (nft lists
+        # the 50k table in ~50 s on a slow run).
+        deadline = time.monotonic() + MONITOR_START_S
         wait = 1.0
         while time.monotonic() < deadline:
             ns.run("nft", "add element ip kproxy-bench-probe ready { 192.0.2.1 }")
@@ -366,10 +370,10 @@ class KernelMonitor:
                 break
             except TimeoutError:
                 ns.run("nft", "delete element ip kproxy-bench-probe ready { 192.0.2.1 }")
-                wait = min(wait * 2, 30.0)
+                wait = min(wait * 2, MONITOR_START_S / 2)
         else:
             self.stop()  # the caller gets no monitor to stop
-            raise TimeoutError("nft monitor did not start listening within 120 s")
+            raise TimeoutError(f"nft monitor did not start listening within {MONITOR_START_S:.0f} s")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
