@@ -96,12 +96,13 @@ def test_top_plain_lines_and_full_screen(cluster: Cluster, kproxy: Kproxy) -> No
                                 stdin=child, stdout=child, stderr=subprocess.DEVNULL, start_new_session=True)
         os.close(child)
         screen = b""
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 15 * TIME_SCALE  # an emulated guest takes seconds to import kproxy
         while screen.count(b"\x1b[H") < 3 and time.monotonic() < deadline:
             if select.select([main], [], [], 0.5)[0]:
                 screen += os.read(main, 65536)
+        assert screen.count(b"\x1b[H") >= 3, screen[-2000:]  # drawing: its Ctrl-C handler is set
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=10 * TIME_SCALE) == 0
         while select.select([main], [], [], 0.3)[0]:
             try:
                 screen += os.read(main, 65536)

@@ -108,11 +108,11 @@ GROUPS: dict[str, Group] = {
             "test_bridge_interface_mode_only_traffic_from_the_bridge_is_local",
             "test_interface_name_prefix_mode_only_traffic_from_matching_interfaces_is_local",
             "test_node_cidr_mode_follows_the_nodes_pod_cidrs")),
-        budget=400, modules=IPVS_MODULES, doc="IPVS: every local-traffic detector with real packets"),
-    "ipvs-stats": Group((
-        "tests/netns/test_netns_stats.py::test_dump_stats_counts_real_connections[ipvs]",
-        "tests/netns/test_netns_stats.py::test_top_plain_lines_and_full_screen[ipvs]",
-    ), budget=400, modules=IPVS_MODULES, doc="IPVS: dump --stats counts real connections; top"),
+        budget=400, modules=IPVS_MODULES, doc="IPVS: every local-traffic detector with real packets (by hand)"),
+    "ipvs-stats": Group(("tests/netns/test_netns_stats.py::test_dump_stats_counts_real_connections[ipvs]",),
+                        budget=300, modules=IPVS_MODULES, doc="IPVS: dump --stats counts real connections"),
+    "ipvs-top": Group(("tests/netns/test_netns_stats.py::test_top_plain_lines_and_full_screen[ipvs]",),
+                      budget=300, modules=IPVS_MODULES, doc="IPVS: top, plain lines and full screen (by hand)"),
     # one takeover here (~140 s under emulation); the host runs all three upstream modes for
     # the other proxy modes, and "ipvs-takeover" all three for IPVS (by hand)
     "ipvs-ops": Group((
@@ -133,7 +133,7 @@ GROUPS: dict[str, Group] = {
         *in_modes(DUAL, "test_ipv6_cluster_ip_from_a_pod_is_not_masqueraded", modes=NFT_IPT),
         *in_modes(DUAL, "test_ipv6_from_off_cluster_and_node_port_are_masqueraded", modes=NFT_IPT),
     ), budget=300, modules=LAB_MODULES, doc="IPv6 ClusterIP, NodePort and off-cluster traffic, nftables and "
-                                            "iptables"),
+                                            "iptables (by hand)"),
     "external": Group((
         *in_modes(DP, "test_external_ip_and_load_balancer_ip_from_client_are_masqueraded", "loadBalancerIP"),
         *in_modes(DP, "test_hairpin_pod_reaches_itself_masqueraded"),
@@ -159,7 +159,7 @@ GROUPS: dict[str, Group] = {
 # source-range set: each runs what would show it again.
 DEFAULT_MATRIX = {
     "5.10": ("core", "local", "ipvs-state", "reject"),
-    "6.1": ("core", "local", "nodeport", "dualstack", "load", "ipvs-detect"),
+    "6.1": ("core", "local", "nodeport", "load"),
     "6.12": ("core", "ranges", "ipvs-ops", "ipvs-stats"),
 }
 DEFAULT_GROUPS = ("core",)  # for a kernel DEFAULT_MATRIX does not name
