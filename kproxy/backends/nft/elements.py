@@ -7,7 +7,8 @@ does not depend on the order changes arrive in.
 
 The endpoint maps (`frontend . index -> endpoint`, 120,000 elements at 10k Services) are
 held as one row of the plan's endpoints per frontend and owner instead of one entry per
-element: half of the table's memory. Their keys and elements are made again when read.
+element; their keys and elements are made again when read. With plain elements held as
+their bare owner (ElementTable), the table takes 13 MB at 10k Services instead of 47 MB.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from kproxy.backends.nft.render import PRESENT, Contribution, Row, endpoint_elem
 Owner = str
 Key = tuple[str, str]  # (set name, element key)
 Held = Owner | tuple[Owner, Element] | dict[Owner, Element]  # see ElementTable
-# an indexed set's elements under one key prefix: (owner, elements by index) while one
-# owner holds it, {owner: elements by index} once shared
+# an indexed set's endpoints under one key prefix: (owner, endpoints by index) while one
+# owner holds it, {owner: endpoints by index} once shared
 HeldRow = tuple[Owner, Row] | dict[Owner, Row]
 
 
@@ -43,8 +44,8 @@ class ElementDelta:
 
 class ElementTable:
     # key -> owner for a plain set's element (PRESENT), (owner, element) for a map's, while
-    # it has one owner, as nearly all do (a tuple is a quarter of a dict's size at 200,000
-    # elements, and most elements are plain); {owner: element} once shared
+    # it has one owner, as nearly all do (no tuple for the 84,000 plain elements at 10k, and
+    # a tuple is a quarter of a dict's size); {owner: element} once shared
     def __init__(self, indexed: Callable[[str], bool] = lambda _name: False) -> None:
         """`indexed`: the sets whose elements come as rows (render.Row), by key prefix."""
         self._owners: dict[str, dict[str, Held]] = {}
