@@ -8,7 +8,7 @@ backend.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, overload
@@ -161,10 +161,7 @@ class PortPlans(Sequence[ServicePortPlan]):
     def get(self, name: ServicePortName) -> ServicePortPlan | None:
         if not (self._replaced or self._deleted or self._appended):
             return self._base.get(name)
-        found = self._appended.get(name)
-        if found is not None or name in self._deleted:
-            return found
-        return self._replaced.get(name) or self._base.get(name)
+        return _lookup(self._base, self._replaced, self._deleted, self._appended, name)
 
     def __contains__(self, item: object) -> bool:
         if isinstance(item, ServicePortPlan):
@@ -209,6 +206,16 @@ class PortPlans(Sequence[ServicePortPlan]):
         return f"PortPlans({list(self)!r})"
 
 
+def _lookup(base: Mapping[ServicePortName, ServicePortPlan], replaced: Mapping[ServicePortName, ServicePortPlan],
+            deleted: Collection[ServicePortName], appended: Mapping[ServicePortName, ServicePortPlan],
+            name: ServicePortName) -> ServicePortPlan | None:
+    """One name's plan in a shared base with changes beside it (PortPlans, PortTable)."""
+    found = appended.get(name)
+    if found is not None or name in deleted:
+        return found
+    return replaced.get(name) or base.get(name)
+
+
 class PortTable:
     """The planner's Service port plans, changed in place. `snapshot()` hands out a
     PortPlans in time proportional to the changes since the bulk was last copied, which
@@ -223,10 +230,7 @@ class PortTable:
         self._appended: dict[ServicePortName, ServicePortPlan] = {}
 
     def get(self, name: ServicePortName) -> ServicePortPlan | None:
-        found = self._appended.get(name)
-        if found is not None or name in self._deleted:
-            return found
-        return self._replaced.get(name) or self._base.get(name)
+        return _lookup(self._base, self._replaced, self._deleted, self._appended, name)
 
     def set(self, sp: ServicePortPlan) -> None:
         name = sp.name
