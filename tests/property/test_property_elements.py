@@ -84,3 +84,15 @@ def test_indexed_sets_equal_one_entry_per_element(steps: list[tuple[str, Contrib
             for key, _ in entries.elements(name):
                 assert rows.effective(name, key) == entries.effective(name, key)
             assert rows.effective(name, "10.96.0.1 . tcp . 80 . 9") is None
+
+
+def test_one_endpoint_changed_in_a_long_row_records_one_element() -> None:
+    table = ElementTable(lambda name: name in INDEXED)
+    row = tuple(Target(ip_address(f"10.1.{i // 250}.{i % 250}"), 80) for i in range(1000))
+    table.replace("default/a:http", None, {"endpoints-2": {"10.96.0.1 . tcp . 80": row}})
+    moved = (*row[:500], Target(ip_address("10.9.9.9"), 80), *row[501:])
+    delta = ElementDelta()
+    table.replace("default/a:http", {"endpoints-2": {"10.96.0.1 . tcp . 80": row}},
+                  {"endpoints-2": {"10.96.0.1 . tcp . 80": moved}}, delta)
+    assert delta.after == {("endpoints-2", "10.96.0.1 . tcp . 80 . 500"): Element("10.9.9.9 . 80")}
+    assert delta.before == {("endpoints-2", "10.96.0.1 . tcp . 80 . 500"): Element("10.1.2.0 . 80")}

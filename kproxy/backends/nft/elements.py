@@ -19,6 +19,7 @@ from functools import partial
 
 from kproxy.backends.nft.objects import Element
 from kproxy.backends.nft.render import PRESENT, Contribution, Row, endpoint_element
+from kproxy.plan import Target
 
 Owner = str
 Key = tuple[str, str]  # (set name, element key)
@@ -68,17 +69,21 @@ class ElementTable:
         return max(len(row) for row in held.values())
 
     @staticmethod
-    def _at(held: HeldRow | None, index: int) -> Element | None:
-        """The element at `index`: the smallest owner's among those whose row reaches it."""
+    def _target_at(held: HeldRow | None, index: int) -> Target | None:
+        """The endpoint at `index`: the smallest owner's among those whose row reaches it."""
         if held is None:
             return None
         if isinstance(held, tuple):
             row = held[1]
-            return endpoint_element(row[index]) if index < len(row) else None
+            return row[index] if index < len(row) else None
         for owner in sorted(held):
             if index < len(held[owner]):
-                return endpoint_element(held[owner][index])
+                return held[owner][index]
         return None
+
+    def _at(self, held: HeldRow | None, index: int) -> Element | None:
+        target = self._target_at(held, index)
+        return None if target is None else endpoint_element(target)
 
     def effective(self, set_name: str, key: str) -> Element | None:
         if self._indexed(set_name):
@@ -192,10 +197,10 @@ class ElementTable:
     def _put_row(self, owner: Owner, set_name: str, prefix: str, row: Row | None,
                  delta: ElementDelta | None) -> None:
         """Make `row` what `owner` holds under `prefix` (None: nothing), recording in `delta`
-        the effective element at every index either side reaches."""
+        the effective element at every index whose endpoint changed."""
         rows = self._rows.setdefault(set_name, {})
         held = rows.get(prefix)
-        before = [] if held is None or delta is None else [self._at(held, i) for i in range(self._width(held))]
+        before = [] if held is None or delta is None else self._targets(held)
         if isinstance(held, dict):
             if row is None:
                 held.pop(owner, None)
@@ -213,12 +218,19 @@ class ElementTable:
         if delta is None:
             return
         now = rows.get(prefix)
-        after = [] if now is None else [self._at(now, i) for i in range(self._width(now))]
+        after = [] if now is None else self._targets(now)
         for index in range(max(len(before), len(after))):
+            old = before[index] if index < len(before) else None
+            new = after[index] if index < len(after) else None
+            if old == new:  # one endpoint changed in a row of 1,000: one element recorded, not 1,000
+                continue
             key = (set_name, f"{prefix} . {index}")
             if key not in delta.before:
-                delta.before[key] = before[index] if index < len(before) else None
-            delta.after[key] = after[index] if index < len(after) else None
+                delta.before[key] = None if old is None else endpoint_element(old)
+            delta.after[key] = None if new is None else endpoint_element(new)
+
+    def _targets(self, held: HeldRow) -> list[Target | None]:
+        return [self._target_at(held, i) for i in range(self._width(held))]
 
 
 def _rows(contribution: Contribution, set_name: str) -> dict[str, Row]:
