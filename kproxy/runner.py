@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -102,7 +102,12 @@ _lock = threading.Lock()
 _pauses = 0  # builds running now (a list thread and the sync thread may overlap)
 _was_enabled = True
 
-T = TypeVar("T", bound=Any)
+class _Report(Protocol):
+    @property
+    def full(self) -> bool: ...
+
+
+R = TypeVar("R", bound=_Report)
 
 
 @contextmanager
@@ -128,12 +133,12 @@ def gc_settle() -> None:
     gc.freeze()
 
 
-def gc_settling(sync: Callable[[], T]) -> Callable[[], T]:
-    """`sync`, settling after each full one (a report with `full` true)."""
+def gc_settling(sync: Callable[[], R]) -> Callable[[], R]:
+    """`sync`, settling after each full one."""
 
-    def run() -> T:
+    def run() -> R:
         report = sync()
-        if getattr(report, "full", False):
+        if report.full:
             gc_settle()
         return report
 
