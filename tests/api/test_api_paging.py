@@ -5,6 +5,7 @@ answers an expired token with a full relist."""
 
 from __future__ import annotations
 
+import gc
 import json
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from kproxy.model import ServiceName
+from kproxy.tracker import ParsedList
 from tests.api.fake_apiserver import FakeApiServer, Store
 from tests.api.test_api_source import Harness, wait_until
 from tests.builders import endpoint_slice, service
@@ -126,5 +128,22 @@ def test_an_expired_continue_token_means_a_full_relist(tmp_path: Path) -> None:
         assert asked == [(500, False), (500, True), (500, False), (500, True), (500, True)]
         assert any(line["event"] == "list continue token expired, relisting" for line in logs)
         assert h.changes == 1  # nothing half-listed reached the tracker
+    finally:
+        h.close()
+
+
+def test_pages_are_parsed_with_the_cyclic_collector_paused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    collecting: list[bool] = []
+    add = ParsedList.add
+
+    def recording_add(self: ParsedList, kind: str, objects: Any) -> None:
+        collecting.append(gc.isenabled())
+        add(self, kind, objects)
+
+    monkeypatch.setattr(ParsedList, "add", recording_add)
+    h = Harness(tmp_path, cluster())
+    try:
+        h.start()
+        assert collecting and not any(collecting) and gc.isenabled()
     finally:
         h.close()

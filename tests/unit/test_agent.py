@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 
 from kproxy.agent import FULL_SYNC_PERIOD_S, Agent, SyncHook
@@ -18,9 +19,11 @@ class RecordingBackend:
     watched_table = None
     calls: list[tuple[Plan, bool]] = field(default_factory=list)
     refuse_full: bool = False  # report partial syncs even when asked for a full one
+    collecting: list[bool] = field(default_factory=list)  # was the cyclic collector on, per sync
 
     def sync(self, plan: Plan, full: bool = False) -> SyncResult:
         self.calls.append((plan, full))
+        self.collecting.append(gc.isenabled())
         return SyncResult(full=full and not self.refuse_full, operations=1, render_ms=0.0, apply_ms=0.0)
 
     def differences(self, touched: object = None) -> list[str]:
@@ -55,6 +58,15 @@ def test_first_sync_is_full_then_partial_until_the_full_sync_period_passes():
     clock.now += 1
     assert agent_.sync().full
     assert [full for _plan, full in backend.calls] == [True, False, True, False, True]
+
+
+def test_the_collector_is_paused_during_a_full_sync_only():
+    backend = RecordingBackend()
+    agent_, _ = agent(backend)
+    assert gc.isenabled()
+    agent_.sync()
+    agent_.sync()
+    assert backend.collecting == [False, True] and gc.isenabled()
 
 
 def test_a_full_sync_the_backend_did_not_do_is_asked_for_again():

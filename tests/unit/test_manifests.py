@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,7 +16,7 @@ from structlog.testing import capture_logs
 
 from kproxy.model import ServiceName
 from kproxy.sources.manifests import ManifestError, ManifestSource, fast_load_all, load_manifests
-from kproxy.tracker import Tracker
+from kproxy.tracker import ParsedList, Tracker
 from tests.builders import endpoint_slice, service
 
 
@@ -280,3 +282,21 @@ def test_unnamed_broken_objects_of_two_files_are_each_left_out(tmp_path: Path) -
     ManifestSource(tmp_path, tracker).load_once()
     assert list(tracker.snapshot().services) == [ServiceName("default", "a")]
     assert tracker.invalid_count() == 2  # one per file, not one overwriting the other
+
+
+def test_files_are_parsed_with_the_cyclic_collector_paused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "m.yaml"
+    write(f, service("web"), endpoint_slice("web", ["10.1.0.1"]))
+    collecting: list[bool] = []  # per object parsed (merging the files adds no objects)
+    add = ParsedList.add
+
+    def recording_add(self: ParsedList, kind: str, objects: Any) -> None:
+        objects = list(objects)
+        collecting.extend(gc.isenabled() for _ in objects)
+        add(self, kind, objects)
+
+    monkeypatch.setattr(ParsedList, "add", recording_add)
+    tracker = Tracker(lambda: None)
+    ManifestSource(f, tracker).load_once()
+    assert len(tracker.snapshot().services) == 1
+    assert collecting == [False, False] and gc.isenabled()
