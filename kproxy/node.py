@@ -1,19 +1,15 @@
 """Everything kproxy learns about the node it runs on: its addresses (from the kernel)
-and its Node object (from the API). I/O, kept out of the planner."""
+and what its Node object (read by sources.api_request) says. I/O, kept out of the planner."""
 
 from __future__ import annotations
 
-import json
+import socket
 from ipaddress import IPv4Address, ip_address
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
-from pyroute2 import IPRoute
 
 from kproxy.model import IPAddress
-
-if TYPE_CHECKING:
-    from kubernetes.client import ApiClient
 
 log = structlog.get_logger(__name__)
 
@@ -23,6 +19,8 @@ log = structlog.get_logger(__name__)
 def local_addresses() -> tuple[IPAddress, ...]:
     """Every address on an interface of this network namespace, loopback and IPv6
     link-local excluded (NodePorts never answer there)."""
+    from pyroute2 import IPRoute  # imported when used: ~10 MB that most nodes never need
+
     with IPRoute() as ipr:
         found = {ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}
     usable = [ip for ip in found if not ip.is_loopback and not ip.is_link_local]
@@ -31,12 +29,16 @@ def local_addresses() -> tuple[IPAddress, ...]:
 
 def interface_exists(name: str) -> bool:
     """Whether this network namespace has an interface of that name."""
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=name))
+    try:
+        return socket.if_nametoindex(name) > 0
+    except OSError:
+        return False
 
 
 def default_route_ipv4() -> IPv4Address | None:
     """The source address of the default route, as kubelet picks a node IP without --node-ip."""
+    from pyroute2 import IPRoute
+
     with IPRoute() as ipr:
         try:
             routes = ipr.route("get", dst="1.1.1.1")
@@ -58,21 +60,6 @@ def detect_node_ips() -> tuple[IPv4Address, ...]:
 
 # --- the API's view -----------------------------------------------------------------------
 
-def read_node_json(api_client: ApiClient, node_name: str, timeout: float = 10.0) -> dict[str, Any] | None:
-    """This node's Node object as a dict, or None when it cannot be read (the caller keeps
-    what it knew: API trouble must not change health or addresses)."""
-    from kubernetes import client  # only with the API: it takes 0.4 s to import
-
-    try:
-        response = client.CoreV1Api(api_client).read_node(node_name, _preload_content=False,
-                                                          _request_timeout=timeout)
-        node = json.loads(response.data)  # type: ignore[attr-defined]  # raw: _preload_content=False
-    except Exception as exc:  # noqa: BLE001 - unknown node or API trouble: caller falls back
-        log.debug("cannot read this node", node=node_name, error=" ".join(str(exc).split())[:300])
-        return None
-    return node if isinstance(node, dict) else None
-
-
 def node_ips_of(node: dict[str, Any] | None) -> tuple[IPAddress, ...]:
     """Upstream's GetNodeHostIPs: InternalIPs, then ExternalIPs; the first address, and the
     first of the other family after it (a dual-stack node has one of each). Pure."""
@@ -93,9 +80,9 @@ def node_ips_of(node: dict[str, Any] | None) -> tuple[IPAddress, ...]:
     return (found[0],) if other is None else (found[0], other)
 
 
-def node_ips_from_api(api_client: ApiClient, node_name: str) -> tuple[IPAddress, ...]:
-    """This node's IPs from its Node object; empty when it cannot tell."""
-    node = read_node_json(api_client, node_name)
+def node_ips_from_api(node: dict[str, Any] | None, node_name: str) -> tuple[IPAddress, ...]:
+    """This node's IPs from its Node object as read from the API (None: it could not be
+    read); empty when it cannot tell."""
     if node is None:
         log.warning("cannot read this node's addresses from the API", node=node_name)
     return node_ips_of(node)

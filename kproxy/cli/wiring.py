@@ -122,6 +122,7 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
         client = load_api_client(args.kubeconfig)
     except Exception as err:  # noqa: BLE001 - any config problem is one line for the user
         raise UsageError(f"kubeconfig: {err}") from None
+    from kproxy.sources.api_request import read_node
     from kproxy.sources.events import NodeEvents
 
     # without --service-cluster-ip-range, the ServiceCIDR objects say what the service CIDRs are
@@ -130,8 +131,8 @@ def start_source(args: argparse.Namespace, tracker: Tracker, stop: threading.Eve
                     wait_for_node=LocalMode(args.detect_local_mode) is LocalMode.NODE_CIDR)
     api.run()
     return StartedSource(wait_synced=api.wait_synced,
-                         node_ips=lambda name: node_facts.node_ips_from_api(client, name),
-                         read_node=lambda name: node_facts.read_node_json(client, name),
+                         node_ips=lambda name: node_facts.node_ips_from_api(read_node(client, name), name),
+                         read_node=lambda name: read_node(client, name),
                          events=NodeEvents(client, node_name(args)))
 
 

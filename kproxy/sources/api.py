@@ -1,6 +1,6 @@
 """API source: list then watch Services and EndpointSlices, feeding a Tracker.
 
-Bodies are read as raw JSON (`_preload_content=False`): the client's model classes cost
+Bodies are read as raw JSON (sources/api_request.py): the client's model classes cost
 seconds at 10k objects and we parse into kproxy.model anyway. The protocol is the one
 client-go's reflector speaks: list, watch from the list's resourceVersion with bookmarks,
 re-watch from the last seen version when a watch ends, relist on 410 Gone, back off on
@@ -12,7 +12,6 @@ known state keep traffic flowing.
 
 from __future__ import annotations
 
-import functools
 import http.client
 import json
 import random
@@ -30,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kproxy.parse import UPSTREAM_LABEL_SELECTOR
 from kproxy.runner import gc_paused
+from kproxy.sources.api_request import Collection
 from kproxy.sources.threads import start_guarded
 from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, SERVICE_CIDR, ParsedList, Tracker
 
@@ -91,7 +91,7 @@ def _answered(exc: BaseException) -> bool:
 @dataclass(frozen=True, slots=True)
 class _Resource:
     kind: str
-    list_call: Callable[..., Any]
+    collection: Collection
     optional: bool = False  # an API server may not serve it (404): then it is not watched
 
 
@@ -169,21 +169,18 @@ class ApiSource:
         self._label_selector = label_selector
         self._on_fatal = on_fatal
         self._resources: tuple[_Resource, ...] = (
-            _Resource(SERVICE, client.CoreV1Api(api_client).list_service_for_all_namespaces),
-            _Resource(
-                ENDPOINT_SLICE,
-                client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces,
-            ),
+            _Resource(SERVICE, Collection(api_client, "/api/v1/services")),
+            _Resource(ENDPOINT_SLICE, Collection(api_client, "/apis/discovery.k8s.io/v1/endpointslices")),
         )
         if node_name:
             # only this node's Node object: its zone label drives topology hints
-            self._resources += (_Resource(NODE, functools.partial(
-                client.CoreV1Api(api_client).list_node, field_selector=f"metadata.name={node_name}")),)
+            self._resources += (_Resource(NODE, Collection(api_client, "/api/v1/nodes",
+                                                           fieldSelector=f"metadata.name={node_name}")),)
         if service_cidrs:
             # the service CIDRs, when --service-cluster-ip-range is not given (upstream's
             # nftables mode reads them from here too); API servers before 1.33 have none
-            self._resources += (_Resource(SERVICE_CIDR, client.NetworkingV1Api(api_client).list_service_cidr,
-                                          optional=True),)
+            cidrs = Collection(api_client, "/apis/networking.k8s.io/v1/servicecidrs")
+            self._resources += (_Resource(SERVICE_CIDR, cidrs, optional=True),)
         self._synced = {r.kind: threading.Event() for r in self._resources}
         # NodeCIDR: the first rules need the Node's podCIDRs, so its first list is awaited too
         self._awaited = (SERVICE, ENDPOINT_SLICE, *((NODE,) if wait_for_node and node_name else ()))
@@ -342,16 +339,13 @@ class ApiSource:
 
     def _list_page(self, resource: _Resource, token: str | None) -> dict[str, Any]:
         """One list request (a page after `token` if given), decoded."""
-        paging: dict[str, Any] = {"limit": self._list_page_size} if self._list_page_size > 0 else {}
-        if token:
-            paging["_continue"] = token
+        query = {
+            "labelSelector": self._label_selector,
+            "limit": self._list_page_size if self._list_page_size > 0 else None,
+            "continue": token or None,
+        }
         try:
-            response = resource.list_call(
-                label_selector=self._label_selector,
-                _preload_content=False,
-                _request_timeout=(self._connect_timeout, self._list_read_timeout),
-                **paging,
-            )
+            response = resource.collection.get(query, timeout=(self._connect_timeout, self._list_read_timeout))
         except ApiException as exc:
             if resource.optional and exc.status in (403, 404):
                 raise _NotServed(f"HTTP {exc.status} {exc.reason}") from None
@@ -377,15 +371,14 @@ class ApiSource:
     def _watch(self, resource: _Resource, version: str, progress: _Progress) -> None:
         """Follow one watch request until it ends or a newer list makes it stale."""
         try:
-            response = resource.list_call(
-                watch=True,
-                resource_version=version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self._watch_timeout,
-                label_selector=self._label_selector,
-                _preload_content=False,
-                _request_timeout=(self._connect_timeout, self._watch_read_timeout),
-            )
+            query: dict[str, str | int | bool | None] = {
+                "watch": True,
+                "resourceVersion": version,
+                "allowWatchBookmarks": True,
+                "timeoutSeconds": self._watch_timeout,
+                "labelSelector": self._label_selector,
+            }
+            response = resource.collection.get(query, timeout=(self._connect_timeout, self._watch_read_timeout))
         except ApiException as exc:
             if exc.status == 410:
                 raise _Gone() from exc

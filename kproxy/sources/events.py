@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from kubernetes import client
+from kubernetes.client import ApiClient
+
+from kproxy.sources.api_request import request
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +49,9 @@ class NodeEvents:
     """Writes events about this node from a short-lived thread, so the API never delays the
     agent; `wait=True` (before an exit) waits for the write, at most TIMEOUT_S."""
 
-    def __init__(self, api_client: client.ApiClient, node: str,
+    def __init__(self, api_client: ApiClient, node: str,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
-        self._api = client.EventsV1Api(api_client)
+        self._api_client = api_client
         self._node = node
         self._clock_ns = clock_ns
 
@@ -62,9 +64,8 @@ class NodeEvents:
 
     def _write(self, body: dict[str, Any]) -> None:
         try:
-            event = client.EventsV1Event.from_dict(body)
-            assert event is not None  # from_dict gives None only for None
-            self._api.create_namespaced_event(EVENT_NAMESPACE, event, _request_timeout=TIMEOUT_S)
+            path = f"/apis/events.k8s.io/v1/namespaces/{EVENT_NAMESPACE}/events"
+            request(self._api_client, "POST", path, body=body, timeout=TIMEOUT_S).release_conn()
         except Exception as exc:  # noqa: BLE001 - RBAC, API down...: the event is lost, the agent goes on
             log.warning("cannot record an event on this node", reason=body["reason"],
                         error=" ".join(str(exc).split())[:300])

@@ -1,6 +1,7 @@
 """A small in-process Kubernetes API server speaking the real list/watch protocol.
 
-Serves /api/v1/services, /apis/discovery.k8s.io/v1/endpointslices, /api/v1/nodes and
+Serves /api/v1/services, /apis/discovery.k8s.io/v1/endpointslices, /api/v1/nodes (and one
+Node by name) and
 /apis/networking.k8s.io/v1/servicecidrs (404 with `Store(serve_service_cidrs=False)`, as an
 API server older than 1.33 without the beta API), and takes POSTed events.k8s.io/v1 Events
 (kept in `Store.events`):
@@ -294,6 +295,13 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 with store.cond:
                     store.calls[("servicecidrs", "watch" if query.get("watch") else "list")] += 1
                 return self._json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+            if url.path.startswith("/api/v1/nodes/"):  # one Node, by name
+                name = url.path.removeprefix("/api/v1/nodes/")
+                with store.cond:
+                    found = [obj for (_, n), obj in store.objects["nodes"].items() if n == name]
+                if not found:
+                    return self._json(404, _status(404, "NotFound", f'nodes "{name}" not found'))
+                return self._json(200, {"apiVersion": "v1", "kind": "Node", **found[0]})
             if url.path not in PATHS:
                 return self._json(404, _status(404, "NotFound", f"no route {url.path}"))
             resource, kind, api_version = PATHS[url.path]

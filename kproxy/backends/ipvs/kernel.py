@@ -13,16 +13,18 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from pyroute2 import IPVS, IPRoute
 
 from kproxy.backends.ipvs import netlink
 from kproxy.backends.ipvs.diff import AddAddress, DelAddress, DelVirtual, Operation
 from kproxy.backends.ipvs.objects import DUMMY_LINK, ListedVirtual, RealKey, RealStats, VirtualKey, aux_table_of
 from kproxy.backends.nft.kernel import LibNftKernel
 from kproxy.model import IPAddress
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +79,8 @@ class IpvsKernel(typing.Protocol):
 
 def ipvs_available() -> str | None:
     """None when this kernel has IPVS (loading ip_vs if needed); else why not, in a few words."""
+    from pyroute2 import IPVS  # imported when used: ~10 MB, which other modes never need
+
     try:
         with IPVS() as ipvs:
             ipvs.service("dump")
@@ -263,6 +267,8 @@ class NetlinkIpvs:
     def _ipr(self) -> IPRoute:
         """pyroute2, for creating and deleting kube-ipvs0 (rare: opened when first needed)."""
         if self._ipr_socket is None:
+            from pyroute2 import IPRoute
+
             self._ipr_socket = IPRoute()
         return self._ipr_socket
 
@@ -422,9 +428,8 @@ def vars_of(op: Operation) -> list[object]:
 def ipvs_leftovers() -> bool:
     """Whether IPVS mode has programmed this namespace: kube-ipvs0 or an auxiliary table. Cheap,
     and loads no module."""
-    with IPRoute() as ipr:
-        if ipr.link_lookup(ifname=DUMMY_LINK):
-            return True
+    if link_index(DUMMY_LINK):
+        return True
     return any(LibNftKernel(aux_table_of(family)).exists() for family in FAMILY_NUMBERS)
 
 
@@ -435,8 +440,7 @@ def remove_ipvs_leftovers() -> bool:
     removed = False
     for family in FAMILY_NUMBERS:
         removed = LibNftKernel(aux_table_of(family)).delete_table() or removed
-    with IPRoute() as ipr:
-        link = ipr.link_lookup(ifname=DUMMY_LINK)
+    link = link_index(DUMMY_LINK)
     if not link:
         return removed
     if IPVS_PROC.exists():
@@ -444,9 +448,19 @@ def remove_ipvs_leftovers() -> bool:
             kernel = NetlinkIpvs(family)
             kernel.apply([DelVirtual(key=key) for key in sorted(kernel.list_virtuals())])
             kernel.close()
+    from pyroute2 import IPRoute
+
     with IPRoute() as ipr:
-        ipr.link("del", index=link[0])
+        ipr.link("del", index=link)
     return True
+
+
+def link_index(name: str) -> int | None:
+    """The index of this network namespace's interface of that name; None when there is none."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
 
 
 IPVS_PROC = Path("/proc/net/ip_vs")  # there while the ip_vs module is loaded
