@@ -288,11 +288,39 @@ def test_hairpin_is_one_rule_per_local_pod_and_no_endpoint_gets_a_chain():
             service("api", cluster_ip="10.96.0.11"), endpoint_slice("api", [local])]
     backend_.sync(make(*objs))
     nat = parse_save_all(kernel.save_all())["nat"]
-    assert nat["KUBE-HAIRPIN"] == ["-A KUBE-HAIRPIN -s 10.244.1.2/32 -d 10.244.1.2/32 -j KUBE-MARK-MASQ"]
+    # the rule sits in one of 64 chains, by the address's last 6 bits (2), there while it
+    # holds rules; KUBE-HAIRPIN jumps to it
+    assert nat["KUBE-HAIRPIN"] == ["-A KUBE-HAIRPIN -d 0.0.0.2/0.0.0.63 -j KUBE-HAIRPIN-02"]
+    assert nat["KUBE-HAIRPIN-02"] == ["-A KUBE-HAIRPIN-02 -s 10.244.1.2/32 -d 10.244.1.2/32 -j KUBE-MARK-MASQ"]
     assert nat["KUBE-POSTROUTING"][0] == "-A KUBE-POSTROUTING -m conntrack --ctstate DNAT -j KUBE-HAIRPIN"
     assert not [c for c in nat if c.startswith("KUBE-SEP-")]
     backend_.sync(make(WEB, endpoint_slice("web", [endpoint("10.244.2.2", node="node2")])))
-    assert parse_save_all(kernel.save_all())["nat"]["KUBE-HAIRPIN"] == []
+    nat = parse_save_all(kernel.save_all())["nat"]
+    assert nat["KUBE-HAIRPIN"] == []
+    assert "KUBE-HAIRPIN-02" not in nat
+
+
+def test_hairpin_chains_split_local_pods_by_their_last_bits():
+    backend_, kernel = backend()
+    pods = ["10.244.1.2", "10.244.1.66", "10.244.1.3"]  # .66 = 64 + 2: the same chain as .2
+    backend_.sync(make(WEB, endpoint_slice("web", [endpoint(ip, node="node1") for ip in pods])))
+    nat = parse_save_all(kernel.save_all())["nat"]
+    assert nat["KUBE-HAIRPIN"] == ["-A KUBE-HAIRPIN -d 0.0.0.2/0.0.0.63 -j KUBE-HAIRPIN-02",
+                                   "-A KUBE-HAIRPIN -d 0.0.0.3/0.0.0.63 -j KUBE-HAIRPIN-03"]
+    assert nat["KUBE-HAIRPIN-02"] == [f"-A KUBE-HAIRPIN-02 -s {ip}/32 -d {ip}/32 -j KUBE-MARK-MASQ"
+                                      for ip in ("10.244.1.2", "10.244.1.66")]
+    assert len(nat["KUBE-HAIRPIN-03"]) == 1
+    assert sorted(c for c in nat if c.startswith("KUBE-HAIRPIN-")) == ["KUBE-HAIRPIN-02", "KUBE-HAIRPIN-03"]
+    backend_.sync(make(WEB, endpoint_slice("web", [endpoint("10.244.1.66", node="node1")])))
+    nat = parse_save_all(kernel.save_all())["nat"]
+    assert nat["KUBE-HAIRPIN"] == ["-A KUBE-HAIRPIN -d 0.0.0.2/0.0.0.63 -j KUBE-HAIRPIN-02"]
+    assert nat["KUBE-HAIRPIN-02"] == ["-A KUBE-HAIRPIN-02 -s 10.244.1.66/32 -d 10.244.1.66/32 -j KUBE-MARK-MASQ"]
+    assert "KUBE-HAIRPIN-03" not in nat  # its last rule went, and the chain with it
+    # and a partial sync brings it back
+    pods = ["10.244.1.66", "10.244.1.3"]
+    backend_.sync(make(WEB, endpoint_slice("web", [endpoint(ip, node="node1") for ip in pods])))
+    assert parse_save_all(kernel.save_all())["nat"]["KUBE-HAIRPIN-03"] == [
+        "-A KUBE-HAIRPIN-03 -s 10.244.1.3/32 -d 10.244.1.3/32 -j KUBE-MARK-MASQ"]
 
 
 def test_cleanup_touches_only_builtin_chains_and_ours():

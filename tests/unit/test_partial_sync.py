@@ -11,6 +11,7 @@ import pytest
 from kproxy.agent import Agent
 from kproxy.backends.iptables.backend import IptablesBackend
 from kproxy.backends.iptables.fake import FakeIptables
+from kproxy.backends.iptables.render import HAIRPIN_CHAINS
 from kproxy.backends.iptables.save import parse_save_all
 from kproxy.backends.nft.backend import NftBackend
 from kproxy.backends.nft.fake import FakeNft
@@ -101,4 +102,4 @@ def state_of(kernel: Any) -> Any:
             for table, chains in tables.items()}
 
 
-SHARED = {"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-HAIRPIN"}
+SHARED = {"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-HAIRPIN", *HAIRPIN_CHAINS}

@@ -261,6 +261,7 @@ COMMIT
 :KUBE-EXT-LOLE4ISW44XBNF3G - [0:0]
 :KUBE-FW-7TVXROIT6UXCX2AG - [0:0]
 :KUBE-HAIRPIN - [0:0]
+:KUBE-HAIRPIN-02 - [0:0]
 :KUBE-MARK-MASQ - [0:0]
 :KUBE-MASQ-OFF-CLUSTER - [0:0]
 :KUBE-NODEPORTS - [0:0]
@@ -278,7 +279,8 @@ COMMIT
 -A KUBE-EXT-LOLE4ISW44XBNF3G -j KUBE-SVC-LOLE4ISW44XBNF3G
 -A KUBE-FW-7TVXROIT6UXCX2AG -s 192.168.50.0/24 -j KUBE-EXT-7TVXROIT6UXCX2AG
 -A KUBE-FW-7TVXROIT6UXCX2AG -s 198.51.100.1/32 -j KUBE-EXT-7TVXROIT6UXCX2AG
--A KUBE-HAIRPIN -s 10.244.1.2/32 -d 10.244.1.2/32 -j KUBE-MARK-MASQ
+-A KUBE-HAIRPIN -d 0.0.0.2/0.0.0.63 -j KUBE-HAIRPIN-02
+-A KUBE-HAIRPIN-02 -s 10.244.1.2/32 -d 10.244.1.2/32 -j KUBE-MARK-MASQ
 -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
 -A KUBE-MASQ-OFF-CLUSTER -s 10.244.0.0/16 -j RETURN
 -A KUBE-MASQ-OFF-CLUSTER -j KUBE-MARK-MASQ
@@ -287,9 +289,9 @@ COMMIT
 -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
 -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
 -A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "default/web ClusterIP" -m tcp --dport 80 -j KUBE-SVC-LOLE4ISW44XBNF3G
 -A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment "default/lb ClusterIP" -m tcp --dport 80 -j KUBE-SVC-7TVXROIT6UXCX2AG
 -A KUBE-SERVICES -d 198.51.100.1/32 -p tcp -m comment --comment "default/lb LoadBalancer" -m tcp --dport 80 -j KUBE-FW-7TVXROIT6UXCX2AG
--A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "default/web ClusterIP" -m tcp --dport 80 -j KUBE-SVC-LOLE4ISW44XBNF3G
 -A KUBE-SERVICES -d 192.168.50.10/32 -m comment --comment "kubernetes service nodeports" -j KUBE-NODEPORTS
 -A KUBE-SERVICES -d 127.0.0.1/32 -m comment --comment "kubernetes service nodeports" -j KUBE-NODEPORTS
 -A KUBE-SVC-7TVXROIT6UXCX2AG -d 10.96.0.11/32 -p tcp -m tcp --dport 80 -j KUBE-MASQ-OFF-CLUSTER

@@ -2,7 +2,9 @@
 
 A Service port owns its chains (KUBE-SVC-*, KUBE-EXT-*, ...) and some lines in shared
 chains (its frontends in KUBE-SERVICES and KUBE-NODEPORTS, its local pods in
-KUBE-HAIRPIN); the node owns the other chains and the head and tail of some shared ones.
+KUBE-HAIRPIN-NN and the jumps there from KUBE-HAIRPIN); the node owns the other chains and
+the head and tail of some shared ones. A shared chain that is not one of STATIC_CHAINS
+(KUBE-HAIRPIN-NN) exists while it holds lines: created with its first, deleted with its last.
 A sync that changes a few Service ports rewrites only their chains and deletes or adds
 only their lines in the shared chains: at 10,000 Services a one-endpoint change stays a
 few lines of iptables-restore input, where rewriting KUBE-HAIRPIN whole took 0.6 s.
@@ -89,6 +91,8 @@ class ChainState:
         for (table, chain), held_before in touched.items():
             held = self.lines[(table, chain)]
             ordered = self.ordered.setdefault((table, chain), [])
+            standing = chain in STATIC_CHAINS.get(table, ())
+            existed = standing or bool(ordered)
             added = []
             for line, was in held_before.items():
                 now = held[line] > 0
@@ -99,7 +103,15 @@ class ChainState:
                 elif now and not was:
                     insort(ordered, line)
                     added.append(line)
-            if added:
+            if not standing and not existed and ordered:  # its first lines: created whole
+                changes[table].write[chain] = tuple(ordered)
+                changes[table].delete.discard(chain)
+            elif not standing and not ordered:  # its last line went: deleted
+                del self.lines[(table, chain)], self.ordered[(table, chain)]
+                changes[table].remove.pop(chain, None)
+                if existed:
+                    changes[table].delete.add(chain)
+            elif added:
                 head = len(self.node.get((table, HEAD + chain), ()))
                 changes[table].insert[chain] = sorted(
                     (head + bisect_left(ordered, line) + 1, line) for line in added)

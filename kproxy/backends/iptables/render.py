@@ -4,11 +4,15 @@ Layout after upstream kube-proxy's iptables mode, with one change for scale: the
 no per-endpoint KUBE-SEP-* chains. A Service port's KUBE-SVC-* chain (ClusterIP) and
 KUBE-EXT-* chain (NodePort, externalIPs, LB IPs) pick endpoint i of n with
 `-m statistic --mode random --probability 1/(n-i)` and DNAT directly; hairpin masquerade
-(a pod reaching itself) is one rule per local pod in KUBE-HAIRPIN, checked in
-KUBE-POSTROUTING for DNATed connections, as the nftables backend does with a set. Chain
-count then grows with Service ports, not endpoints: on iptables-nft, 10,000 Services
-with 50,000 local endpoints took more than 8 minutes to restore with a KUBE-SEP-* chain
-per local endpoint (docs/DESIGN.md §3: chains are what costs).
+(a pod reaching itself) is one rule per local pod, checked in KUBE-POSTROUTING for DNATed
+connections, as the nftables backend does with a set. Chain count then grows with Service
+ports, not endpoints: on iptables-nft, 10,000 Services with 50,000 local endpoints took
+more than 8 minutes to restore with a KUBE-SEP-* chain per local endpoint (docs/DESIGN.md
+§3: chains are what costs). The hairpin rules are spread over 64 chains KUBE-HAIRPIN-00..63
+by the pod address's last 6 bits; those that hold rules exist, and KUBE-HAIRPIN jumps to
+them (`-d 0.0.0.7/0.0.0.63 -j KUBE-HAIRPIN-07`): iptables-nft-restore reads a whole chain to
+delete or insert one rule in it, 0.8 s for a chain of 50,000 rules, and a new connection
+walks one short chain, not every local pod.
 
 nat: PREROUTING/OUTPUT -> KUBE-SERVICES: frontend -> KUBE-SVC-X | KUBE-EXT-X, then the
      NodePort addresses -> KUBE-NODEPORTS: port -> KUBE-EXT-X. POSTROUTING ->
@@ -48,6 +52,8 @@ POSTROUTING = "KUBE-POSTROUTING"
 MARK_MASQ = "KUBE-MARK-MASQ"
 MASQ_OFF_CLUSTER = "KUBE-MASQ-OFF-CLUSTER"
 HAIRPIN = "KUBE-HAIRPIN"
+HAIRPIN_BUCKETS = 64  # chains KUBE-HAIRPIN-00..63, by the pod address's last 6 bits
+HAIRPIN_CHAINS = tuple(f"{HAIRPIN}-{b:02d}" for b in range(HAIRPIN_BUCKETS))  # there while they hold rules
 FILTER_SERVICES = "KUBE-SERVICES"
 EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
 FILTER_NODEPORTS = "KUBE-NODEPORTS"
@@ -276,8 +282,16 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
     for t in (*internal, *sp.external_targets, *short_circuit):
         if t.is_local:
             text = host(t.ip)
-            out.add(NAT, HAIRPIN, f"-s {text} -d {text} -j {MARK_MASQ}")
+            bucket = int(t.ip) % HAIRPIN_BUCKETS
+            out.add(NAT, HAIRPIN, f"-d {bucket_match(t.ip)} -j {HAIRPIN_CHAINS[bucket]}")
+            out.add(NAT, HAIRPIN_CHAINS[bucket], f"-s {text} -d {text} -j {MARK_MASQ}")
     return out
+
+
+def bucket_match(ip: IPAddress) -> str:
+    """The addresses of `ip`'s hairpin chain, as iptables-save prints them: address/mask."""
+    mask = HAIRPIN_BUCKETS - 1
+    return f"{type(ip)(int(ip) & mask)}/{type(ip)(mask)}"
 
 
 def nodeport_address_rules(plan: Plan, localhost_nodeports: bool) -> list[str]:

@@ -15,6 +15,7 @@ from kproxy.backends.iptables.chains import TableChanges
 from kproxy.backends.iptables.render import (
     BUILTIN,
     FIREWALL,
+    HAIRPIN_CHAINS,
     SERVICE_CHAIN_PREFIXES,
     STATIC_CHAINS,
     TABLES,
@@ -26,7 +27,8 @@ from kproxy.backends.iptables.save import Table, options
 
 def is_ours(table: str, chain: str) -> bool:
     """Chains kproxy creates and may delete (KUBE-FIREWALL is shared with kubelet)."""
-    return chain in STATIC_CHAINS.get(table, ()) or chain.startswith(SERVICE_CHAIN_PREFIXES)
+    return (chain in STATIC_CHAINS.get(table, ()) or chain.startswith(SERVICE_CHAIN_PREFIXES)
+            or chain in HAIRPIN_CHAINS)
 
 
 @dataclass(frozen=True, slots=True)

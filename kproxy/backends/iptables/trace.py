@@ -4,7 +4,7 @@ iptables-save prints them, do with one new connection. Pure.
 It walks the chains the way the kernel does, rule by rule: nat PREROUTING (OUTPUT for a
 source on this node) into KUBE-SERVICES and the per-Service-port chains; when nothing
 DNATs, the filter chain the packet meets (FORWARD, INPUT, or OUTPUT then INPUT); then nat
-POSTROUTING, where KUBE-HAIRPIN marks and the 0x4000 mark decides masquerade. A
+POSTROUTING, where KUBE-HAIRPIN (through KUBE-HAIRPIN-00..63) marks and the 0x4000 mark decides masquerade. A
 `-m statistic --probability p` rule splits the walk into two paths (taken with p, passed
 with 1-p), so every endpoint comes with its share. Only jumps from the built-in chains
 into KUBE-* chains are followed: the trace says what kproxy's rules do, not other
@@ -22,7 +22,7 @@ from ipaddress import ip_address, ip_network
 from kproxy.backends.iptables.render import (
     CLUSTER_IPS,
     FIREWALL,
-    HAIRPIN,
+    HAIRPIN_CHAINS,
     MARK_MASQ,
     MASQ_OFF_CLUSTER,
     NAT_SERVICES,
@@ -100,7 +100,13 @@ def _negatable(value: str, test: bool) -> bool:
 
 
 def _in_cidr(ip: IPAddress, value: str) -> bool:
-    return _negatable(value, ip in ip_network(value.lstrip("!"), strict=False))
+    """`-s`/`-d`: a prefix, or address/mask with any mask (the hairpin dispatch's 0.0.0.7/0.0.0.63)."""
+    text = value.lstrip("!")
+    address, _, mask = text.partition("/")
+    if "." in mask or ":" in mask:
+        found = ip_address(address)
+        return _negatable(value, found.version == ip.version and int(ip) & int(ip_address(mask)) == int(found))
+    return _negatable(value, ip in ip_network(text, strict=False))
 
 
 def _port_in(port: int, value: str) -> bool:
@@ -158,7 +164,7 @@ def _probability(argv: tuple[str, ...], opts: dict[str, str], pkt: Packet, path:
 def _mark_reason(chain: str, opts: dict[str, str]) -> str:
     """Why a rule in `chain` jumps to KUBE-MARK-MASQ, worded as the nftables trace words it."""
     note = opts.get("--comment", "")
-    if chain == HAIRPIN:
+    if chain in HAIRPIN_CHAINS:
         return MASQ_HAIRPIN
     if chain == MASQ_OFF_CLUSTER:
         return MASQ_OFF_CLUSTER_REASON
@@ -373,8 +379,8 @@ def _dnat_result(nat: Table, pkt: Packet, kind: str, paths: list[Path],
         steps.append("DNAT at random, shares: " + ", ".join(f"{e} {s:.0f}%" for e, s in percent.items()))
     # hairpin last, as the nftables trace lists it
     reasons.sort(key=lambda r: r == MASQ_HAIRPIN)
-    # KUBE-HAIRPIN holds one "-s IP -d IP" rule per endpoint on this node
-    local = {options(rule).get("-s", "").split("/")[0] for rule in nat.get(HAIRPIN, [])}
+    # KUBE-HAIRPIN-00..63 hold one "-s IP -d IP" rule per endpoint on this node
+    local = {options(rule).get("-s", "").split("/")[0] for chain in HAIRPIN_CHAINS for rule in nat.get(chain, [])}
     return TraceResult(verdict="dnat", reason="DNAT to an endpoint", service_port=service_port,
                        frontend=frontend, source_kind=kind, endpoints=tuple(shares),
                        local_endpoints=tuple(e for e in shares if endpoint_host(e) in local), masquerade=bool(reasons),
