@@ -23,6 +23,7 @@ from kproxy.backends.iptables.drift import differences
 from kproxy.backends.iptables.kernel import IptablesKernel
 from kproxy.backends.iptables.localnet import route_localnet_or_warn  # KUBE-FIREWALL guards what it opens
 from kproxy.backends.iptables.render import (
+    NodeFacts,
     ServicePortRules,
     jumps,
     render_node,
@@ -47,6 +48,7 @@ class IptablesBackend:
         self._localhost_nodeports = localhost_nodeports and family == 4
         self._route_localnet = route_localnet
         self._state: ChainState | None = None  # None: the next sync is a full one
+        self._node: tuple[NodeFacts, dict[tuple[str, str], tuple[str, ...]]] | None = None  # last rendered
 
     @property
     def variant(self) -> str:
@@ -69,14 +71,14 @@ class IptablesBackend:
                 self._localhost_nodeports = False
             state = ChainState(key)
             node_changes = state.update([sp.name for sp in plan.service_ports], plan.service_ports, render)
-            state.set_node(render_node(plan, self._localhost_nodeports), node_changes)
+            state.set_node(self._render_node(plan), node_changes)
             existing = parse_save_all(self._kernel.save_all())
             restore = full_restore(state.chains(), existing, jumps(self._localhost_nodeports))
         else:
             assert state is not None
             names = state.names() | {sp.name for sp in plan.service_ports} if plan.changed is None else plan.changed
             changes = state.update(names, plan.service_ports, render)
-            state.set_node(render_node(plan, self._localhost_nodeports), changes)
+            state.set_node(self._render_node(plan), changes)
             restore = incremental_restore(changes)
         self._state = None  # until the kernel took it
         rendered = time.perf_counter()
@@ -86,6 +88,12 @@ class IptablesBackend:
         done = time.perf_counter()
         return SyncResult(full=full, operations=restore.operations, transactions=restore.tables,
                           render_ms=(rendered - started) * 1000, apply_ms=(done - rendered) * 1000)
+
+    def _render_node(self, plan: Plan) -> dict[tuple[str, str], tuple[str, ...]]:
+        facts = NodeFacts.of(plan, self._localhost_nodeports)
+        if self._node is None or self._node[0] != facts:
+            self._node = (facts, render_node(facts))
+        return self._node[1]
 
     def differences(self, touched: Touched | None = None) -> list[str]:
         """What differs between iptables-save and what this backend last restored."""

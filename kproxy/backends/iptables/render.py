@@ -38,8 +38,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kproxy.backends.base import MASQUERADE_MARK
-from kproxy.model import IPAddress
-from kproxy.plan import FrontendKind, LocalDetector, Plan, ServicePortPlan, Target
+from kproxy.model import IPAddress, IPNetwork
+from kproxy.plan import FrontendKind, HealthCheck, LocalDetector, Plan, ServicePortPlan, Target
 from kproxy.values import endpoint_text, ip_text
 
 NAT, FILTER = "nat", "filter"
@@ -294,9 +294,30 @@ def bucket_match(ip: IPAddress) -> str:
     return f"{type(ip)(int(ip) & mask)}/{type(ip)(mask)}"
 
 
-def nodeport_address_rules(plan: Plan, localhost_nodeports: bool) -> list[str]:
-    """Matches (one per rule) for the addresses NodePorts answer on (IPv6: never ::1;
-    render_node() turns localhost NodePorts off for IPv6)."""
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What render_node reads of a Plan: the backend renders the node's chains again only
+    when these change (cluster_ips alone is 10,000 lines at 10,000 Services)."""
+
+    family: int
+    localhost_nodeports: bool
+    nodeport_all_local: bool
+    nodeport_ips: tuple[IPAddress, ...]
+    health_checks: tuple[HealthCheck, ...]
+    local: LocalDetector
+    cluster_ips: tuple[IPAddress, ...]
+    service_cidrs: tuple[IPNetwork, ...]
+
+    @classmethod
+    def of(cls, plan: Plan, localhost_nodeports: bool) -> NodeFacts:
+        return cls(plan.family, localhost_nodeports and plan.family == 4, plan.nodeport_all_local,
+                   plan.nodeport_ips, plan.health_checks, plan.local, plan.cluster_ips, plan.service_cidrs)
+
+
+def nodeport_address_rules(plan: NodeFacts) -> list[str]:
+    """Matches (one per rule) for the addresses NodePorts answer on (IPv6: never ::1, and
+    no localhost NodePorts)."""
+    localhost_nodeports = plan.localhost_nodeports
     loopback = "127.0.0.0/8" if plan.family == 4 else "::1/128"
     if plan.nodeport_all_local:
         found = ["-m addrtype --dst-type LOCAL" + ("" if localhost_nodeports else f" ! -d {loopback}")]
@@ -307,11 +328,10 @@ def nodeport_address_rules(plan: Plan, localhost_nodeports: bool) -> list[str]:
     return found
 
 
-def render_node(plan: Plan, localhost_nodeports: bool) -> dict[tuple[str, str], tuple[str, ...]]:
+def render_node(plan: NodeFacts) -> dict[tuple[str, str], tuple[str, ...]]:
     """The node-wide chains, and node-wide lines of shared chains (the head or tail parts)."""
-    localhost_nodeports = localhost_nodeports and plan.family == 4
     out: dict[tuple[str, str], tuple[str, ...]] = {}
-    addresses = nodeport_address_rules(plan, localhost_nodeports)
+    addresses = nodeport_address_rules(plan)
     out[(NAT, "tail:" + NAT_SERVICES)] = tuple(
         f"-A {NAT_SERVICES} {a} {comment('kubernetes service nodeports')} -j {NAT_NODEPORTS}" for a in addresses)
     out[(FILTER, "head:" + FILTER_NODEPORTS)] = tuple(
@@ -338,7 +358,7 @@ def render_node(plan: Plan, localhost_nodeports: bool) -> dict[tuple[str, str], 
     cluster_ips += [f"-A {CLUSTER_IPS} -d {c} {comment('unallocated service IP')} -j DROP"
                     for c in plan.service_cidrs]
     out[(FILTER, CLUSTER_IPS)] = tuple(cluster_ips)
-    if localhost_nodeports:
+    if plan.localhost_nodeports:
         out[(FILTER, FIREWALL)] = (
             f"-A {FIREWALL} {comment('block incoming localnet connections')} -d 127.0.0.0/8 ! -s 127.0.0.0/8 "
             "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",)
@@ -379,6 +399,6 @@ def assemble(node: dict[tuple[str, str], tuple[str, ...]], ports: Iterable[Servi
 
 def render(plan: Plan, localhost_nodeports: bool = True) -> Chains:
     """The whole desired ruleset, uncached (the backend caches per Service port)."""
-    return assemble(render_node(plan, localhost_nodeports),
+    return assemble(render_node(NodeFacts.of(plan, localhost_nodeports)),
                     (render_service_port(sp, plan.masquerade_all, plan.local, plan.family)
                      for sp in plan.service_ports))
