@@ -256,6 +256,7 @@ PERFORMANCE_ROWS = {  # row label (start) -> the figures of one result it shows,
     "same change end to end": lambda r: [r["endpoint_change"]["e2e_ms"][k] / 1000 for k in ("median", "max")],
     "agent peak RSS": lambda r: [r["agent"]["VmHWM"]],
     "ruleset": lambda r: [r["ruleset"]["set_and_map_elements"] / 1000],
+    "iptables ruleset": lambda r: [r["ruleset"][k] / 1000 for k in ("chains", "rules")],
     "IPVS state": lambda r: [r["ruleset"][k] / 1000 for k in ("virtual_servers", "real_servers")],
 }
 
