@@ -186,17 +186,20 @@ def elements_encoder(spec: str) -> ElementsEncoder:
     data_of = joined_encoder(shape.data) if isinstance(shape.data, tuple) else None
     # Keys and data of a set have one length: their attribute headers are built once.
     data_head, data_pad = _value_head(wire.ELEM_DATA, _length(shape.data)) if data_of is not None else (b"", b"")
-    encoded_data: dict[str, bytes] = {}  # map data repeats: each endpoint's twice or more, verdicts 1000s of times
+    # verdicts repeat 1000s of times in a map: each is encoded once. Endpoints are not kept:
+    # nearly each is its map's only use of it, and 100,000 of them held 16 MB at 10k Services.
+    encoded_data: dict[str, bytes] = {}
 
     def data(element: Element) -> bytes:
         if shape.data is None:
             return b""
         if element.data is None:
             raise ValueError("a map element needs data")
+        if data_of is not None:
+            return data_head + data_of(element.data) + data_pad
         found = encoded_data.get(element.data)
         if found is None:
-            found = encoded_data[element.data] = (data_head + data_of(element.data) + data_pad if data_of is not None
-                                                  else verdict_data(element.data))
+            found = encoded_data[element.data] = verdict_data(element.data)
         return found
 
     if shape.interval:  # a concatenation whose last field is an interval (pipapo)
