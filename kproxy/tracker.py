@@ -263,11 +263,17 @@ class Tracker:
                  SERVICE_CIDR: parse_service_cidr}[kind]
         key = self._key(kind, obj)
         try:
-            return key, parse(obj), None
+            value = parse(obj)
         except InvalidObject as exc:
             return key, None, (exc.field, exc.message)
         except Exception as exc:  # noqa: BLE001 - a parser bug must cost one object, not the watch
             return key, None, ("(object)", f"cannot be parsed: {type(exc).__name__}: {exc}"[:300])
+        # An object that did not change is the stored one from here on: a relist or a
+        # manifests reload then never holds the cluster twice (the new copies die at once),
+        # and the planner recognises it by identity. (A read without the lock: either value
+        # compares right.)
+        before = self._store(kind).get(key)
+        return key, (before if before is not None and before == value else value), None
 
     @staticmethod
     def _log_invalid(invalid: dict[InvalidKey, tuple[str, str]]) -> None:

@@ -73,6 +73,25 @@ def test_replace_notifies_only_on_change_and_drops_missing(tracker: Tracker, cha
     assert changes.calls == 3
 
 
+def test_a_relist_parses_unchanged_objects_into_the_stored_ones(tracker: Tracker) -> None:
+    tracker.replace_all({"Service": [service("a"), service("b")],
+                         "EndpointSlice": [endpoint_slice("a", ["10.1.0.1"])]})
+    before = tracker.snapshot()
+    parsed = tracker.parsed_list()
+    parsed.add("Service", [service("a"), service("b", cluster_ip="10.96.0.9")])
+    parsed.add("EndpointSlice", [endpoint_slice("a", ["10.1.0.1"])])
+    a, b = ServiceName("default", "a"), ServiceName("default", "b")
+    # while the new list is still being read, it already holds the stored objects, so a
+    # relist or a reload never keeps two copies of what did not change
+    assert parsed.stores["Service"][a] is before.services[a]
+    assert parsed.stores["EndpointSlice"][("default", "a-abc12")] is before.slices[("default", "a-abc12")]
+    assert parsed.stores["Service"][b] is not before.services[b]
+    tracker.replace_parsed(parsed)
+    after = tracker.snapshot()
+    assert after.services[a] is before.services[a]
+    assert after.services[b].cluster_ip == IPv4Address("10.96.0.9")
+
+
 def test_replace_of_one_kind_keeps_the_other(tracker: Tracker) -> None:
     tracker.replace("Service", [service("a")])
     tracker.replace("EndpointSlice", [endpoint_slice("a", ["10.1.0.1"])])
