@@ -152,11 +152,13 @@ def test_full_sync_adopts_leftovers_and_does_not_duplicate_jumps():
 
 def test_cleanup_removes_chains_and_jumps_but_keeps_kube_firewall():
     backend_, kernel = backend()
-    backend_.sync(make(WEB, endpoint_slice("web", ["10.244.1.2"])))
+    backend_.sync(make(WEB, endpoint_slice("web", [endpoint("10.244.1.2", node="node1")])))
+    assert "KUBE-HAIRPIN-02" in parse_save_all(kernel.save_all())["nat"]
     assert backend_.cleanup()
     tables = parse_save_all(kernel.save_all())
     assert not [c for t, chains in tables.items() for c in chains if is_ours(t, c)]
     nat = tables.get("nat", {})  # (an empty table is not listed)
+    assert not [c for c in nat if c.startswith("KUBE-HAIRPIN")]
     assert nat.get("PREROUTING", []) == [] and nat.get("POSTROUTING", []) == []
     assert "KUBE-FIREWALL" in tables["filter"]
     assert not backend_.cleanup()
