@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from kubernetes.client import ApiClient
@@ -56,7 +57,8 @@ def read_node(api_client: ApiClient, node_name: str, timeout: float = 10.0) -> d
     """A Node object as a dict, or None when it cannot be read (the caller keeps what it
     knew: API trouble must not change health or addresses)."""
     try:
-        node = json.loads(request(api_client, "GET", f"/api/v1/nodes/{node_name}", timeout=timeout).data)
+        path = f"/api/v1/nodes/{quote(node_name, safe='')}"
+        node = json.loads(request(api_client, "GET", path, timeout=timeout).data)
     except Exception as exc:  # noqa: BLE001 - unknown node or API trouble: caller falls back
         log.debug("cannot read this node", node=node_name, error=" ".join(str(exc).split())[:300])
         return None

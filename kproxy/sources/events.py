@@ -65,7 +65,8 @@ class NodeEvents:
     def _write(self, body: dict[str, Any]) -> None:
         try:
             path = f"/apis/events.k8s.io/v1/namespaces/{EVENT_NAMESPACE}/events"
-            request(self._api_client, "POST", path, body=body, timeout=TIMEOUT_S).release_conn()
+            # read to the end, so that the connection goes back to the pool
+            request(self._api_client, "POST", path, body=body, timeout=TIMEOUT_S).read()
         except Exception as exc:  # noqa: BLE001 - RBAC, API down...: the event is lost, the agent goes on
             log.warning("cannot record an event on this node", reason=body["reason"],
                         error=" ".join(str(exc).split())[:300])
