@@ -29,6 +29,7 @@ from yaml.events import (
 )
 
 from kproxy.runner import gc_paused
+from kproxy.sources import json_window
 from kproxy.tracker import SOURCE_KINDS, ParsedList, Tracker
 
 log = structlog.get_logger(__name__)
@@ -73,15 +74,25 @@ def _documents(file: Path, hook: Callable[[dict[str, Any]], Any] | None = None) 
     """The documents of a file; `hook` sees every mapping as soon as it is complete and
     returns what stands for it (raises _Unsupported where the fast YAML path cannot run it)."""
     try:
+        if file.suffix == ".json":
+            return [_json_document(file, hook)]
         text = file.read_bytes()
+        return fast_load_all(text, hook)
     except OSError as exc:
         raise ManifestError(f"{file}: cannot read: {exc.strerror or exc}") from None
-    try:
-        if file.suffix == ".json":
-            return [json.loads(text, object_hook=hook)]
-        return fast_load_all(text, hook)
     except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
         raise ManifestError(f"{file}: cannot parse: {_one_line(exc)}") from None
+
+
+def _json_document(file: Path, hook: Callable[[dict[str, Any]], Any] | None) -> Any:
+    """A JSON file's document, read a window at a time (json_window: a List's items are
+    parsed while the rest of the file is still unread). When that fails, json.loads of the
+    whole file says why at the right place (or reads an encoding other than UTF-8)."""
+    try:
+        with file.open(encoding="utf-8-sig") as fp:
+            return json_window.load(fp, hook)
+    except ValueError:
+        return json.loads(file.read_bytes(), object_hook=hook)
 
 
 class _Unsupported(Exception):
