@@ -274,6 +274,27 @@ def test_objects_are_parsed_while_the_file_is_read_in_every_form(tmp_path: Path,
     assert list(state.slices) == ([] if form == "service-list" else [("default", "a-abc12")])
 
 
+def test_a_json_list_is_parsed_without_the_whole_file_in_memory(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from kproxy.sources import json_window
+    from kproxy.sources.manifests import parse_file
+
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [service(f"s{i}") for i in range(12000)]}))
+    windows: list[int] = []
+    read_on = json_window._Window._more
+
+    def more(self: Any) -> bool:
+        found = read_on(self)
+        windows.append(len(self.text))
+        return found
+
+    monkeypatch.setattr(json_window._Window, "_more", more)
+    parsed, _ = parse_file(f, Tracker().parsed_list)
+    assert len(parsed.stores["Service"]) == 12000
+    assert max(windows) <= 2 * json_window.CHUNK < f.stat().st_size  # never the whole file at once
+
+
 def test_unnamed_broken_objects_of_two_files_are_each_left_out(tmp_path: Path) -> None:
     unnamed = {"apiVersion": "v1", "kind": "Service", "metadata": {}, "spec": "not an object"}
     (tmp_path / "a.yaml").write_text(dump_yaml(unnamed, service("a")))
