@@ -72,7 +72,7 @@ def load_manifests(path: str | os.PathLike[str], kinds: Collection[str] | None =
 
 def _documents(file: Path, hook: Callable[[dict[str, Any]], Any] | None = None) -> list[Any]:
     """The documents of a file; `hook` sees every mapping as soon as it is complete and
-    returns what stands for it (raises _Unsupported where the fast YAML path cannot run it)."""
+    returns what stands for it (raises _Unsupported where the streaming paths cannot run it)."""
     try:
         if file.suffix == ".json":
             return [_json_document(file, hook)]
@@ -86,17 +86,21 @@ def _documents(file: Path, hook: Callable[[dict[str, Any]], Any] | None = None) 
 
 def _json_document(file: Path, hook: Callable[[dict[str, Any]], Any] | None) -> Any:
     """A JSON file's document, read a window at a time (json_window: a List's items are
-    parsed while the rest of the file is still unread). When that fails, json.loads of the
-    whole file says why at the right place (or reads an encoding other than UTF-8)."""
+    parsed while the rest of the file is still unread). What that refuses, json.loads of the
+    whole file reads (another encoding than UTF-8) or reports at its real place; with a hook
+    that has seen part of the file, the caller starts again without one (_Unsupported)."""
     try:
         with file.open(encoding="utf-8-sig") as fp:
             return json_window.load(fp, hook)
     except ValueError:
-        return json.loads(file.read_bytes(), object_hook=hook)
+        if hook is not None:
+            raise _Unsupported("json") from None
+        return json.loads(file.read_bytes())
 
 
 class _Unsupported(Exception):
-    """A YAML feature the fast path leaves to PyYAML: tags, anchors, aliases, merge keys."""
+    """What a streaming read leaves to a whole-file one: YAML tags, anchors, aliases and
+    merge keys (PyYAML's loader); JSON the window reader refuses (json.loads)."""
 
 
 _scalar_lock = threading.Lock()
@@ -250,7 +254,7 @@ def parse_file(file: Path, new_list: Callable[[], ParsedList]) -> tuple[ParsedLi
 
     try:
         docs = _documents(file, take)
-    except _Unsupported:  # anchors or tags: PyYAML's loader, without the hook
+    except _Unsupported:  # anchors or tags, or JSON to read whole: without the hook
         parsed = new_list()
         docs = _documents(file)
     skipped: list[str] = []

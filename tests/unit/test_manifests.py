@@ -295,6 +295,32 @@ def test_a_json_list_is_parsed_without_the_whole_file_in_memory(tmp_path: Path,
     assert max(windows) <= 2 * json_window.CHUNK < f.stat().st_size  # never the whole file at once
 
 
+def test_json_the_window_reader_refuses_is_read_whole_from_the_start(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from kproxy.sources import json_window
+    from kproxy.sources.manifests import parse_file
+
+    unnamed = {"apiVersion": "v1", "kind": "Service", "metadata": {}, "spec": "not an object"}
+    doc = {"apiVersion": "v1", "kind": "List", "items": [unnamed, service("a")]}
+    utf16 = tmp_path / "utf16.json"  # json.loads reads UTF-16; the window reader reads UTF-8
+    utf16.write_bytes(json.dumps(doc).encode("utf-16"))
+    tracker = Tracker()
+    parsed, _ = parse_file(utf16, tracker.parsed_list)
+    assert list(parsed.stores["Service"]) == [ServiceName("default", "a")] and len(parsed.invalid) == 1
+
+    def gives_up_midway(fp: Any, hook: Any = None, chunk: int = 0) -> Any:
+        if hook is not None:
+            hook(dict(unnamed))  # the hook has seen part of the file
+        raise ValueError("given up")
+
+    monkeypatch.setattr(json_window, "load", gives_up_midway)
+    plain = tmp_path / "m.json"
+    plain.write_text(json.dumps(doc))
+    parsed, _ = parse_file(plain, tracker.parsed_list)
+    assert list(parsed.stores["Service"]) == [ServiceName("default", "a")]
+    assert len(parsed.invalid) == 1  # parsed again from the start: the broken object counted once
+
+
 def test_unnamed_broken_objects_of_two_files_are_each_left_out(tmp_path: Path) -> None:
     unnamed = {"apiVersion": "v1", "kind": "Service", "metadata": {}, "spec": "not an object"}
     (tmp_path / "a.yaml").write_text(dump_yaml(unnamed, service("a")))
