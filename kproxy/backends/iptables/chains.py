@@ -91,7 +91,7 @@ class ChainState:
         for (table, chain), held_before in touched.items():
             held = self.lines[(table, chain)]
             ordered = self.ordered.setdefault((table, chain), [])
-            standing = chain in STATIC_CHAINS.get(table, ())
+            standing = chain in STATIC_CHAINS.get(table, ())  # else: there while it holds lines
             existed = standing or bool(ordered)
             added = []
             for line, was in held_before.items():
@@ -103,7 +103,7 @@ class ChainState:
                 elif now and not was:
                     insort(ordered, line)
                     added.append(line)
-            if not standing and not existed and ordered:  # its first lines: created whole
+            if not existed and ordered:  # its first lines: created whole
                 changes[table].write[chain] = tuple(ordered)
                 changes[table].delete.discard(chain)
             elif not standing and not ordered:  # its last line went: deleted

@@ -282,16 +282,18 @@ def render_service_port(sp: ServicePortPlan, masquerade_all: bool,
     for t in (*internal, *sp.external_targets, *short_circuit):
         if t.is_local:
             text = host(t.ip)
-            bucket = int(t.ip) % HAIRPIN_BUCKETS
-            out.add(NAT, HAIRPIN, f"-d {bucket_match(t.ip)} -j {HAIRPIN_CHAINS[bucket]}")
-            out.add(NAT, HAIRPIN_CHAINS[bucket], f"-s {text} -d {text} -j {MARK_MASQ}")
+            chain, addresses = hairpin_bucket(t.ip)
+            out.add(NAT, HAIRPIN, f"-d {addresses} -j {chain}")
+            out.add(NAT, chain, f"-s {text} -d {text} -j {MARK_MASQ}")
     return out
 
 
-def bucket_match(ip: IPAddress) -> str:
-    """The addresses of `ip`'s hairpin chain, as iptables-save prints them: address/mask."""
+def hairpin_bucket(ip: IPAddress) -> tuple[str, str]:
+    """`ip`'s hairpin chain, and the addresses KUBE-HAIRPIN sends there, as iptables-save
+    prints them (address/mask)."""
     mask = HAIRPIN_BUCKETS - 1
-    return f"{type(ip)(int(ip) & mask)}/{type(ip)(mask)}"
+    bucket = int(ip) & mask
+    return HAIRPIN_CHAINS[bucket], f"{type(ip)(bucket)}/{type(ip)(mask)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,32 +316,31 @@ class NodeFacts:
                    plan.nodeport_ips, plan.health_checks, plan.local, plan.cluster_ips, plan.service_cidrs)
 
 
-def nodeport_address_rules(plan: NodeFacts) -> list[str]:
+def nodeport_address_rules(node: NodeFacts) -> list[str]:
     """Matches (one per rule) for the addresses NodePorts answer on (IPv6: never ::1, and
     no localhost NodePorts)."""
-    localhost_nodeports = plan.localhost_nodeports
-    loopback = "127.0.0.0/8" if plan.family == 4 else "::1/128"
-    if plan.nodeport_all_local:
-        found = ["-m addrtype --dst-type LOCAL" + ("" if localhost_nodeports else f" ! -d {loopback}")]
+    loopback = "127.0.0.0/8" if node.family == 4 else "::1/128"
+    if node.nodeport_all_local:
+        found = ["-m addrtype --dst-type LOCAL" + ("" if node.localhost_nodeports else f" ! -d {loopback}")]
     else:
-        found = [f"-d {host(ip)}" for ip in plan.nodeport_ips]
-        if localhost_nodeports:
+        found = [f"-d {host(ip)}" for ip in node.nodeport_ips]
+        if node.localhost_nodeports:
             found.append("-d 127.0.0.1/32")
     return found
 
 
-def render_node(plan: NodeFacts) -> dict[tuple[str, str], tuple[str, ...]]:
+def render_node(node: NodeFacts) -> dict[tuple[str, str], tuple[str, ...]]:
     """The node-wide chains, and node-wide lines of shared chains (the head or tail parts)."""
     out: dict[tuple[str, str], tuple[str, ...]] = {}
-    addresses = nodeport_address_rules(plan)
+    addresses = nodeport_address_rules(node)
     out[(NAT, "tail:" + NAT_SERVICES)] = tuple(
         f"-A {NAT_SERVICES} {a} {comment('kubernetes service nodeports')} -j {NAT_NODEPORTS}" for a in addresses)
     out[(FILTER, "head:" + FILTER_NODEPORTS)] = tuple(
         f"-A {FILTER_NODEPORTS} {comment(f'{hc.service} health check node port')} "
-        f"{port_match('tcp', hc.node_port)} -j ACCEPT" for hc in plan.health_checks)
+        f"{port_match('tcp', hc.node_port)} -j ACCEPT" for hc in node.health_checks)
     out[(NAT, MARK_MASQ)] = (f"-A {MARK_MASQ} -j MARK --or-mark {MASQUERADE_MARK}",)
     out[(NAT, MASQ_OFF_CLUSTER)] = (
-        *(f"-A {MASQ_OFF_CLUSTER} {match} -j RETURN" for match in local_matches(plan.local)),
+        *(f"-A {MASQ_OFF_CLUSTER} {match} -j RETURN" for match in local_matches(node.local)),
         f"-A {MASQ_OFF_CLUSTER} -j {MARK_MASQ}",
     )
     out[(NAT, POSTROUTING)] = (
@@ -350,15 +351,15 @@ def render_node(plan: NodeFacts) -> dict[tuple[str, str], tuple[str, ...]]:
     )
     out[(FILTER, EXTERNAL_SERVICES)] = tuple(f"-A {EXTERNAL_SERVICES} {a} -j {FILTER_NODEPORTS}" for a in addresses)
     cluster_ips = []
-    for ip in plan.cluster_ips:
+    for ip in node.cluster_ips:
         where = f"-A {CLUSTER_IPS} -d {host(ip)} {comment('cluster IP, port not served')}"
-        if plan.family != 4:
-            cluster_ips.append(f"{where} -p tcp -j {reject(plan.family, 'tcp')}")
-        cluster_ips.append(f"{where} -j {reject(plan.family, None)}")
+        if node.family != 4:
+            cluster_ips.append(f"{where} -p tcp -j {reject(node.family, 'tcp')}")
+        cluster_ips.append(f"{where} -j {reject(node.family, None)}")
     cluster_ips += [f"-A {CLUSTER_IPS} -d {c} {comment('unallocated service IP')} -j DROP"
-                    for c in plan.service_cidrs]
+                    for c in node.service_cidrs]
     out[(FILTER, CLUSTER_IPS)] = tuple(cluster_ips)
-    if plan.localhost_nodeports:
+    if node.localhost_nodeports:
         out[(FILTER, FIREWALL)] = (
             f"-A {FIREWALL} {comment('block incoming localnet connections')} -d 127.0.0.0/8 ! -s 127.0.0.0/8 "
             "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",)

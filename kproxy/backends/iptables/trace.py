@@ -4,8 +4,8 @@ iptables-save prints them, do with one new connection. Pure.
 It walks the chains the way the kernel does, rule by rule: nat PREROUTING (OUTPUT for a
 source on this node) into KUBE-SERVICES and the per-Service-port chains; when nothing
 DNATs, the filter chain the packet meets (FORWARD, INPUT, or OUTPUT then INPUT); then nat
-POSTROUTING, where KUBE-HAIRPIN (through KUBE-HAIRPIN-00..63) marks and the 0x4000 mark decides masquerade. A
-`-m statistic --probability p` rule splits the walk into two paths (taken with p, passed
+POSTROUTING, where KUBE-HAIRPIN (through KUBE-HAIRPIN-00..63) marks and the 0x4000 mark
+decides masquerade. A `-m statistic --probability p` rule splits the walk into two paths (taken with p, passed
 with 1-p), so every endpoint comes with its share. Only jumps from the built-in chains
 into KUBE-* chains are followed: the trace says what kproxy's rules do, not other
 software's. The answer is trace.py's TraceResult, worded as the nftables evaluator words
