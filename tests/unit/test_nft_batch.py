@@ -5,10 +5,14 @@ tests/netns/test_netns_nft_load.py."""
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 import pytest
 
 from kproxy.backends.nft import batch, wire
 from kproxy.backends.nft.objects import Element
+from kproxy.backends.nft.render import endpoint_element
+from kproxy.plan import Target
 
 CASES = [
     ("type ipv4_addr;", [("10.96.0.10", None), ("10.96.0.11", None)]),
@@ -65,6 +69,38 @@ def test_elements_that_cannot_be_encoded_are_refused() -> None:
     with pytest.raises(ValueError, match="overlap"):
         list(batch.elements_encoder("type ipv4_addr; flags interval;")(
             [("10.0.0.0/8", Element()), ("10.1.0.0/16", Element())]))
+
+
+ENDPOINT_MAPS = [
+    ("typeof ip daddr . meta l4proto . th dport . numgen random mod 3 : ip daddr . th dport;",
+     ["10.96.0.10 . tcp . 80", "10.96.0.11 . sctp . 9"], "10.244.{}.{}"),
+    ("typeof meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport;",
+     ["udp . 30053", "tcp . 30080"], "10.244.{}.{}"),
+    ("typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport;",
+     ["fd00:96::10 . udp . 53"], "fd00:244::{:x}:{:x}"),
+]
+
+
+@pytest.mark.parametrize(("spec", "prefixes", "address"), ENDPOINT_MAPS, ids=[m[0] for m in ENDPOINT_MAPS])
+def test_endpoint_rows_encode_as_their_elements_do(spec: str, prefixes: list[str], address: str) -> None:
+    # rows of 1, 3 and 300 endpoints (indexes past 255 too), ports from 1 to 65535
+    sizes = [1, 3, 300]
+    rows = [(prefix, [Target(ip_address(address.format(n, i % 250)), 1 + (i * 997) % 65535) for i in range(size)])
+            for n, (prefix, size) in enumerate(zip(prefixes * 3, sizes, strict=False))]
+    elements = [(f"{prefix} . {i}", endpoint_element(t)) for prefix, row in rows for i, t in enumerate(row)]
+    by_rows = list(batch.endpoint_rows_encoder(spec)(rows))
+    assert by_rows == list(batch.elements_encoder(spec)(elements))
+    assert len(by_rows) == sum(len(row) for _, row in rows)
+
+
+def test_endpoint_rows_of_another_layout_or_family_are_refused() -> None:
+    with pytest.raises(ValueError, match="not an endpoint map"):
+        batch.endpoint_rows_encoder("typeof meta l4proto . th dport : verdict;")
+    encode = batch.endpoint_rows_encoder(ENDPOINT_MAPS[0][0])
+    with pytest.raises(ValueError, match="not of the map's family"):
+        list(encode([("10.96.0.10 . tcp . 80", [Target(ip_address("fd00::1"), 80)])]))
+    with pytest.raises(ValueError, match="does not have 3 fields"):
+        list(encode([("tcp . 80", [Target(ip_address("10.0.0.1"), 80)])]))
 
 
 def test_a_load_splits_into_transactions_of_at_most_the_limit_and_keeps_every_element() -> None:

