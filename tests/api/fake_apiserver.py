@@ -67,6 +67,9 @@ class Store:
         self.cond = threading.Condition()
         self.version = 1000
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {r: {} for r in RESOURCE_OF_KIND.values()}
+        # each object as a list item, JSON-encoded once when stored: a list costs the server
+        # about what it costs a real one (Go, serving from its cache), not json.dumps per page
+        self.listed: dict[str, dict[tuple[str, str], bytes]] = {r: {} for r in RESOURCE_OF_KIND.values()}
         self.history: dict[str, list[tuple[int, str, dict[str, Any]]]] = {r: [] for r in RESOURCE_OF_KIND.values()}
         self.oldest = 0  # watches from a version below this get 410 Gone
         self.generation = 0  # bumped by expire(): open watches end with 410
@@ -78,8 +81,8 @@ class Store:
         self.calls: Counter[tuple[str, str]] = Counter()  # (resource, "list"|"watch")
         self.watch_versions: list[tuple[str, str]] = []  # (resource, resourceVersion asked)
         self.list_limits: list[tuple[str, int, bool]] = []  # (resource, limit asked, a continue given)
-        # paged lists in progress: snapshot id -> (version, items in key order)
-        self.snapshots: dict[int, tuple[int, list[Any]]] = {}
+        # paged lists in progress: snapshot id -> (version, encoded items in key order)
+        self.snapshots: dict[int, tuple[int, list[bytes]]] = {}
         self.continue_expiries: list[str] = []  # one-shot: the next continue of the resource gets 410
         self._snapshot_ids = itertools.count(1)
 
@@ -106,6 +109,7 @@ class Store:
                 meta["resourceVersion"] = str(self.version)
             event = "MODIFIED" if key in self.objects[resource] else "ADDED"
             self.objects[resource][key] = obj
+            self.listed[resource][key] = json.dumps(_without_type(obj)).encode()
             self.history[resource].append((self.version, event, obj))
             self.cond.notify_all()
             return self.version
@@ -114,6 +118,7 @@ class Store:
         resource = RESOURCE_OF_KIND[kind]
         with self.cond:
             obj = copy.deepcopy(self.objects[resource].pop((namespace, name)))
+            del self.listed[resource][(namespace, name)]
             self.version += 1
             meta = obj.get("metadata") if isinstance(obj, dict) else None
             if isinstance(meta, dict):
@@ -178,8 +183,8 @@ class Store:
     # --- serving ------------------------------------------------------------------------
 
     def list_body(self, resource: str, kind: str, api_version: str, limit: int = 0,
-                  token: str | None = None) -> dict[str, Any] | None:
-        """A list response, or one page of it with `limit`; None: `token` has expired."""
+                  token: str | None = None) -> bytes | None:
+        """A list response, or one page of it with `limit`, as JSON; None: `token` has expired."""
         with self.cond:
             self.calls[(resource, "list")] += 1
             self.list_limits.append((resource, limit, bool(token)))
@@ -192,10 +197,8 @@ class Store:
                     return None
                 version, items = self.snapshots[snapshot_id]
             else:
-                # stored objects are never changed in place (apply and delete store copies):
-                # a snapshot of references is a consistent view of this version
                 snapshot_id, start, version = next(self._snapshot_ids), 0, self.version
-                items = [self.objects[resource][key] for key in sorted(self.objects[resource])]
+                items = [self.listed[resource][key] for key in sorted(self.listed[resource])]
             end = start + limit if limit > 0 else len(items)
             metadata: dict[str, Any] = {"resourceVersion": str(version)}
             if end < len(items):
@@ -206,8 +209,9 @@ class Store:
                 metadata["remainingItemCount"] = len(items) - end
             else:
                 self.snapshots.pop(snapshot_id, None)
-            page = [_without_type(item) for item in items[start:end]]
-        return {"kind": f"{kind}List", "apiVersion": api_version, "metadata": metadata, "items": page}
+            page = items[start:end]
+        head = {"kind": f"{kind}List", "apiVersion": api_version, "metadata": metadata}
+        return json.dumps(head).encode()[:-1] + b', "items": [' + b", ".join(page) + b"]}"
 
 
 def _without_type(item: Any) -> Any:
@@ -315,7 +319,7 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             if body is None:
                 return self._json(410, _status(410, "Expired", CONTINUE_EXPIRED))
             if store.take_stall(resource, "list"):
-                data = json.dumps(body).encode()
+                data = body
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -323,7 +327,7 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data[: len(data) // 2])
                 self.wfile.flush()
                 return self._stall()
-            return self._json(200, body)
+            return self._send(200, body)
 
         def do_POST(self) -> None:
             match = EVENTS_PATH.fullmatch(urlparse(self.path).path)
@@ -341,7 +345,9 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
 
         def _json(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
+            self._send(code, json.dumps(body).encode())
+
+        def _send(self, code: int, data: bytes) -> None:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
