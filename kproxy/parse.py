@@ -217,6 +217,8 @@ def parse_service(obj: Any) -> Service | None:
     external_ips = tuple(ctx.ip(raw, field) for field, raw in ctx.items(spec.get("externalIPs"), "spec.externalIPs"))
     lb_ips = _load_balancer_ips(ctx, obj) if service_type is ServiceType.LOAD_BALANCER else ()
     policies = _policies(ctx, spec, service_type)
+    source_ranges = policies.pop("source_ranges", ())
+    external_local = policies.pop("external_policy_local")
     raw_ports = ctx.entries(spec.get("ports"), "spec.ports")
     ports: list[ServicePort] = []
     seen: set[str] = set()
@@ -245,9 +247,10 @@ def parse_service(obj: Any) -> Service | None:
                 node_port=node_port,
                 external_ips=tuple(ip for ip in external_ips if ip.version == family),
                 load_balancer_ips=tuple(ip for ip in lb_ips if ip.version == family),
+                source_ranges=tuple(r for r in source_ranges if r.version == family),
+                external_policy_local=external_local,
                 **policies,
             )
-            port = replace(port, source_ranges=tuple(r for r in port.source_ranges if r.version == family))
             # upstream: externalTrafficPolicy applies only to externally reachable ports
             if port.external_policy_local and not port.externally_accessible:
                 port = replace(port, external_policy_local=False)
