@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
 
@@ -107,20 +108,29 @@ class LibNftKernel:
         element encoded before anything is sent, so one that cannot be encoded changes
         nothing. Otherwise transactions of batch.TRANSACTION_ELEMENTS, each sent as soon as
         it is encoded: the kernel takes those faster than one big one, and the agent never
-        holds the whole load encoded."""
+        holds the whole load encoded. A transaction is committed by a thread of its own while
+        the next one is encoded: the kernel's share (0.2 s at 10,000 Services) overlaps ours."""
         family, name = table.split()
         encoded = ((spec.name, _encoded(spec, items)) for spec, items in sets)
         committed = 0
         emptied = [spec.name for spec, _items in sets] if flush else []
-        for tx in transactions(wire.NFPROTO[family], name, emptied, encoded, None if atomic else TRANSACTION_ELEMENTS):
-            data, last = tx.finish()
-            if last is None:
-                continue
+        batches = transactions(wire.NFPROTO[family], name, emptied, encoded, None if atomic else TRANSACTION_ELEMENTS)
+        sending: Future[None] | None = None
+        # the thread is in this thread's network namespace: it is made here, not before
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nft-load") as sender:
             try:
-                commit(data, last, partial(_about, tx.sets))
+                for tx in batches:
+                    data, last = tx.finish()
+                    if last is None:
+                        continue
+                    if sending is not None:
+                        sending.result()  # in order, and a refusal stops the load here
+                    sending = sender.submit(commit, data, last, partial(_about, tx.sets))
+                    committed += 1
+                if sending is not None:
+                    sending.result()
             except (NetlinkError, OSError) as err:
                 raise NftError(f"loading elements: {err}") from None
-            committed += 1
         return committed
 
     def _list(self, what: str) -> dict[str, Any] | None:
