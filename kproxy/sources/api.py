@@ -28,7 +28,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kproxy.parse import UPSTREAM_LABEL_SELECTOR
-from kproxy.runner import gc_paused
+from kproxy.runner import gc_keep, gc_paused
 from kproxy.sources.api_request import Collection
 from kproxy.sources.threads import start_guarded
 from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, SERVICE_CIDR, ParsedList, Tracker
@@ -295,10 +295,12 @@ class ApiSource:
             with gc_paused():
                 parsed = self._tracker.parsed_list()
                 versions = {r.kind: self._list(r, parsed) for r in group}
-            with self._state:
-                self._tracker.replace_parsed(parsed)
-                for k, version in versions.items():
-                    self._cursors[k] = _Cursor(version, self._cursors[k].generation + 1)
+                with self._state:
+                    self._tracker.replace_parsed(parsed)
+                    for k, version in versions.items():
+                        self._cursors[k] = _Cursor(version, self._cursors[k].generation + 1)
+                del parsed
+                gc_keep()
         for r in group:
             self._synced[r.kind].set()
             if r.kind != kind:

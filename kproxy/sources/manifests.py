@@ -28,7 +28,7 @@ from yaml.events import (
     StreamStartEvent,
 )
 
-from kproxy.runner import gc_paused
+from kproxy.runner import gc_keep, gc_paused
 from kproxy.sources import json_window
 from kproxy.tracker import SOURCE_KINDS, ParsedList, Tracker
 
@@ -286,22 +286,24 @@ class ManifestSource:
         # Fingerprint before reading: a write racing the read is seen by the next poll.
         fingerprint = self.fingerprint()
         files: dict[str, tuple[tuple[int, int], ParsedList, int]] = {}
-        # no fingerprint: nothing there (manifest_files says why) or every stat failed
-        for name, mtime, size in fingerprint or [(str(f), -1, -1) for f in manifest_files(self.path)]:
-            cached = self._files.get(name)
-            if cached is not None and cached[0] == (mtime, size) and mtime >= 0:
-                files[name] = cached
-                continue
-            with gc_paused():
+        with gc_paused():
+            # no fingerprint: nothing there (manifest_files says why) or every stat failed
+            for name, mtime, size in fingerprint or [(str(f), -1, -1) for f in manifest_files(self.path)]:
+                cached = self._files.get(name)
+                if cached is not None and cached[0] == (mtime, size) and mtime >= 0:
+                    files[name] = cached
+                    continue
                 parsed, skipped = parse_file(Path(name), self._tracker.parsed_list)
-            files[name] = ((mtime, size), parsed, skipped)
-        # One transaction: a sync never sees the new Services with the old slices.
-        merged = self._tracker.parsed_list()
-        for kind in SOURCE_KINDS:
-            merged.add(kind, ())  # every kind is replaced, also by nothing
-        for _stamp, parsed, _skipped in files.values():
-            merged.absorb(parsed)
-        self._tracker.replace_parsed(merged)
+                files[name] = ((mtime, size), parsed, skipped)
+            # One transaction: a sync never sees the new Services with the old slices.
+            merged = self._tracker.parsed_list()
+            for kind in SOURCE_KINDS:
+                merged.add(kind, ())  # every kind is replaced, also by nothing
+            for _stamp, parsed, _skipped in files.values():
+                merged.absorb(parsed)
+            self._tracker.replace_parsed(merged)
+            del merged
+            gc_keep()
         self._files = files
         self._fingerprint = fingerprint
         self.skipped = sum(f[2] for f in files.values())

@@ -1,17 +1,20 @@
 """The cyclic collector is off while a build runs (also when builds overlap in two
 threads), back on after the last one, and left off if it was off before; after a full
-sync, and only then, the survivors are frozen."""
+sync, and only then, the survivors are frozen. What a list froze unexamined (gc_keep) is
+collected at the next settle, reference cycles included."""
 
 from __future__ import annotations
 
 import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 
-from kproxy.runner import gc_paused, gc_settling
+from kproxy import runner
+from kproxy.runner import gc_keep, gc_paused, gc_settle, gc_settling
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +58,23 @@ def test_settling_freezes_after_a_full_sync_only(full: bool, frozen: bool) -> No
     report = SimpleNamespace(full=full)
     assert gc_settling(lambda: report)() is report
     assert (gc.get_freeze_count() > 0) == frozen
+
+
+class Node:
+    other: Node | None = None
+
+
+def test_what_a_list_froze_stays_out_of_collections_until_the_next_settle_collects_it() -> None:
+    gc.unfreeze()
+    runner._thaw = False
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # garbage only a collection can find
+    gone = weakref.ref(a)
+    del a, b
+    gc_keep()
+    assert gc.get_freeze_count() > 0
+    gc.collect()
+    assert gone() is not None  # frozen: the collector does not walk it
+    gc_settle()
+    assert gone() is None
+    assert gc.get_freeze_count() > 0  # the survivors are frozen again
