@@ -24,7 +24,7 @@ from kproxy.backends.base import Backend, SyncResult, Touched
 from kproxy.model import IPAddress, IPNetwork, NodeConfig, NodeInfo, ServiceName
 from kproxy.plan import Plan
 from kproxy.planner import FamilyPlanner
-from kproxy.runner import gc_keep, gc_paused
+from kproxy.runner import gc_paused
 from kproxy.tracker import Tracker
 
 log = structlog.get_logger(__name__)
@@ -231,7 +231,6 @@ class Agent:
             everything = full or self._failed or any(p.needs_full(node) for p in self._planners.values())
             if everything:
                 pause.enter_context(gc_paused())  # millions of allocations, no cycles
-                pause.callback(gc_keep)  # and no collection walks them when it ends
             delta = self.tracker.delta(full=everything)
             self._failed = True
             plans = [self._planners[f].plan(node, delta) for f in self.backends]
