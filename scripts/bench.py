@@ -19,7 +19,9 @@ For each size, in a fresh namespace (deleted afterwards, also on failure):
 --source api (the production path):
   1. the fake API server (tests/api/fake_apiserver.py) in the namespace, serving the same
      objects by list (in pages) and watch; `kproxy run --kubeconfig` watching it: start ->
-     first sync (wall time), and RSS then;
+     first sync (wall time), and RSS then; with --starts N, N agents in turn, each on an
+     empty namespace, and the median of their first syncs (start-up varies from run to run
+     on a shared machine);
   2. CHANGES (default 50) EndpointSlice writes, each moving one endpoint to a new IP:
      write -> kernel (`nft monitor` in the namespace shows the new element; nftables mode
      only) and write -> "synced" line, p50/p99/max;
@@ -515,11 +517,35 @@ def settle(agent: Agent, quiet: float = 2.0, limit: float = 120.0) -> int:
     return syncs
 
 
+def first_sync(ns: Netns, kproxy: str, kubeconfig: Path, timeout: float) -> tuple[Agent, dict[str, Any]]:
+    """Start an agent on the API server; its first sync and where its start-up went (to its
+    first log line: imports, config; its lists)."""
+    started = time.monotonic()
+    agent = Agent(ns, kproxy, ["--kubeconfig", str(kubeconfig)])
+    try:
+        before: list[dict[str, Any]] = []
+        first, at = agent.next_synced(timeout, seen=before)
+    except BaseException:
+        agent.stop()
+        raise
+    return agent, {
+        "run_first_sync": {"wall_s": round(at - started, 2), **synced_fields(first)},
+        "start_up": {
+            "first_log_line_s": round(before[0]["bench_at"] - started, 2) if before else None,
+            "listed_ms": {line["kind"]: line["ms"] for line in before if line.get("event") == "listed"},
+            "lists_done_s": max((round(line["bench_at"] - started, 2) for line in before
+                                 if line.get("event") == "listed"), default=None),
+        },
+        "agent_at_first_sync": agent.status(),
+    }
+
+
 def bench_api(
     kproxy: str, services: int, endpoints: int, changes: int, timeout: float, workdir: Path,
-    foreign_interval: float = 0.0, tamper: bool = False,
+    foreign_interval: float = 0.0, tamper: bool = False, starts: int = 1,
 ) -> dict[str, Any]:
-    """The agent watching the fake API server: start -> first sync, write -> kernel, RSS."""
+    """The agent watching the fake API server: start -> first sync (of `starts` agents in
+    turn, each on an empty namespace), write -> kernel, RSS."""
     sys.path.insert(0, str(TOP))  # the fake API server lives with the API tests (soak.py uses it too)
     from tests.api.fake_apiserver import FakeApiServer, Store, in_netns, write_kubeconfig
 
@@ -539,21 +565,21 @@ def bench_api(
         try:
             kubeconfig = workdir / f"kubeconfig-{services}"
             write_kubeconfig(kubeconfig, server.url)
+            earlier = []
+            for n in range(1, starts):  # agents started only to time their first sync
+                log(f"{services} services (api): run, first sync ({n} of {starts})")
+                agent, first = first_sync(ns, kproxy, kubeconfig, timeout)
+                agent.stop()
+                earlier.append(first)
+                ns.run(kproxy, "cleanup", timeout=timeout)  # the next starts on an empty namespace
             log(f"{services} services (api): run, first sync")
-            started = time.monotonic()
-            agent = Agent(ns, kproxy, ["--kubeconfig", str(kubeconfig)])
+            agent, first = first_sync(ns, kproxy, kubeconfig, timeout)
             try:
-                before: list[dict[str, Any]] = []
-                first, at = agent.next_synced(timeout, seen=before)
-                result["run_first_sync"] = {"wall_s": round(at - started, 2), **synced_fields(first)}
-                # where start-up went: to the agent's first log line (imports, config), its lists
-                result["start_up"] = {
-                    "first_log_line_s": round(before[0]["bench_at"] - started, 2) if before else None,
-                    "listed_ms": {line["kind"]: line["ms"] for line in before if line.get("event") == "listed"},
-                    "lists_done_s": max((round(line["bench_at"] - started, 2) for line in before
-                                         if line.get("event") == "listed"), default=None),
-                }
-                result["agent_at_first_sync"] = agent.status()
+                result.update(first)
+                if earlier:
+                    walls = [run["run_first_sync"]["wall_s"] for run in [*earlier, first]]
+                    result["first_syncs"] = {"wall_s": walls, "median_s": statistics.median(walls),
+                                             "earlier": earlier}
                 result["syncs_while_settling"] = settle(agent)
                 monitor = KernelMonitor(ns) if proxy_mode() == "nftables" else None
                 if foreign_interval > 0:
@@ -652,6 +678,9 @@ def main() -> int:
     parser.add_argument("--foreign-commits", type=float, default=0.0, metavar="SECONDS",
                         help="api: another program commits to its own nftables table this often while "
                         "the changes are measured (0: never)")
+    parser.add_argument("--starts", type=int, default=1, metavar="N",
+                        help="api: start N agents in turn, each on an empty namespace, and report each one's "
+                             "start -> first sync and their median (the last one goes on to the changes)")
     parser.add_argument("--tamper", action="store_true",
                         help="api, nftables: after the changes, delete one element of kproxy's table and time "
                         "the sync that finds and repairs it")
@@ -686,7 +715,7 @@ def main() -> int:
     def measure(kproxy: str, size: int, endpoints: int, changes: int, timeout: float, workdir: Path) -> dict[str, Any]:
         if args.source == "api":
             return bench_api(kproxy, size, endpoints, changes, timeout, workdir,
-                             foreign_interval=args.foreign_commits, tamper=args.tamper)
+                             foreign_interval=args.foreign_commits, tamper=args.tamper, starts=args.starts)
         return bench_size(kproxy, size, endpoints, changes, timeout, workdir)
 
     report: dict[str, Any] = {
