@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import sys
 from dataclasses import replace
+from datetime import datetime
 from ipaddress import AddressValueError, IPv4Address, ip_address, ip_network
 from typing import Any
 
@@ -99,11 +100,11 @@ class _Ctx:
     """Carries kind and key so every error names the object without repeating it, and
     checks the JSON type of each field before it is used."""
 
-    __slots__ = ("key", "kind", "meta")
+    __slots__ = ("kind", "meta", "name", "namespace")
 
     def __init__(self, kind: str, obj: Any) -> None:
         self.kind = kind
-        self.key = describe_key(*object_key(obj))
+        self.namespace, self.name = object_key(obj)
         if not isinstance(obj, dict):
             raise self.error("(object)", f"must be an object, got {_json_type(obj)}")
         self.meta = self.mapping(obj.get("metadata"), "metadata")
@@ -117,7 +118,7 @@ class _Ctx:
             raise self.error("metadata.name", "missing name")
 
     def error(self, field: str, message: str) -> InvalidObject:
-        return InvalidObject(self.kind, self.key, field, message)
+        return InvalidObject(self.kind, describe_key(self.namespace, self.name), field, message)
 
     # --- JSON types ---------------------------------------------------------------------
 
@@ -212,8 +213,7 @@ def parse_service(obj: Any) -> Service | None:
     cluster_ips = _cluster_ips(ctx, spec)
     if not cluster_ips:
         return None
-    namespace, name = object_key(obj)
-    service_name = ServiceName(namespace, name)
+    service_name = ServiceName(ctx.namespace, ctx.name)
     external_ips = tuple(ctx.ip(raw, field) for field, raw in ctx.items(spec.get("externalIPs"), "spec.externalIPs"))
     lb_ips = _load_balancer_ips(ctx, obj) if service_type is ServiceType.LOAD_BALANCER else ()
     policies = _policies(ctx, spec, service_type)
@@ -335,8 +335,6 @@ def _load_balancer_ips(ctx: _Ctx, obj: dict[str, Any]) -> tuple[IPAddress, ...]:
 def _trigger_time(ctx: _Ctx) -> float | None:
     """The slice's last-change-trigger-time annotation (RFC 3339) as epoch seconds; a
     missing or malformed one is no reason to skip the slice (upstream ignores it too)."""
-    from datetime import datetime
-
     value = ctx.annotations().get(ANNOTATION_TRIGGER_TIME)
     if not isinstance(value, str):
         return None
@@ -358,7 +356,6 @@ def parse_endpoint_slice(obj: Any) -> EndpointSlice | None:
         or LABEL_HEADLESS in labels
     ):
         return None
-    namespace, name = object_key(obj)
     family = ADDRESS_FAMILIES[address_type]
     ports: list[SlicePort] = []
     for field, raw in ctx.entries(obj.get("ports"), "ports"):
@@ -385,9 +382,9 @@ def parse_endpoint_slice(obj: Any) -> EndpointSlice | None:
         for field, raw in ctx.entries(raw_endpoints, "endpoints"):
             endpoints.extend(_endpoints(ctx, field, raw, family, address_type))
     return EndpointSlice(
-        namespace=namespace,
-        name=name,
-        service=ServiceName(namespace, service),
+        namespace=ctx.namespace,
+        name=ctx.name,
+        service=ServiceName(ctx.namespace, service),
         ports=tuple(ports),
         endpoints=tuple(endpoints),
         family=family,
@@ -466,9 +463,8 @@ def _endpoints(ctx: _Ctx, field: str, raw: dict[str, Any], family: int, address_
 
 def parse_service_cidr(obj: Any) -> ServiceCIDR:
     ctx = _Ctx("ServiceCIDR", obj)
-    _, name = object_key(obj)
     spec = ctx.mapping(obj.get("spec"), "spec")
-    return ServiceCIDR(name=name, cidrs=_cidrs(ctx, spec.get("cidrs"), "spec.cidrs"))
+    return ServiceCIDR(name=ctx.name, cidrs=_cidrs(ctx, spec.get("cidrs"), "spec.cidrs"))
 
 
 def _cidrs(ctx: _Ctx, value: Any, field: str) -> tuple[IPNetwork, ...]:
@@ -483,7 +479,6 @@ def _cidrs(ctx: _Ctx, value: Any, field: str) -> tuple[IPNetwork, ...]:
 
 def parse_node(obj: Any) -> NodeInfo | None:
     ctx = _Ctx("Node", obj)
-    _, name = object_key(obj)
     zone = ctx.text(ctx.labels().get(LABEL_ZONE), f"metadata.labels[{LABEL_ZONE}]")
     spec = ctx.mapping(obj.get("spec"), "spec")
-    return NodeInfo(name=name, zone=zone or None, pod_cidrs=_cidrs(ctx, spec.get("podCIDRs"), "spec.podCIDRs"))
+    return NodeInfo(name=ctx.name, zone=zone or None, pod_cidrs=_cidrs(ctx, spec.get("podCIDRs"), "spec.podCIDRs"))
