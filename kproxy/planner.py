@@ -231,12 +231,10 @@ def endpoints_by_port(
     found: dict[tuple[str, Protocol], dict[Target, SliceEndpoint]] = defaultdict(dict)
     for s in slices:
         for sp in s.ports:
-            bucket = found[(sp.name, sp.protocol)]
+            bucket, port = found[(sp.name, sp.protocol)], sp.port
             for ep in s.endpoints:
-                target = Target(
-                    ip=ep.ip, port=sp.port, node_name=ep.node_name, is_local=ep.node_name == hostname
-                )
-                bucket.setdefault(target, ep)
+                # positional: 100,000s of these at scale (ip, port, node_name, is_local)
+                bucket.setdefault(Target(ep.ip, port, ep.node_name, ep.node_name == hostname), ep)
     return found
 
 

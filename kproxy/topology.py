@@ -44,7 +44,10 @@ def categorize_endpoints(
     has_any = False
     if uses_cluster_endpoints(port):
         mode = topology_mode(node, candidates)
-        cluster = _pick(candidates, lambda t, ep: ep.ready and _available(ep, mode, node))
+        if mode:
+            cluster = _pick(candidates, lambda t, ep: ep.ready and _available(ep, mode, node))
+        else:  # every ready endpoint, as for nearly every port: no call per endpoint
+            cluster = tuple(sorted((t for t, ep in candidates.items() if ep.ready), key=_target_order))
         if not cluster:
             cluster = _pick(candidates, lambda t, ep: ep.serving and ep.terminating)
         has_any = bool(cluster)
