@@ -268,7 +268,8 @@ def _elements(contribution: Contribution, set_name: str) -> dict[str, Element]:
 
 
 def _single(owner: Owner, element: Element) -> Owner | tuple[Owner, Element]:
-    return owner if element == PRESENT else (owner, element)
+    # `is` first: nearly every plain element is the shared PRESENT (a dataclass's == is Python)
+    return owner if element is PRESENT or element == PRESENT else (owner, element)
 
 
 def _owner(held: Owner | tuple[Owner, Element]) -> Owner:
