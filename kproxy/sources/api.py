@@ -299,7 +299,6 @@ class ApiSource:
                     self._tracker.replace_parsed(parsed)
                     for k, version in versions.items():
                         self._cursors[k] = _Cursor(version, self._cursors[k].generation + 1)
-                del parsed
                 gc_keep()
         for r in group:
             self._synced[r.kind].set()

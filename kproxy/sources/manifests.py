@@ -302,7 +302,6 @@ class ManifestSource:
             for _stamp, parsed, _skipped in files.values():
                 merged.absorb(parsed)
             self._tracker.replace_parsed(merged)
-            del merged
             gc_keep()
         self._files = files
         self._fingerprint = fingerprint
