@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 from kproxy.backends.connections import read_connections
 from kproxy.backends.iptables.kernel import save_all
@@ -26,12 +27,13 @@ def programmed_view(choice: str) -> ProgrammedView:
     return merge_views([make_backend(mode, family=family).read_view() for family in FAMILIES])
 
 
-def read_stats(view: ProgrammedView, window: float | None) -> StatsReport:
+def read_stats(view: ProgrammedView, window: float | None,
+               wait: Callable[[float], object] = time.sleep) -> StatsReport:
     """Connections per frontend now; with a window, two reads that far apart."""
     if window is None:
         return connection_stats(view, read_connections())
     before = read_connections()
-    time.sleep(window)
+    wait(window)
     return connection_stats(view, read_connections(), before, window)
 
 
