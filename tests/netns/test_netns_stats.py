@@ -95,14 +95,19 @@ def test_top_plain_lines_and_full_screen(cluster: Cluster, kproxy: Kproxy) -> No
         proc = subprocess.Popen(["ip", "netns", "exec", cluster.node1, kproxy.binary, "top", "--interval", "0.2s"],
                                 stdin=child, stdout=child, stderr=subprocess.DEVNULL, start_new_session=True)
         os.close(child)
-        screen = b""
-        deadline = time.monotonic() + 15 * TIME_SCALE  # an emulated guest takes seconds to import kproxy
-        while screen.count(b"\x1b[H") < 3 and time.monotonic() < deadline:
-            if select.select([main], [], [], 0.5)[0]:
-                screen += os.read(main, 65536)
-        assert screen.count(b"\x1b[H") >= 3, screen[-2000:]  # drawing: its Ctrl-C handler is set
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=10 * TIME_SCALE) == 0
+        try:
+            screen = b""
+            deadline = time.monotonic() + 15 * TIME_SCALE  # an emulated guest takes seconds to import kproxy
+            while screen.count(b"\x1b[H") < 3 and time.monotonic() < deadline:
+                if select.select([main], [], [], 0.5)[0]:
+                    screen += os.read(main, 65536)
+            assert screen.count(b"\x1b[H") >= 3, screen[-2000:]  # drawing: its Ctrl-C handler is set
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=10 * TIME_SCALE) == 0
+        finally:
+            if proc.poll() is None:  # a failed check must not leave top running
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         while select.select([main], [], [], 0.3)[0]:
             try:
                 screen += os.read(main, 65536)
