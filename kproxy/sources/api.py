@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -307,27 +308,31 @@ class ApiSource:
 
     def _list(self, resource: _Resource, parsed: ParsedList) -> str:
         """List one kind in pages of `list_page_size` (as client-go's reflector does), each
-        parsed into `parsed` before the next is read; returns the list's resourceVersion.
-        An expired continue token (410) means a full relist, as for an expired watch."""
+        parsed into `parsed` while the next is fetched (as client-go's pager buffers pages
+        ahead: the server's and the network's time per page hides behind the parse);
+        returns the list's resourceVersion. An expired continue token (410) means a full
+        relist, as for an expired watch."""
         started = time.monotonic()
-        token: str | None = None
         pages = objects = 0
-        while True:
-            body = self._list_page(resource, token)
-            items = body.get("items")
-            if not isinstance(items, list | None):
-                raise _Trouble(f"the {resource.kind} list has no list of items", answered=True)
-            for item in items or ():
-                if isinstance(item, dict):
-                    item["kind"] = resource.kind  # list items carry no kind
-            parsed.add(resource.kind, items or ())
-            pages, objects = pages + 1, objects + len(items or ())
-            version = _resource_version(body)
-            metadata = body.get("metadata")
-            token = metadata.get("continue") if isinstance(metadata, dict) else None
-            del body, items  # only one page of raw objects at a time
-            if not token or not isinstance(token, str):
-                break
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"api-{resource.kind}-page") as fetcher:
+            body = self._list_page(resource, None)
+            while True:
+                version = _resource_version(body)
+                metadata = body.get("metadata")
+                token = metadata.get("continue") if isinstance(metadata, dict) else None
+                ahead = fetcher.submit(self._list_page, resource, token) if token and isinstance(token, str) else None
+                items = body.get("items")
+                if not isinstance(items, list | None):
+                    raise _Trouble(f"the {resource.kind} list has no list of items", answered=True)
+                for item in items or ():
+                    if isinstance(item, dict):
+                        item["kind"] = resource.kind  # list items carry no kind
+                parsed.add(resource.kind, items or ())
+                pages, objects = pages + 1, objects + len(items or ())
+                del body, items  # a page parsed, the next one read: never more raw objects than that
+                if ahead is None:
+                    break
+                body = ahead.result()
         log.info(
             "listed",
             kind=resource.kind,

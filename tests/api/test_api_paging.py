@@ -1,6 +1,6 @@
 """Lists read in pages (`limit`/`continue`), as client-go's reflector reads them: the fake
 API server pages a consistent snapshot and expires continue tokens with 410 as the real
-one does after a compaction; ApiSource reads every page, parses each before the next, and
+one does after a compaction; ApiSource reads every page, parses each while the next is fetched, and
 answers an expired token with a full relist."""
 
 from __future__ import annotations
@@ -145,5 +145,34 @@ def test_pages_are_parsed_with_the_cyclic_collector_paused(tmp_path: Path, monke
     try:
         h.start()
         assert collecting and not any(collecting) and gc.isenabled()
+    finally:
+        h.close()
+
+
+def test_the_next_page_is_fetched_while_one_is_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As client-go's pager buffers pages: the server's and the network's time per page
+    hides behind the parse of the one before."""
+    store = cluster()  # three pages of each kind
+    add = ParsedList.add
+    asked_while_parsing: dict[str, list[int]] = {"Service": [], "EndpointSlice": []}
+
+    def waiting_add(self: ParsedList, kind: str, objects: Any) -> None:
+        resource = {"Service": "services", "EndpointSlice": "endpointslices"}[kind]
+        parsing = asked_while_parsing[kind]
+        wanted = min(len(parsing) + 2, 3)  # this page's request and the next one's
+
+        def asked() -> int:
+            return sum(1 for r, _limit, _cont in store.list_limits if r == resource)
+
+        wait_until(lambda: asked() >= wanted, timeout=3)
+        parsing.append(asked())
+        add(self, kind, objects)
+
+    monkeypatch.setattr(ParsedList, "add", waiting_add)
+    h = Harness(tmp_path, store)
+    try:
+        h.start()
+        assert len(h.services()) == COUNT and len(h.slices()) == COUNT
+        assert asked_while_parsing == {"Service": [2, 3, 3], "EndpointSlice": [2, 3, 3]}
     finally:
         h.close()
