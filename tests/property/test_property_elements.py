@@ -11,7 +11,7 @@ from ipaddress import ip_address
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kproxy.backends.nft.elements import ElementDelta, ElementTable, EndpointRows
+from kproxy.backends.nft.elements import ElementDelta, ElementTable
 from kproxy.backends.nft.objects import Element
 from kproxy.backends.nft.render import PRESENT, Contribution, endpoint_element
 from kproxy.plan import Target
@@ -81,11 +81,6 @@ def test_indexed_sets_equal_one_entry_per_element(steps: list[tuple[str, Contrib
         if recorded:
             assert sorted(deltas[0].changes(), key=str) == sorted(deltas[1].changes(), key=str)
         for name in INDEXED:
-            # read row by row (a netlink load's way), the same elements in the same order
-            by_rows = rows.elements(name)
-            assert isinstance(by_rows, EndpointRows)
-            assert [(f"{prefix} . {i}", endpoint_element(t)) for prefix, row in by_rows.rows()
-                    for i, t in enumerate(row)] == list(by_rows)
             for key, _ in entries.elements(name):
                 assert rows.effective(name, key) == entries.effective(name, key)
             assert rows.effective(name, "10.96.0.1 . tcp . 80 . 9") is None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 from kproxy.backends.nft.objects import Element
 from kproxy.backends.nft.render import PRESENT, Contribution, Row, endpoint_element
@@ -116,16 +115,6 @@ class ElementTable:
                 yield prefix, held[1]
             else:
                 yield prefix, [t for t in self._targets(held) if t is not None]  # none is: see _target_at
-
-    def row_elements(self, set_name: str) -> Iterator[tuple[str, Element]]:
-        for prefix, held in self._rows.get(set_name, {}).items():
-            if isinstance(held, tuple):
-                row: Iterable[Element | None] = map(endpoint_element, held[1])
-            else:
-                row = map(partial(self._at, held), range(self._width(held)))
-            for index, element in enumerate(row):
-                if element is not None:  # every index below the width has one
-                    yield f"{prefix} . {index}", element
 
     def replace(self, owner: Owner, old: Contribution | None, new: Contribution | None,
                 delta: ElementDelta | None = None) -> None:
@@ -253,7 +242,9 @@ class EndpointRows:
         self._set_name = set_name
 
     def __iter__(self) -> Iterator[tuple[str, Element]]:
-        return self._table.row_elements(self._set_name)
+        for prefix, targets in self.rows():
+            for index, target in enumerate(targets):
+                yield f"{prefix} . {index}", endpoint_element(target)
 
     def rows(self) -> Iterator[tuple[str, Sequence[Target]]]:
         return self._table.rows(self._set_name)
