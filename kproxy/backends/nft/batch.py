@@ -87,14 +87,25 @@ def _memo(encode: Encoder) -> Encoder:
 
 
 def joined_encoder(fields: tuple[str, ...]) -> Encoder:
-    """The inverse of wire.joined(): "10.96.0.10 . tcp . 80 . 1" -> the kernel's bytes.
-    Unrolled for 2-4 fields: this runs for each of 200,000 elements."""
-    parts = [_ENCODERS[f] if f in (wire.ADDR4, wire.ADDR6) else _memo(_ENCODERS[f]) for f in fields]
-    count = len(parts)
-    if count == 1:
+    """The inverse of wire.joined(): "10.96.0.10 . tcp . 80 . 1" -> the kernel's bytes."""
+    if len(fields) == 1:
         # only the fields of a concatenation are padded: alone, a port is 2 bytes, a protocol 1
         width = {wire.PORT: 2, wire.PROTO: 1}.get(fields[0])
-        return parts[0] if width is None else _memo(lambda text: _ENCODERS[fields[0]](text)[:width])
+        encode = _ENCODERS[fields[0]]
+        return _field(fields[0]) if width is None else _memo(lambda text: encode(text)[:width])
+    return _padded_encoder(fields)
+
+
+def _field(kind: str) -> Encoder:
+    # addresses are nearly all different; ports, protocols and indexes repeat
+    return _ENCODERS[kind] if kind in (wire.ADDR4, wire.ADDR6) else _memo(_ENCODERS[kind])
+
+
+def _padded_encoder(fields: tuple[str, ...]) -> Encoder:
+    """Fields joined by " . " -> each encoded and padded to 4 bytes, as in a concatenation.
+    Unrolled for 2-4 fields: this runs for each of 200,000 elements."""
+    parts = [_field(f) for f in fields]
+    count = len(parts)
 
     def wrong(text: str) -> ValueError:
         return ValueError(f"{text!r} does not have {count} fields")
@@ -262,8 +273,7 @@ def endpoint_rows_encoder(spec: str) -> Callable[[Iterable[EndpointRow]], Iterat
     if shape.interval or shape.key[-1:] != (wire.HOST32,) or shape.data not in ((wire.ADDR4, wire.PORT),
                                                                                  (wire.ADDR6, wire.PORT)):
         raise ValueError(f"{spec!r} is not an endpoint map")
-    # in a concatenation every field is padded to 4 bytes, a lone one too
-    prefix_parts = [_memo(_ENCODERS[f]) for f in shape.key[:-1]]
+    frontend_of = _padded_encoder(shape.key[:-1])  # a lone field too: it is part of the key
     key_head, key_pad = _value_head(wire.ELEM_KEY, _length(shape.key))
     data_head, data_pad = _value_head(wire.ELEM_DATA, _length(shape.data))
     width = _width(shape.data[0])
@@ -279,10 +289,7 @@ def endpoint_rows_encoder(spec: str) -> Callable[[Iterable[EndpointRow]], Iterat
 
     def encode(rows: Iterable[EndpointRow]) -> Iterator[bytes]:
         for prefix, endpoints in rows:
-            values = prefix.split(" . ")
-            if len(values) != len(prefix_parts):
-                raise ValueError(f"{prefix!r} does not have {len(prefix_parts)} fields")
-            head = key_head + b"".join([part(value) for part, value in zip(prefix_parts, values, strict=True)])
+            head = key_head + frontend_of(prefix)
             while len(indexes) < len(endpoints):
                 indexes.append(_HOST32.pack(len(indexes)))
             for index, endpoint in enumerate(endpoints):
