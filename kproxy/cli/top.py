@@ -35,7 +35,7 @@ def frame(text: str, columns: int, rows: int) -> str:
     return HOME + "\n".join(line[:columns] + CLEAR_LINE for line in lines) + CLEAR_BELOW
 
 
-def snapshot(args: argparse.Namespace, wait: Callable[[float], object] = time.sleep) -> str:
+def snapshot(args: argparse.Namespace, wait: Callable[[float], object]) -> str:
     view = programmed_view(args.proxy_mode)
     if not view.present:
         wait(args.interval)
