@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -97,7 +97,7 @@ class Tracker:
     def parsed_list(self) -> ParsedList:
         """An empty full state to fill a page at a time (`add`), then `replace_parsed`: a
         paged list never holds more than one page of raw objects."""
-        return ParsedList(self._parse)
+        return ParsedList(self._parse, self.settled)
 
     def replace_parsed(self, parsed: ParsedList) -> None:
         """`replace_all` of objects already parsed: every kind added to `parsed` is replaced."""
@@ -268,12 +268,15 @@ class Tracker:
             return key, None, (exc.field, exc.message)
         except Exception as exc:  # noqa: BLE001 - a parser bug must cost one object, not the watch
             return key, None, ("(object)", f"cannot be parsed: {type(exc).__name__}: {exc}"[:300])
-        # An object that did not change is the stored one from here on: a relist or a
-        # manifests reload then never holds the cluster twice (the new copies die at once),
-        # and the planner recognises it by identity. (A read without the lock: either value
-        # compares right.)
+        return key, self.settled(kind, key, value), None
+
+    def settled(self, kind: str, key: Any, value: Any) -> Any:
+        """`value`, or the stored one when equal. An object that did not change is the stored
+        one from here on: a relist or a manifests reload then never holds the cluster twice
+        (the new copies die at once), and the planner recognises it by identity. (A read
+        without the lock: either value compares right.)"""
         before = self._store(kind).get(key)
-        return key, (before if before is not None and before == value else value), None
+        return before if before is not None and before == value else value
 
     @staticmethod
     def _log_invalid(invalid: dict[InvalidKey, tuple[str, str]]) -> None:
@@ -287,20 +290,33 @@ class Tracker:
             )
 
 
+class Parsed(NamedTuple):
+    """An object parsed before it reached a ParsedList, under its tracker key."""
+
+    key: Any
+    value: Any
+
+
 class ParsedList:
     """Objects of a (re)list parsed as they come, page by page; raw objects are dropped
     as soon as they are parsed."""
 
-    def __init__(self, parse: Callable[[str, Any], tuple[Any, Any, tuple[str, str] | None]]) -> None:
+    def __init__(self, parse: Callable[[str, Any], tuple[Any, Any, tuple[str, str] | None]],
+                 settled: Callable[[str, Any, Any], Any]) -> None:
         self._parse = parse
+        self._settled = settled
         self.stores: dict[str, dict[Any, Any]] = {}
         self.invalid: dict[InvalidKey, tuple[str, str]] = {}
         self._unnamed: dict[str, int] = {}
 
     def add(self, kind: str, objects: Iterable[Any]) -> None:
-        """Parse more objects of `kind` (also none: the kind is then replaced by nothing)."""
+        """Parse more objects of `kind` (also none: the kind is then replaced by nothing);
+        a Parsed one was parsed already (list_pages)."""
         store = self.stores.setdefault(kind, {})
         for obj in objects:
+            if type(obj) is Parsed:
+                store[obj.key] = self._settled(kind, obj.key, obj.value)
+                continue
             key, value, error = self._parse(kind, obj)
             if error is not None:
                 self._add_invalid(kind, *object_key(obj), error)

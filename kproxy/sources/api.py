@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgspec
 import structlog
 import urllib3
 from kubernetes import client, config
@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from kproxy.parse import UPSTREAM_LABEL_SELECTOR
 from kproxy.runner import gc_keep, gc_paused
 from kproxy.sources.api_request import Collection
+from kproxy.sources.list_pages import NotAList, Page, decode_page
 from kproxy.sources.threads import start_guarded
 from kproxy.tracker import ENDPOINT_SLICE, NODE, SERVICE, SERVICE_CIDR, ParsedList, Tracker
 
@@ -315,24 +316,19 @@ class ApiSource:
         started = time.monotonic()
         pages = objects = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"api-{resource.kind}-page") as fetcher:
-            body = self._list_page(resource, None)
+            page = self._list_page(resource, None)
             while True:
-                version = _resource_version(body)
-                metadata = body.get("metadata")
-                token = metadata.get("continue") if isinstance(metadata, dict) else None
-                ahead = fetcher.submit(self._list_page, resource, token) if token and isinstance(token, str) else None
-                items = body.get("items")
-                if not isinstance(items, list | None):
-                    raise _Trouble(f"the {resource.kind} list has no list of items", answered=True)
-                for item in items or ():
+                version = page.version
+                ahead = fetcher.submit(self._list_page, resource, page.token) if page.token else None
+                for item in page.items:
                     if isinstance(item, dict):
                         item["kind"] = resource.kind  # list items carry no kind
-                parsed.add(resource.kind, items or ())
-                pages, objects = pages + 1, objects + len(items or ())
-                del body, items  # a page parsed, the next one read: never more raw objects than that
+                parsed.add(resource.kind, page.items)
+                pages, objects = pages + 1, objects + len(page.items)
+                del page  # a page parsed, the next one read: never more raw objects than that
                 if ahead is None:
                     break
-                body = ahead.result()
+                page = ahead.result()
         log.info(
             "listed",
             kind=resource.kind,
@@ -343,7 +339,7 @@ class ApiSource:
         )
         return version
 
-    def _list_page(self, resource: _Resource, token: str | None) -> dict[str, Any]:
+    def _list_page(self, resource: _Resource, token: str | None) -> Page:
         """One list request (a page after `token` if given), decoded."""
         query = {
             "labelSelector": self._label_selector,
@@ -367,12 +363,9 @@ class ApiSource:
             except _API_ERRORS as exc:
                 raise _Trouble(exc, answered=True) from None
         try:
-            body = orjson.loads(raw)  # a third faster than json.loads: 0.09 s of a 10k start
-        except ValueError:
-            raise _Trouble(f"the {resource.kind} list is not JSON ({len(raw)} bytes)", answered=True) from None
-        if not isinstance(body, dict):
-            raise _Trouble(f"the {resource.kind} list has no list of items", answered=True)
-        return body
+            return decode_page(resource.kind, raw)
+        except NotAList as err:
+            raise _Trouble(f"the {resource.kind} list {err} ({len(raw)} bytes)", answered=True) from None
 
     def _watch(self, resource: _Resource, version: str, progress: _Progress) -> None:
         """Follow one watch request until it ends or a newer list makes it stale."""
@@ -408,7 +401,7 @@ class ApiSource:
                     if not line.strip():
                         continue
                     try:
-                        event = orjson.loads(line)
+                        event = msgspec.json.decode(line)
                     except ValueError:
                         raise _Trouble("a watch event is not JSON", answered=True) from None
                     if not self._handle(resource, event, progress):

@@ -292,9 +292,9 @@ def test_slice_invalid(mutate, field: str, fragment: str) -> None:
     {"addresses": []},
 ])
 def test_the_fast_path_for_plain_endpoints_reads_them_as_the_checked_path(entry: dict) -> None:
-    fast = parse._plain_endpoints(entry, 4)
+    fast = parse._plain_endpoints([entry, entry], 4)
     ctx = parse._Ctx("EndpointSlice", {"metadata": {"name": "web-1"}})
-    assert fast is not None and fast == parse._endpoints(ctx, "endpoints[0]", entry, 4, "IPv4")
+    assert fast is not None and fast == parse._endpoints(ctx, "endpoints[0]", entry, 4, "IPv4") * 2
 
 
 @pytest.mark.parametrize("entry", [
@@ -306,4 +306,4 @@ def test_the_fast_path_for_plain_endpoints_reads_them_as_the_checked_path(entry:
     {"addresses": ["10.1"]},
 ])
 def test_anything_unusual_takes_the_checked_path(entry: dict) -> None:
-    assert parse._plain_endpoints(entry, 4) is None
+    assert parse._plain_endpoints([{"addresses": ["10.244.1.1"]}, entry], 4) is None
