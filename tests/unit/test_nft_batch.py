@@ -114,3 +114,19 @@ def test_a_load_splits_into_transactions_of_at_most_the_limit_and_keeps_every_el
     # messages stay within one netlink attribute's 64 KiB
     data, _last = whole[0].finish()
     assert all(len(m.body) < 65536 for m in wire.messages(data))
+
+
+def test_messages_are_filled_up_to_their_size_in_order() -> None:
+    # comments of different lengths: elements of different sizes
+    encode = batch.elements_encoder("type ipv4_addr;")
+    elements = list(encode((f"10.1.{i // 250}.{i % 250}", Element(None, "c" * (i % 97))) for i in range(3000)))
+    tx = batch.Batch(wire.NFPROTO["ip"], "kproxy")
+    tx.add("s", iter(elements))
+    data, _last = tx.finish()
+    lists = [wire.attributes(m.body)[wire.ELEM_LIST_ELEMENTS] for m in wire.messages(data)
+             if m.kind == wire.NEWSETELEM]
+    assert b"".join(lists) == b"".join(elements) and tx.elements == 3000
+    sizes = [len(chunk) for chunk in lists]
+    assert all(size <= batch.MESSAGE_ELEMENTS_BYTES for size in sizes)
+    # each message but the last is full: the next element would not have fit
+    assert all(size + max(map(len, elements)) > batch.MESSAGE_ELEMENTS_BYTES for size in sizes[:-1])

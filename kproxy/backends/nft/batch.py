@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import socket
 import struct
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_network
-from itertools import pairwise
+from itertools import accumulate, islice, pairwise
 from typing import Protocol
 
 from kproxy.backends.nft import wire
@@ -239,9 +240,15 @@ def elements_encoder(spec: str) -> ElementsEncoder:
 
     key_head, key_pad = _value_head(wire.ELEM_KEY, _length(shape.key))
     pack = _ATTR.pack
+    is_set = shape.data is None
+    # a set's element without a comment (nearly all of them) has one length: one header
+    bare_head = pack(4 + len(key_head) + _length(shape.key) + len(key_pad), LIST_ELEM) + key_head
 
     def plain_elements(items: Iterable[tuple[str, Element]]) -> Iterator[bytes]:
         for key, element in items:
+            if is_set and not element.comment:
+                yield bare_head + key_of(key) + key_pad
+                continue
             body = key_head + key_of(key) + key_pad + data(element)
             if element.comment:
                 body += _userdata(element.comment)
@@ -277,28 +284,32 @@ def endpoint_rows_encoder(spec: str) -> Callable[[Iterable[EndpointRow]], Iterat
     key_head, key_pad = _value_head(wire.ELEM_KEY, _length(shape.key))
     data_head, data_pad = _value_head(wire.ELEM_DATA, _length(shape.data))
     width = _width(shape.data[0])
-    indexes = [_HOST32.pack(i) for i in range(256)]  # numgen results, in host order
+    family = IPv6Address if width == 16 else IPv4Address
+    # Every element of the map has one length, so one header; an element is then its
+    # row's part, its index's part and its endpoint's part, each made once.
+    size = len(key_head) + _length(shape.key) + len(key_pad) + len(data_head) + _length(shape.data) + len(data_pad)
+    element_head = _ATTR.pack(4 + size, LIST_ELEM) + key_head
+    after_index = key_pad + data_head
+    indexes = [_HOST32.pack(i) + after_index for i in range(256)]  # numgen results, in host order
     ports: dict[int, bytes] = {}
-    pack = _ATTR.pack
 
     def port_of(port: int) -> bytes:
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"{port} is not a port")
-        found = ports[port] = port.to_bytes(2, "big") + b"\0\0"
+        found = ports[port] = port.to_bytes(2, "big") + b"\0\0" + data_pad
         return found
 
     def encode(rows: Iterable[EndpointRow]) -> Iterator[bytes]:
         for prefix, endpoints in rows:
-            head = key_head + frontend_of(prefix)
+            head = element_head + frontend_of(prefix)
             while len(indexes) < len(endpoints):
-                indexes.append(_HOST32.pack(len(indexes)))
+                indexes.append(_HOST32.pack(len(indexes)) + after_index)
             for index, endpoint in enumerate(endpoints):
-                address = endpoint.ip.packed
-                if len(address) != width:
-                    raise ValueError(f"{endpoint.ip} is not of the map's family")
-                port = ports.get(endpoint.port) or port_of(endpoint.port)
-                body = head + indexes[index] + key_pad + data_head + address + port + data_pad
-                yield pack(4 + len(body), LIST_ELEM) + body
+                ip = endpoint.ip
+                if type(ip) is not family:
+                    raise ValueError(f"{ip} is not of the map's family")
+                yield head + indexes[index] + int(ip).to_bytes(width, "big") + (ports.get(endpoint.port)
+                                                                                 or port_of(endpoint.port))
 
     return encode
 
@@ -375,19 +386,18 @@ class Batch:
         self._set_message(wire.DELSETELEM, set_name, None)
 
     def add(self, set_name: str, elements: Iterable[bytes]) -> None:
-        """Add encoded elements (elements_encoder's), as many messages as their size needs."""
-        chunk: list[bytes] = []
-        size = count = 0
-        for element in elements:
-            if size + len(element) > MESSAGE_ELEMENTS_BYTES and chunk:
-                self._set_message(wire.NEWSETELEM, set_name, b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(element)
-            size += len(element)
-            count += 1
-        if chunk:
-            self._set_message(wire.NEWSETELEM, set_name, b"".join(chunk))
-        self.elements += count
+        """Add encoded elements (elements_encoder's), as many messages as their size needs:
+        each as full as MESSAGE_ELEMENTS_BYTES allows (one element at least). Where each
+        message ends is found from the elements' running sizes, without a Python step per
+        element."""
+        elements = elements if isinstance(elements, list) else list(elements)
+        ends = list(accumulate(map(len, elements)))
+        start = done = 0  # first element of the next message; bytes in the messages before
+        while start < len(elements):
+            stop = max(bisect_right(ends, done + MESSAGE_ELEMENTS_BYTES, lo=start), start + 1)
+            self._set_message(wire.NEWSETELEM, set_name, b"".join(elements[start:stop]))
+            start, done = stop, ends[stop - 1]
+        self.elements += len(elements)
 
     def finish(self) -> tuple[bytes, int | None]:
         """The whole transaction, and the sequence number of its last message (None: the
@@ -416,12 +426,13 @@ def transactions(family: int, table: str, flush: Iterable[str], sets: Iterable[t
         if limit is None:
             current.add(name, elements)
             continue
-        chunk: list[bytes] = []
-        for element in elements:
-            chunk.append(element)
-            if current.elements + len(chunk) >= limit:
-                current.add(name, chunk)
-                yield current
-                current, chunk = Batch(family, table), []
-        current.add(name, chunk)
+        remaining = iter(elements)
+        while True:
+            room = limit - current.elements
+            chunk = list(islice(remaining, room))
+            current.add(name, chunk)
+            if len(chunk) < room:
+                break  # this set is done; the transaction has room for the next
+            yield current
+            current = Batch(family, table)
     yield current
