@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 
 from kproxy.backends.nft.objects import Element
 from kproxy.backends.nft.render import PRESENT, Contribution, Row, endpoint_element
@@ -50,7 +51,8 @@ class ElementTable:
         """`indexed`: the sets whose elements come as rows (render.Row), by key prefix."""
         self._owners: dict[str, dict[str, Held]] = {}
         # sets whose keys are "<prefix> . <index>", indexes 0..n-1 for each owner's prefix
-        self._indexed = indexed
+        # (a few dozen names, asked about for each contribution: remembered)
+        self._indexed = cache(indexed)
         self._rows: dict[str, dict[str, HeldRow]] = {}
 
     @staticmethod
@@ -155,11 +157,10 @@ class ElementTable:
                 continue
             keys = self._owners.setdefault(set_name, {})
             for key, element in _elements(new, set_name).items():
-                held = keys.get(key)
-                if held is None:
-                    keys[key] = _single(owner, element)
-                else:
+                if key in keys:
                     self._put(owner, set_name, key, element, None)
+                else:  # _single(), inline for the shared PRESENT
+                    keys[key] = owner if element is PRESENT else _single(owner, element)
 
     def _note(self, delta: ElementDelta | None, set_name: str, key: str) -> None:
         if delta is not None and (set_name, key) not in delta.before:

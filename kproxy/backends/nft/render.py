@@ -149,9 +149,17 @@ def render_service_port(sp: ServicePortPlan) -> Contribution:
     # would answer itself directly. Only pods on this node can do that, so only local
     # endpoints get an element (upstream marks every endpoint; at 100,000 endpoints that
     # would double the elements for no packet that could ever match).
-    local = {t.ip for t in sp.all_targets() if t.is_local}
-    if local:
-        out[HAIRPIN] = {f"{text} . {text}": PRESENT for text in map(ip_text, local)}
+    hairpin: dict[str, Element] = {}
+    # by text, not by address (whose hash is Python code); each tuple of targets once
+    # (with Cluster policies, internal and external are one tuple)
+    groups = (sp.internal_targets, sp.external_targets, sp.short_circuit_targets)
+    for targets in {id(group): group for group in groups}.values():
+        for target in targets:
+            if target.is_local:
+                text = ip_text(target.ip)
+                hairpin[f"{text} . {text}"] = PRESENT
+    if hairpin:
+        out[HAIRPIN] = hairpin
     return out
 
 
