@@ -98,17 +98,16 @@ class FamilyPlanner:
             if self._ports.get(sp.name) != sp:
                 self._ports.set(sp)
                 changed.add(sp.name)
-        ips_before = {sp.frontends[0].ip for sp in old}
-        ips_after = {sp.frontends[0].ip for sp in new}
-        if ips_before != ips_after:
-            for ip in ips_before - ips_after:
-                if ip is not None:
-                    self._cluster_ips[ip] -= 1
-                    if self._cluster_ips[ip] <= 0:
-                        del self._cluster_ips[ip]  # no Service holds it any more
-            for ip in ips_after - ips_before:
-                if ip is not None:
-                    self._cluster_ips[ip] += 1
+        # every port of a Service has the Service's ClusterIP of this family, first
+        ip_before = old[0].frontends[0].ip if old else None
+        ip_after = new[0].frontends[0].ip if new else None
+        if ip_before is not ip_after and ip_before != ip_after:
+            if ip_before is not None:
+                self._cluster_ips[ip_before] -= 1
+                if self._cluster_ips[ip_before] <= 0:
+                    del self._cluster_ips[ip_before]  # no Service holds it any more
+            if ip_after is not None:
+                self._cluster_ips[ip_after] += 1
             self._sorted_cluster_ips = None
         check = health_check(service, new) if service is not None else None
         if check is None:
@@ -196,6 +195,8 @@ def frontends_of(port: ServicePort, external_ips: tuple[IPAddress, ...] | None =
     found = [Frontend(kind=FrontendKind.CLUSTER_IP, ip=port.cluster_ip, port=port.port)]
     if port.node_port:
         found.append(Frontend(kind=FrontendKind.NODE_PORT, ip=None, port=port.node_port))
+    if not external_ips and not port.load_balancer_ips:
+        return tuple(found)  # nearly every port: nothing can repeat
     found += [Frontend(kind=FrontendKind.EXTERNAL_IP, ip=ip, port=port.port) for ip in external_ips]
     found += [Frontend(kind=FrontendKind.LOAD_BALANCER, ip=ip, port=port.port) for ip in port.load_balancer_ips]
     return tuple(dict.fromkeys(found))  # an IP listed twice is one frontend
