@@ -71,7 +71,7 @@ class ServicePortPlan:
     # frontends short-circuits to every (Cluster) endpoint instead, as upstream does.
     external_policy_local: bool = False
     short_circuit_targets: tuple[Target, ...] = ()
-    local_ready_endpoints: int = 0  # what the healthCheckNodePort reports
+    local_ready_endpoints: int = 0  # what the healthCheckNodePort reports (externalTrafficPolicy Local only)
     affinity_timeout: int | None = None  # sessionAffinity ClientIP, seconds
     # loadBalancerSourceRanges (plus the LB IPs themselves when a range holds the node IP)
     source_ranges: tuple[IPNetwork, ...] = ()

@@ -146,7 +146,9 @@ def plan_service_port(
         has_endpoints=eps.has_any,
         external_policy_local=port.external_policy_local,
         short_circuit_targets=eps.cluster if port.external_policy_local else (),
-        local_ready_endpoints=sum(1 for t, ep in candidates.items() if t.is_local and ep.ready),
+        # only a port with externalTrafficPolicy Local has a health check to report it
+        local_ready_endpoints=sum(1 for t, ep in candidates.items() if t.is_local and ep.ready)
+        if port.external_policy_local else 0,
         affinity_timeout=port.affinity_timeout,
         source_ranges=source_ranges(node, port),
         refused_external_ips=refused,

@@ -60,9 +60,11 @@ def categorize_endpoints(
 
 def topology_mode(node: NodeConfig, candidates: Mapping[Target, SliceEndpoint]) -> str:
     """"" (use every endpoint), PreferSameNode or PreferSameZone, from the hints."""
-    ready = [ep for ep in candidates.values() if ep.ready]
-    if not ready:
+    # nearly always the first ready endpoint has no hints, which settles it
+    first = next((ep for ep in candidates.values() if ep.ready), None)
+    if first is None or not (first.node_hints or first.zone_hints):
         return ""
+    ready = [ep for ep in candidates.values() if ep.ready]
     if all(ep.node_hints for ep in ready) and any(node.hostname in ep.node_hints for ep in ready):
         return PREFER_SAME_NODE
     if all(ep.zone_hints for ep in ready) and node.zone and any(node.zone in ep.zone_hints for ep in ready):
