@@ -160,7 +160,10 @@ def _typed_page(data: bytes, page: _SlicePage | _ServicePage, usual: Callable[[A
     found = Page(version=meta.resource_version or "", token=meta.token)
     raw: list[Any] | None = None
     for index, item in enumerate(page.items or ()):
-        parsed = usual(item)
+        try:
+            parsed = usual(item)
+        except Exception:  # noqa: BLE001 - a bug here must cost no object: parse.py reads it (and names the error)
+            parsed = None
         if parsed is None:
             if raw is None:  # decoded again as plain JSON, once, for the unusual items
                 raw = msgspec.json.decode(data)["items"]

@@ -134,3 +134,15 @@ def test_what_is_not_a_list_is_refused(kind: str, data: bytes, message: str) -> 
 def test_a_list_without_items_or_metadata_is_empty(kind: str) -> None:
     found = decode_page(kind, b'{"items": null}')
     assert (found.items, found.version, found.token) == ([], "", None)
+
+
+def test_a_failure_making_a_value_leaves_the_object_to_parse_py(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kproxy.sources.list_pages as list_pages
+
+    def broken(item: Any) -> Parsed | None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(list_pages._TYPED, ENDPOINT_SLICE, (list_pages._TYPED[ENDPOINT_SLICE][0], broken))
+    objects = [usual("web", "10.244.1.2")]
+    found = decode_page(ENDPOINT_SLICE, page(objects))
+    assert found.items == objects
