@@ -308,8 +308,8 @@ def endpoint_rows_encoder(spec: str) -> Callable[[Iterable[EndpointRow]], Iterat
                 ip = endpoint.ip
                 if type(ip) is not family:
                     raise ValueError(f"{ip} is not of the map's family")
-                yield head + indexes[index] + int(ip).to_bytes(width, "big") + (ports.get(endpoint.port)
-                                                                                 or port_of(endpoint.port))
+                port = ports.get(endpoint.port) or port_of(endpoint.port)
+                yield head + indexes[index] + int(ip).to_bytes(width, "big") + port
 
     return encode
 
