@@ -50,13 +50,14 @@ class NotAList(ValueError):
 class Page:
     version: str  # metadata.resourceVersion ("" when missing)
     token: str | None  # metadata.continue: the next page's, None on the last page
-    # in the answer's order: JSON objects for parse.py, and the usual slices Parsed already
+    # in the answer's order: JSON objects for parse.py, and the usual objects Parsed already
     items: list[Any] = field(default_factory=list)
 
 
 def decode_page(kind: str, data: bytes) -> Page:
-    """A list answer's page: its items as JSON objects, and for EndpointSlices the usual
-    ones Parsed already (keyed as the tracker keys them). NotAList when it is not a list."""
+    """A list answer's page: its items as JSON objects, and for Services and EndpointSlices
+    the usual ones Parsed already (keyed as the tracker keys them). NotAList when it is not
+    a list."""
     typed = _TYPED.get(kind)
     if typed is not None:
         decoder, usual = typed
