@@ -171,12 +171,9 @@ class _Ctx:
     def ip(self, value: Any, field: str) -> IPAddress:
         if not isinstance(value, str):
             raise self.error(field, f"not an IP address: {value!r}")
-        try:
-            # inet_pton is strict (no "010.1.1.1", no "1") and ~10x faster than
-            # ipaddress's parser, which matters at 100,000 endpoints.
-            return IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big"))
-        except (OSError, ValueError):  # ValueError: an embedded NUL
-            pass
+        ip = parse_ipv4(value)
+        if ip is not None:
+            return ip
         try:
             return ip_address(value)
         except (AddressValueError, ValueError):
@@ -197,6 +194,15 @@ class _Ctx:
             except ValueError:
                 pass
         raise self.error(field, f"protocol must be TCP, UDP or SCTP, got {value!r}")
+
+
+def parse_ipv4(text: str) -> IPv4Address | None:
+    """An IPv4 address, None when `text` is not one. inet_pton is strict (no "010.1.1.1",
+    no "1") and ~10x faster than ipaddress's parser, which matters at 100,000 endpoints."""
+    try:
+        return IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return None
 
 
 def parse_service(obj: Any) -> Service | None:

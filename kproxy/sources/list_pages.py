@@ -37,6 +37,7 @@ from kproxy.parse import (
     LABEL_HEADLESS,
     LABEL_SERVICE_NAME,
     LABEL_SERVICE_PROXY_NAME,
+    parse_ipv4,
     parse_trigger_time,
 )
 from kproxy.tracker import Parsed
@@ -173,20 +174,13 @@ def _typed_page(data: bytes, page: _SlicePage | _ServicePage, usual: Callable[[A
     return found
 
 
-def _ipv4(text: str) -> IPv4Address | None:
-    try:
-        return IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
-    except (OSError, ValueError):  # ValueError: an embedded NUL
-        return None
-
-
 def _usual_service(item: _Service) -> Parsed | None:
     """parse_service() of a usual Service, from its record; None for any other."""
     meta, spec = item.metadata, item.spec
     if meta is None or not meta.name or spec is None or (meta.labels and LABEL_SERVICE_PROXY_NAME in meta.labels):
         return None
     service_type = _PLAIN_TYPES.get(spec.type)
-    cluster_ip = _ipv4(spec.cluster_ip) if spec.cluster_ip else None
+    cluster_ip = parse_ipv4(spec.cluster_ip) if spec.cluster_ip else None
     if (service_type is None or cluster_ip is None or spec.external_ips or spec.session_affinity == "ClientIP"
             or not (spec.cluster_ips is None or spec.cluster_ips == [spec.cluster_ip])
             or (service_type is ServiceType.NODE_PORT and spec.external_traffic_policy in ("Local", "OnlyLocal"))):
@@ -247,7 +241,7 @@ def _usual_slice(item: _Slice) -> Parsed | None:
         zone = intern(entry.zone) if entry.zone else None
         for address in entry.addresses:
             try:
-                ip = IPv4Address(int.from_bytes(pton(socket.AF_INET, address), "big"))  # _ipv4(), inline
+                ip = IPv4Address(int.from_bytes(pton(socket.AF_INET, address), "big"))  # parse_ipv4(), inline
             except (OSError, ValueError):
                 return None
             add(SliceEndpoint(ip, ready, serving, terminating, node_name, zone))
